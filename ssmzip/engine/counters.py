@@ -1,0 +1,91 @@
+"""Integer tables shared by every model: squash/stretch and bit-history states.
+
+All tables are built at import time by exact arithmetic (``decimal`` for the
+logistic function, integers for the state machine), so every machine builds
+the same tables bit for bit -- no libm involved.
+
+Probabilities are 12-bit integers (1..4095 = P(bit is 1) * 4096); the
+logistic ("stretch") domain is -2047..2047, i.e. ln(p/(1-p)) * 256.
+"""
+from __future__ import annotations
+
+from decimal import Decimal, getcontext
+
+import numpy as np
+
+
+def _build_squash() -> np.ndarray:
+    """squash(d) = 4096 / (1 + e^(-d/256)) for d in -2047..2047, rounded, 1..4095."""
+    getcontext().prec = 40
+    out = np.empty(4095, dtype=np.int32)
+    for i, d in enumerate(range(-2047, 2048)):
+        v = Decimal(4096) / (1 + (Decimal(-d) / 256).exp())
+        out[i] = min(4095, max(1, int(v.to_integral_value())))
+    return out
+
+
+def _build_stretch(squash: np.ndarray) -> np.ndarray:
+    """stretch(p) = smallest d with squash(d) >= p (the inverse of squash)."""
+    out = np.empty(4096, dtype=np.int32)
+    j = 0
+    for p in range(4096):
+        while j < 4094 and squash[j] < p:
+            j += 1
+        out[p] = j - 2047
+    return out
+
+
+SQUASH = _build_squash()            # index d + 2047
+STRETCH = _build_stretch(SQUASH)    # index p (0..4095)
+
+
+# ---------------------------------------------------------------------------
+# Bit-history states. A state stands for a pair of counts (n0, n1) of zeros
+# and ones seen in one context. Counts are bounded (the less frequent count
+# limits the more frequent), and when a bit is seen the opposite count is
+# partly forgotten, so a state favours recent behaviour. An adaptive map per
+# model turns each state into a probability learned on the data.
+
+_MAX_MAJOR = {0: 30, 1: 20, 2: 12, 3: 8, 4: 6, 5: 5}   # minor count -> largest major count
+
+
+def _allowed(n0: int, n1: int) -> bool:
+    lo, hi = min(n0, n1), max(n0, n1)
+    return lo in _MAX_MAJOR and hi <= _MAX_MAJOR[lo]
+
+
+def _build_states():
+    pairs = sorted(((a, b) for a in range(31) for b in range(31) if _allowed(a, b)),
+                   key=lambda t: (t[0] + t[1], t[1]))
+    index = {p: i for i, p in enumerate(pairs)}
+    nxt = np.zeros((len(pairs), 2), dtype=np.uint8)
+    for (n0, n1), s in index.items():
+        for y in (0, 1):
+            a, b = (n0, n1) if y == 0 else (n1, n0)   # a: count of y, b: the other
+            a += 1
+            if b > 2:
+                b = b // 2 + 1
+            while not _allowed(a, b):
+                if b > 0:
+                    b -= 1
+                else:
+                    a -= 1
+            nxt[s, y] = index[(a, b) if y == 0 else (b, a)]
+    counts = np.array(pairs, dtype=np.int32)
+    return nxt, counts
+
+
+STATE_NEXT, STATE_COUNTS = _build_states()          # next[state, bit]; (n0, n1) per state
+N_STATES = len(STATE_COUNTS)
+STATE_PRIORITY = (STATE_COUNTS[:, 0] + STATE_COUNTS[:, 1]).astype(np.int32)
+
+
+def state_map_init() -> np.ndarray:
+    """Initial 22-bit probability of a 1 for each state: (n1 + 1/2) / (n + 1)."""
+    n0 = STATE_COUNTS[:, 0].astype(np.int64)
+    n1 = STATE_COUNTS[:, 1].astype(np.int64)
+    return (((2 * n1 + 1) << 22) // (2 * (n0 + n1) + 2)).astype(np.int32)
+
+
+# Reciprocals for count-based adaptation rates: RECIPROCAL[n] = 65536 / (n + 1.5).
+RECIPROCAL = np.array([(2 * 65536) // (2 * n + 3) for n in range(1024)], dtype=np.int32)

@@ -1,0 +1,144 @@
+"""Level presets: every parameter the decoder needs, frozen and serialisable.
+
+A preset's bytes are written into each container header, so a file made with
+today's `-6` still decodes after the defaults of `-6` change. `Preset.to_bytes`
+and `Preset.from_bytes` are the only (de)serialisers; `from_bytes` validates
+every field so that a hostile header cannot ask for absurd memory.
+"""
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, fields
+
+# Context kinds. The numbers are part of the file format: never renumber.
+CTX_ORDER1 = 0       # last byte
+CTX_ORDER2 = 1       # last 2 bytes
+CTX_ORDER3 = 2
+CTX_ORDER4 = 3
+CTX_ORDER5 = 4
+CTX_ORDER6 = 5
+CTX_ORDER8 = 6
+CTX_WORD = 7         # letters of the current word (case folded) + last byte
+CTX_WORD2 = 8        # current word + previous word
+CTX_SPARSE2 = 9      # byte 2 alone (skip the last byte)
+CTX_SPARSE34 = 10    # bytes 3 and 4
+CTX_COLUMN = 11      # byte above (same column, previous line) + last byte
+CTX_ORDER12 = 12     # last 12 bytes
+CTX_SPARSE23 = 13    # bytes 2 and 3
+CTX_WORDPOS = 14     # current word + byte just before the word
+N_CTX_KINDS = 15
+
+MAX_CONTEXTS = 16
+MIN_TABLE_BITS, MAX_TABLE_BITS = 12, 28      # bytes per context hash table, log2
+MIN_MATCH_BITS, MAX_MATCH_BITS = 10, 26      # entries in the match index, log2
+MIN_BLOCK_BITS, MAX_BLOCK_BITS = 10, 30      # block size, log2
+
+_TAIL = struct.Struct("<BBBBHBB")
+_MAGIC_VERSION = 1   # layout of the serialised preset (not the container's version)
+
+
+@dataclass(frozen=True)
+class Preset:
+    """One compression level of the engine. All fields are small integers."""
+
+    level: int
+    contexts: tuple            # context kinds (CTX_*) in mixer-input order
+    table_bits: int            # log2 bytes of each context's hash table
+    match_min: int             # bytes hashed to find a match candidate (0 = no match model)
+    match_bits: int            # log2 entries of the match index
+    mixers: int                # first-layer mixers (weight-set selectors), 1..3
+    mixer_lr: int              # mixer learning rate (integer scale)
+    apms: int                  # APM/SSE stages, 2 or 3
+    block_bits: int            # default block size = 1 << block_bits
+
+    def __post_init__(self):
+        _validate(self)
+
+    @property
+    def block_size(self) -> int:
+        return 1 << self.block_bits
+
+    def memory_estimate(self) -> int:
+        """Bytes of model tables one block coder holds (plus the block itself)."""
+        return (len(self.contexts) << self.table_bits) + 4 * (1 << self.match_bits) + (1 << 20)
+
+    def to_bytes(self) -> bytes:
+        head = struct.pack("<BBB", _MAGIC_VERSION, self.level, len(self.contexts))
+        ctx = bytes(self.contexts)
+        tail = _TAIL.pack(self.table_bits, self.match_min, self.match_bits,
+                           self.mixers, self.mixer_lr, self.apms, self.block_bits)
+        return head + ctx + tail
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> "Preset":
+        """Parse and validate; raise ValueError with a one-line reason."""
+        if len(data) < 3:
+            raise ValueError("preset too short")
+        ver, level, n = struct.unpack_from("<BBB", data, 0)
+        if ver != _MAGIC_VERSION:
+            raise ValueError(f"unknown preset layout {ver}")
+        if len(data) != 3 + n + _TAIL.size:
+            raise ValueError("preset has the wrong length")
+        contexts = tuple(data[3:3 + n])
+        vals = _TAIL.unpack_from(data, 3 + n)
+        return cls(level, contexts, *vals)
+
+    @classmethod
+    def serialized_size(cls, data: bytes, offset: int = 0) -> int:
+        """Length of the serialised preset starting at data[offset] (for parsers)."""
+        if len(data) < offset + 3:
+            raise ValueError("preset too short")
+        return 3 + data[offset + 2] + _TAIL.size
+
+
+def _validate(p: Preset) -> None:
+    def bad(msg):
+        raise ValueError(f"invalid preset: {msg}")
+
+    if not 0 <= p.level <= 9:
+        bad("level")
+    if not isinstance(p.contexts, tuple) or not 1 <= len(p.contexts) <= MAX_CONTEXTS:
+        bad("context count")
+    if any(not 0 <= c < N_CTX_KINDS for c in p.contexts) or len(set(p.contexts)) != len(p.contexts):
+        bad("context kinds")
+    if not MIN_TABLE_BITS <= p.table_bits <= MAX_TABLE_BITS:
+        bad("table size")
+    if p.match_min != 0 and not 4 <= p.match_min <= 32:
+        bad("match length")
+    if not MIN_MATCH_BITS <= p.match_bits <= MAX_MATCH_BITS:
+        bad("match table size")
+    if not 1 <= p.mixers <= 3:
+        bad("mixer count")
+    if not 1 <= p.mixer_lr <= 64:
+        bad("mixer rate")
+    if not 2 <= p.apms <= 3:
+        bad("APM count")
+    if not MIN_BLOCK_BITS <= p.block_bits <= MAX_BLOCK_BITS:
+        bad("block size")
+
+
+_O = (CTX_ORDER1, CTX_ORDER2, CTX_ORDER3, CTX_ORDER4)
+
+LEVELS = {
+    1: Preset(1, (CTX_ORDER1, CTX_ORDER2, CTX_ORDER3, CTX_ORDER4), 20, 0, 16, 1, 6, 2, 22),
+    2: Preset(2, _O + (CTX_WORD,), 21, 7, 18, 1, 6, 2, 22),
+    3: Preset(3, _O + (CTX_ORDER6, CTX_WORD), 22, 7, 20, 1, 6, 2, 23),
+    4: Preset(4, _O + (CTX_ORDER6, CTX_WORD), 22, 7, 20, 2, 6, 2, 23),
+    5: Preset(5, _O + (CTX_ORDER5, CTX_ORDER6, CTX_WORD), 23, 7, 20, 2, 6, 2, 24),
+    6: Preset(6, _O + (CTX_ORDER5, CTX_ORDER6, CTX_WORD, CTX_SPARSE2), 23, 7, 21, 2, 6, 2, 24),
+    7: Preset(7, _O + (CTX_ORDER5, CTX_ORDER6, CTX_ORDER8, CTX_WORD, CTX_WORD2, CTX_SPARSE2,
+                       CTX_COLUMN), 24, 7, 22, 3, 6, 3, 24),
+    8: Preset(8, _O + (CTX_ORDER5, CTX_ORDER6, CTX_ORDER8, CTX_WORD, CTX_WORD2, CTX_SPARSE2,
+                       CTX_SPARSE34, CTX_COLUMN), 24, 7, 22, 3, 6, 3, 25),
+    9: Preset(9, _O + (CTX_ORDER5, CTX_ORDER6, CTX_ORDER8, CTX_ORDER12, CTX_WORD, CTX_WORD2,
+                       CTX_WORDPOS, CTX_SPARSE2, CTX_SPARSE23, CTX_SPARSE34, CTX_COLUMN),
+          25, 7, 22, 3, 6, 3, 25),
+}
+DEFAULT_LEVEL = 6
+
+
+def preset_for_level(level: int) -> Preset:
+    try:
+        return LEVELS[level]
+    except KeyError:
+        raise ValueError(f"level must be 1..9, got {level!r}") from None
