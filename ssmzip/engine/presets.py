@@ -125,7 +125,7 @@ LEVELS = {
     3: Preset(3, _O + (CTX_ORDER6, CTX_WORD), 22, 7, 20, 1, 6, 2, 23),
     4: Preset(4, _O + (CTX_ORDER6, CTX_WORD), 22, 7, 20, 2, 6, 2, 23),
     5: Preset(5, _O + (CTX_ORDER5, CTX_ORDER6, CTX_WORD), 23, 7, 20, 2, 6, 2, 24),
-    6: Preset(6, _O + (CTX_ORDER5, CTX_ORDER6, CTX_WORD, CTX_SPARSE2), 23, 7, 21, 2, 6, 2, 24),
+    6: Preset(6, _O + (CTX_ORDER5, CTX_ORDER6, CTX_WORD, CTX_SPARSE2), 23, 7, 21, 2, 4, 2, 24),
     7: Preset(7, _O + (CTX_ORDER5, CTX_ORDER6, CTX_ORDER8, CTX_WORD, CTX_WORD2, CTX_SPARSE2,
                        CTX_COLUMN), 24, 7, 22, 3, 6, 3, 24),
     8: Preset(8, _O + (CTX_ORDER5, CTX_ORDER6, CTX_ORDER8, CTX_WORD, CTX_WORD2, CTX_SPARSE2,
