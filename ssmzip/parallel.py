@@ -1,0 +1,133 @@
+"""Blocks over processes: run independent jobs in worker processes, in order.
+
+Blocks are coded independently, so the output is the same whatever the
+number of workers: results always come back in submission order. At most
+``2 * workers`` jobs are in flight, which bounds memory by a few blocks, not
+the file size. Workers are started with ``spawn`` (safe whatever threads the
+parent runs: tqdm's monitor, numba's, the caller's) and only once a second
+job shows up, so a one-block input never pays for starting a process.
+"""
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+from collections import deque
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from typing import Callable, Optional
+
+
+def available_cores() -> int:
+    """Cores this process may run on (respects affinity masks and cgroup cpusets)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def resolve_threads(threads: int) -> int:
+    """``threads`` as a worker count: 0 means every available core."""
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 0:
+        raise ValueError(f"threads must be an integer >= 0, got {threads!r}")
+    return available_cores() if threads == 0 else threads
+
+
+def _worker_init() -> None:
+    # Ctrl-C reaches the whole process group; the parent handles it and stops
+    # the workers, which must not print tracebacks of their own.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+class _Deferred:
+    """A job not yet started: run inline if it turns out to be the only one."""
+
+    __slots__ = ("fn", "args", "progress")
+
+    def __init__(self, fn, args, progress):
+        self.fn, self.args, self.progress = fn, args, progress
+
+    def run_inline(self):
+        return self.fn(*self.args, progress=self.progress)
+
+
+class OrderedPool:
+    """Submit jobs, pop results in submission order.
+
+    ``submit(fn, *args, progress=cb)`` queues ``fn(*args)``; ``fn`` must be a
+    picklable top-level function accepting a ``progress`` keyword. ``progress``
+    is only passed when the job runs in this process (workers cannot call back),
+    so callers must account for a job's work when they pop its result.
+    ``pop()`` waits for the oldest job and returns its result or raises its
+    exception. Callers keep ``len(pool) < pool.window`` before submitting
+    (``full()``) to bound memory.
+    """
+
+    def __init__(self, threads: int = 1):
+        self.workers = resolve_threads(threads)
+        self.window = 2 * self.workers if self.workers > 1 else 1
+        self._pending: deque = deque()
+        self._executor: Optional[ProcessPoolExecutor] = None
+
+    def __len__(self) -> int:
+        return len(self._pending)
+
+    def full(self) -> bool:
+        return len(self._pending) >= self.window
+
+    def submit(self, fn: Callable, *args, progress=None) -> None:
+        job = _Deferred(fn, args, progress)
+        if self.workers <= 1 or (self._executor is None and not self._pending):
+            self._pending.append(job)
+            return
+        if self._executor is None:
+            self._start()
+        self._pending.append(self._executor.submit(fn, *args))
+
+    def _start(self) -> None:
+        self._executor = ProcessPoolExecutor(
+            max_workers=self.workers,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_worker_init,
+        )
+        # The job held back while we did not know whether there would be a
+        # second one goes to the pool too.
+        self._pending = deque(self._executor.submit(j.fn, *j.args) if isinstance(j, _Deferred)
+                              else j for j in self._pending)
+
+    def pop(self):
+        job = self._pending.popleft()
+        if isinstance(job, _Deferred):
+            return job.run_inline()
+        try:
+            return job.result()
+        except BrokenProcessPool:
+            raise RuntimeError("a worker process exited unexpectedly (killed, or out of memory?)") from None
+
+    def close(self, abort: bool = False) -> None:
+        """Release the workers. With ``abort``, drop queued jobs and stop running ones."""
+        self._pending.clear()
+        ex, self._executor = self._executor, None
+        if ex is None:
+            return
+        if not abort:
+            ex.shutdown(wait=True)
+            return
+        ex.shutdown(wait=False, cancel_futures=True)
+        # A running job can take minutes (a large block); do not leave it
+        # computing for nobody. Python >= 3.14 has a public way to do this.
+        kill = getattr(ex, "terminate_workers", None)
+        if kill is not None:
+            kill()
+            return
+        for proc in list((getattr(ex, "_processes", None) or {}).values()):
+            try:
+                proc.terminate()
+            except Exception:  # already gone
+                pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        self.close(abort=exc_type is not None)
