@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -31,11 +32,13 @@ class Run:
 
 
 def run(argv, stdin_path=None, stdout_path=None, cwd=None, env=None, timeout=None) -> Run:
-    """Run argv with stdin/stdout connected to files (or /dev/null), wait, measure."""
+    """Run argv with stdin/stdout connected to files (or /dev/null), wait, measure.
+
+    The child gets its own process group, which is killed on timeout or when
+    this process is interrupted (so no worker outlives the bench)."""
     stdin = open(stdin_path, "rb") if stdin_path else subprocess.DEVNULL
     stdout = open(stdout_path, "wb") if stdout_path else subprocess.DEVNULL
-    err_path = os.path.join(cwd or ".", f".stderr-{os.getpid()}-{threading.get_ident()}")
-    stderr = open(err_path, "w+b")
+    stderr = tempfile.TemporaryFile()
     timed_out = False
     try:
         t0 = time.perf_counter()
@@ -43,18 +46,25 @@ def run(argv, stdin_path=None, stdout_path=None, cwd=None, env=None, timeout=Non
                                 start_new_session=True)
 
         def kill():
-            nonlocal timed_out
-            timed_out = True
             try:
                 os.killpg(proc.pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
 
-        timer = threading.Timer(timeout, kill) if timeout else None
+        def on_timeout():
+            nonlocal timed_out
+            timed_out = True
+            kill()
+
+        timer = threading.Timer(timeout, on_timeout) if timeout else None
         if timer:
             timer.start()
         try:
             _, status, usage = os.wait4(proc.pid, 0)
+        except BaseException:               # KeyboardInterrupt: take the child down with us
+            kill()
+            proc.wait()
+            raise
         finally:
             if timer:
                 timer.cancel()
@@ -66,7 +76,6 @@ def run(argv, stdin_path=None, stdout_path=None, cwd=None, env=None, timeout=Non
         for f in (stdin, stdout, stderr):
             if hasattr(f, "close"):
                 f.close()
-        os.unlink(err_path)
     return Run(seconds=seconds, cpu_seconds=usage.ru_utime + usage.ru_stime,
                peak_rss=usage.ru_maxrss * 1024, returncode=proc.returncode,
                timed_out=timed_out, stderr=tail)
