@@ -46,7 +46,7 @@ STRETCH = _build_stretch(SQUASH)    # index p (0..4095)
 # partly forgotten, so a state favours recent behaviour. An adaptive map per
 # model turns each state into a probability learned on the data.
 
-_MAX_MAJOR = {0: 30, 1: 20, 2: 12, 3: 8, 4: 6, 5: 5}   # minor count -> largest major count
+_MAX_MAJOR = {0: 40, 1: 16, 2: 10, 3: 7, 4: 5, 5: 5}   # minor count -> largest major count
 
 
 def _allowed(n0: int, n1: int) -> bool:
@@ -55,11 +55,20 @@ def _allowed(n0: int, n1: int) -> bool:
 
 
 def _build_states():
-    pairs = sorted(((a, b) for a in range(31) for b in range(31) if _allowed(a, b)),
-                   key=lambda t: (t[0] + t[1], t[1]))
-    index = {p: i for i, p in enumerate(pairs)}
-    nxt = np.zeros((len(pairs), 2), dtype=np.uint8)
-    for (n0, n1), s in index.items():
+    """States are (n0, n1, last bit); the last bit is kept only when both counts are
+    non-zero (otherwise it is implied), as it tells apart histories like 0001 and 1000."""
+    pairs = [(a, b) for a in range(64) for b in range(64) if _allowed(a, b)]
+    keys = []
+    for a, b in pairs:
+        if a and b:
+            keys += [(a, b, 0), (a, b, 1)]
+        else:
+            keys.append((a, b, 1 if b else 0))
+    keys.sort(key=lambda t: (t[0] + t[1], t[1], t[2]))
+    assert len(keys) <= 256
+    index = {k: i for i, k in enumerate(keys)}
+    nxt = np.zeros((len(keys), 2), dtype=np.uint8)
+    for (n0, n1, _), s in index.items():
         for y in (0, 1):
             a, b = (n0, n1) if y == 0 else (n1, n0)   # a: count of y, b: the other
             a += 1
@@ -70,8 +79,10 @@ def _build_states():
                     b -= 1
                 else:
                     a -= 1
-            nxt[s, y] = index[(a, b) if y == 0 else (b, a)]
-    counts = np.array(pairs, dtype=np.int32)
+            m0, m1 = (a, b) if y == 0 else (b, a)
+            last = y if (m0 and m1) else (1 if m1 else 0)
+            nxt[s, y] = index[(m0, m1, last)]
+    counts = np.array([k[:2] for k in keys], dtype=np.int32)
     return nxt, counts
 
 

@@ -1,19 +1,24 @@
 """Wires a preset's models, mixers and APMs to the coder; encode_block / decode_block.
 
 Per bit, every context model reads the bit-history state of its current node
-and maps it to a probability through its own adaptive state map; the match
-model and an order-0 counter add their own. The stretched probabilities are
-mixed by one to three mixers whose weight sets are selected by different
-small contexts (partial byte; match state; previous byte), a final mixer
-combines those, and two or three APMs refine the result. After the bit is
-known every part learns from it.
+and maps it to a probability through its own adaptive state map; with `runs`
+on, each context also remembers the byte that last followed it (and how many
+times in a row), which predicts the next bits strongly in deterministic
+contexts. The match model and an order-0 counter add their own inputs.
+
+The stretched probabilities are mixed by up to three mixers whose weight sets
+are selected by different small contexts -- (how many contexts have been seen
+before, or the match length) x (top bits of the last byte); the partial byte;
+the last byte x bit position -- a final mixer combines them, and a chain of
+two or three APMs refines the result. After the bit is known every part learns
+from it.
 
 Encoder and decoder run the same function (`_code_segment`), so they cannot
-drift apart: the only difference is whether a bit is read from the input
+drift apart: the only difference is whether a bit is taken from the input
 byte and written to the coder, or read from the coder.
 
 Arithmetic: integers only (see counters.py, mixer.py), so the output does not
-depend on the CPU or the compiler.
+depend on the CPU, the compiler or the numba version.
 """
 import numpy as np
 from numba import njit
@@ -23,9 +28,8 @@ from .coder import decode_bit, decode_start, encode_bit, encode_flush
 from .contexts import context_value, find_slot, hash2, new_table
 from .match import LEN_BUCKETS, length_bucket, match_update
 from .mixer import apm_predict, apm_update, mix_dot, mix_update, new_apm, new_weights, WEIGHT_ONE
+from .presets import MAX_CONTEXTS
 
-import os
-TUNE = np.array([int(v) for v in os.environ.get('SSMZIP_TUNE', '0,8,7,4,0,0,0,0').split(',')], dtype=np.int64)
 ENCODE, DECODE = 0, 1
 SEGMENT = 1 << 16            # bytes coded per call into numba (progress granularity)
 
@@ -37,27 +41,48 @@ R_LINE, R_PREVLINE = 10, 11
 R_MPTR, R_MLEN = 12, 13
 N_REGS = 16
 
-MIXER1_SETS = 256                    # selected by the partial byte
-MIXER2_SETS = (LEN_BUCKETS // 2 + 1) * 8   # match length bucket x bit position
-MIXER3_SETS = 256 * 8                # previous byte x bit position
-APM_RATE = 7
+ORDER_CLASSES = MAX_CONTEXTS + 5     # contexts seen before (0..15), or 5 match-length classes
+MIXER1_SETS = ORDER_CLASSES * 8      # x top 3 bits of the last byte
+MIXER2_SETS = 256                    # partial byte
+MIXER3_SETS = 256 * 8                # last byte x bit position
 SM_LIMIT = 1023                      # state-map adaptation count limit
 MATCH_SM_LIMIT = 255
+RUN_COUNT_CLASSES = 32
+ORDER0_RATE = 5
+
+
+@njit(cache=True, inline="always")
+def sm_update(sm_p, sm_n, k, bit, limit, recip):
+    """Move an adaptive probability (22-bit) toward the bit, at rate 1/(n + 1.5)."""
+    n = sm_n[k]
+    pv = sm_p[k]
+    sm_p[k] = pv + ((((bit << 22) - pv) >> 3) * recip[n] >> 13)
+    if n < limit:
+        sm_n[k] = n + 1
 
 
 @njit(cache=True)
-def _code_segment(mode, buf, start, end, io, regs, kinds, table_bits, match_min, n_mixers, lr,
-                  n_apms, table, slots, sm_p, sm_n, mindex, o0, w1, w2, w3, wf, x, xf,
-                  apm1, apm2, apm3, sq, st, state_next, priority, recip, tune):
+def _code_segment(mode, buf, start, end, io, regs, kinds, table_bits, use_runs, match_min,
+                  n_mixers, lr, final_lr, n_apms, apm_rate,
+                  table, slots, hashes, sm_p, sm_n, runs, rsm_p, rsm_n, run_state,
+                  mindex, o0, w1, w2, w3, wf, x, xf, apm1, apm2, apm3,
+                  sq, st, state_next, priority, recip):
     n_ctx = kinds.shape[0]
-    if tune[0] > 0:
-        lr = tune[0]
-    n_in = n_ctx + 3                 # contexts, match, order 0, bias
+    n_in = n_ctx + 3                 # contexts, match, order 0, bias (+ runs)
+    if use_runs:
+        n_in += n_ctx
     nslots = (1 << table_bits) >> 4
+    rbits = table_bits - 4
     n_states = priority.shape[0]
     msm = n_ctx * n_states           # state-map offset of the match model
     mmask = mindex.shape[0] - 1
     sm_idx = np.empty(n_ctx + 1, dtype=np.int64)
+    # run_state rows: slot index, remembered byte (| 256, or -1), count, live expectation, map index
+    r_idx = run_state[0]
+    r_byte = run_state[1]
+    r_cnt = run_state[2]
+    r_live = run_state[3]
+    r_k = run_state[4]
 
     x1 = regs[R_X1]
     x2 = regs[R_X2]
@@ -80,11 +105,22 @@ def _code_segment(mode, buf, start, end, io, regs, kinds, table_bits, match_min,
         above = 0
         if prevline + col < line:
             above = buf[prevline + col]
-        hashes = np.empty(n_ctx, dtype=np.int64)
+        c1 = c4 & 0xFF
         for i in range(n_ctx):
             h = hash2(context_value(kinds[i], c4, c8, c12, word, word1, wordpre, above), i)
             hashes[i] = h
             slots[i] = find_slot(table, i << table_bits, nslots, h, priority)
+            if use_runs:
+                ri = (i << rbits) + ((h >> 8) & (nslots - 1))
+                r_idx[i] = ri
+                e = np.int64(runs[ri])
+                if e != 0 and (e >> 24) == (h & 0xFF):
+                    r_byte[i] = (e & 0xFF) | 256
+                    rc = (e >> 8) & 0xFF
+                    r_cnt[i] = rc if rc < RUN_COUNT_CLASSES else RUN_COUNT_CLASSES - 1
+                else:
+                    r_byte[i] = -1
+                r_live[i] = r_byte[i]
         expected = -1
         if mlen > 0:
             expected = buf[mptr] | 256
@@ -96,52 +132,73 @@ def _code_segment(mode, buf, start, end, io, regs, kinds, table_bits, match_min,
         if mode == ENCODE:
             c = buf[pos]
         for bitpos in range(8):
-            # ---- predict
+            # ---- predict: context models
+            known = 0
             for i in range(n_ctx):
                 s = table[slots[i] + node]
                 k = i * n_states + s
                 sm_idx[i] = k
                 x[i] = st[sm_p[k] >> 10]
+                if s != 0 and i > 0:
+                    known += 1
+            # match model
             ebit = -1
+            msel = 0
+            x[n_ctx] = 0
             if expected >= 0 and (expected >> (8 - bitpos)) == c0:
                 ebit = (expected >> (7 - bitpos)) & 1
-                k = msm + mbucket * 2 + ebit
+                k = msm + ((mbucket * 2 + ebit) << 8) + c1
                 sm_idx[n_ctx] = k
                 x[n_ctx] = st[sm_p[k] >> 10]
                 msel = 1 + (mbucket >> 1)
-            else:
-                x[n_ctx] = 0
-                msel = 0
             x[n_ctx + 1] = st[o0[c0] >> 4]
             x[n_ctx + 2] = 256
+            # runs: the byte that last followed each context
+            if use_runs:
+                for i in range(n_ctx):
+                    rb = r_live[i]
+                    r_k[i] = -1
+                    x[n_ctx + 3 + i] = 0
+                    if rb >= 0:
+                        if (rb >> (8 - bitpos)) == c0:
+                            k = (i * RUN_COUNT_CLASSES + r_cnt[i]) * 2 + ((rb >> (7 - bitpos)) & 1)
+                            r_k[i] = k
+                            x[n_ctx + 3 + i] = st[rsm_p[k] >> 10]
+                        else:
+                            r_live[i] = -1
 
-            d1 = mix_dot(w1, c0 * n_in, x, n_in)
+            # ---- mix
+            if msel > 0:
+                order = n_ctx + (msel >> 2)
+            else:
+                order = known
+            b1 = (order * 8 + (c1 >> 5)) * n_in
+            d = mix_dot(w1, b1, x, n_in)
+            d1 = d
+            nf = 0
             if n_mixers > 1:
                 xf[0] = d1
-                b2 = (msel * 8 + bitpos) * n_in
+                b2 = c0 * n_in
                 xf[1] = mix_dot(w2, b2, x, n_in)
                 nf = 2
                 if n_mixers > 2:
-                    b3 = ((c4 & 0xFF) * 8 + bitpos) * n_in
+                    b3 = (c1 * 8 + bitpos) * n_in
                     xf[2] = mix_dot(w3, b3, x, n_in)
                     nf = 3
                 xf[nf] = 256
                 nf += 1
                 d = mix_dot(wf, c0 * nf, xf, nf)
-            else:
-                d = d1
             pm = sq[d + 2047]
-            pa1, ia1 = apm_predict(apm1, c0, d)
-            pa2, ia2 = apm_predict(apm2, c0 | ((c4 & 0xFF) << 8), d)
+
+            # ---- refine: APM chain (order 0, order 1, hashed order 2)
+            pa, ia1 = apm_predict(apm1, c0, d)
+            p = (pm + 3 * pa) >> 2
+            pa, ia2 = apm_predict(apm2, c0 | (c1 << 8), st[p])
+            p = (p + 3 * pa) >> 2
+            ia3 = 0
             if n_apms > 2:
-                h3 = (hash2(c4 & 0xFFFF, 99) ^ c0) & 0xFFFF
-                pa3, ia3 = apm_predict(apm3, h3, d)
-                p = (2 * pm + pa1 + 2 * pa2 + 3 * pa3 + 4) >> 3
-            else:
-                ia3 = 0
-                p = (pm + pa1 + 2 * pa2 + 2) >> 2
-            if tune[4] == 1:
-                p = pm
+                pa, ia3 = apm_predict(apm3, (hash2(c4 & 0xFFFF, 99) ^ c0) & 0xFFFF, st[p])
+                p = (p + 3 * pa) >> 2
             if p < 1:
                 p = 1
             elif p > 4095:
@@ -156,36 +213,29 @@ def _code_segment(mode, buf, start, end, io, regs, kinds, table_bits, match_min,
 
             # ---- learn
             for i in range(n_ctx):
-                k = sm_idx[i]
-                n = sm_n[k]
-                pv = sm_p[k]
-                sm_p[k] = pv + ((((bit << 22) - pv) >> 3) * recip[n] >> 13)
-                if n < SM_LIMIT:
-                    sm_n[k] = n + 1
+                sm_update(sm_p, sm_n, sm_idx[i], bit, SM_LIMIT, recip)
                 o = slots[i] + node
                 table[o] = state_next[table[o], bit]
             if ebit >= 0:
-                k = sm_idx[n_ctx]
-                n = sm_n[k]
-                pv = sm_p[k]
-                sm_p[k] = pv + ((((bit << 22) - pv) >> 3) * recip[n] >> 13)
-                if n < MATCH_SM_LIMIT:
-                    sm_n[k] = n + 1
+                sm_update(sm_p, sm_n, sm_idx[n_ctx], bit, MATCH_SM_LIMIT, recip)
                 if ebit != bit:
                     expected = -1
-            o0[c0] += ((bit << 16) - o0[c0]) >> 5
+            o0[c0] += ((bit << 16) - o0[c0]) >> ORDER0_RATE
+            if use_runs:
+                for i in range(n_ctx):
+                    if r_k[i] >= 0:
+                        sm_update(rsm_p, rsm_n, r_k[i], bit, SM_LIMIT, recip)
 
-            err = ((bit << 12) - sq[d1 + 2047]) * lr
-            mix_update(w1, c0 * n_in, x, n_in, err)
+            mix_update(w1, b1, x, n_in, ((bit << 12) - sq[d1 + 2047]) * lr)
             if n_mixers > 1:
                 mix_update(w2, b2, x, n_in, ((bit << 12) - sq[xf[1] + 2047]) * lr)
                 if n_mixers > 2:
                     mix_update(w3, b3, x, n_in, ((bit << 12) - sq[xf[2] + 2047]) * lr)
-                mix_update(wf, c0 * nf, xf, nf, ((bit << 12) - pm) * tune[1])
-            apm_update(apm1, ia1, bit, APM_RATE)
-            apm_update(apm2, ia2, bit, APM_RATE)
+                mix_update(wf, c0 * nf, xf, nf, ((bit << 12) - pm) * final_lr)
+            apm_update(apm1, ia1, bit, apm_rate)
+            apm_update(apm2, ia2, bit, apm_rate)
             if n_apms > 2:
-                apm_update(apm3, ia3, bit, APM_RATE)
+                apm_update(apm3, ia3, bit, apm_rate)
 
             c0 = c0 * 2 + bit
             node = node * 2 + bit
@@ -199,6 +249,12 @@ def _code_segment(mode, buf, start, end, io, regs, kinds, table_bits, match_min,
         c = c0 & 0xFF
         if mode == DECODE:
             buf[pos] = c
+        if use_runs:
+            for i in range(n_ctx):
+                cnt = 1
+                if r_byte[i] == (c | 256):
+                    cnt = r_cnt[i] + 1
+                runs[r_idx[i]] = ((hashes[i] & 0xFF) << 24) | (cnt << 8) | c
         c12 = ((c12 << 8) | (c8 >> 24)) & 0xFFFFFFFF
         c8 = ((c8 << 8) | (c4 >> 24)) & 0xFFFFFFFF
         c4 = ((c4 << 8) | c) & 0xFFFFFFFF
@@ -239,17 +295,23 @@ class _Model:
 
     def __init__(self, preset):
         n = len(preset.contexts)
-        n_in = n + 3
+        n_in = n + 3 + (n if preset.runs else 0)
         self.preset = preset
         self.regs = np.zeros(N_REGS, dtype=np.int64)
         self.regs[R_X2] = 0xFFFFFFFF
         self.kinds = np.array(preset.contexts, dtype=np.int64)
         self.table = new_table(n, preset.table_bits)
         self.slots = np.zeros(n, dtype=np.int64)
+        self.hashes = np.zeros(n, dtype=np.int64)
         init = C.state_map_init()
-        self.sm_p = np.concatenate([np.tile(init, n),
-                                    np.full(LEN_BUCKETS * 2, 1 << 21, dtype=np.int32)]).astype(np.int32)
+        match_init = np.full(LEN_BUCKETS * 2 * 256, 1 << 21, dtype=np.int32)
+        self.sm_p = np.concatenate([np.tile(init, n), match_init]).astype(np.int32)
         self.sm_n = np.zeros(self.sm_p.shape[0], dtype=np.int32)
+        run_entries = (n << (preset.table_bits - 4)) if preset.runs else 1
+        self.runs = np.zeros(run_entries, dtype=np.uint32)
+        self.rsm_p = np.full(n * RUN_COUNT_CLASSES * 2, 1 << 21, dtype=np.int32)
+        self.rsm_n = np.zeros(self.rsm_p.shape[0], dtype=np.int32)
+        self.run_state = np.zeros((5, n), dtype=np.int64)
         self.mindex = np.zeros(1 << preset.match_bits, dtype=np.int32)
         self.o0 = np.full(256, 1 << 15, dtype=np.int32)
         w0 = WEIGHT_ONE // 4
@@ -265,11 +327,13 @@ class _Model:
 
     def run(self, mode, buf, start, end, io):
         p = self.preset
-        _code_segment(mode, buf, start, end, io, self.regs, self.kinds, p.table_bits, p.match_min,
-                      p.mixers, p.mixer_lr, p.apms, self.table, self.slots, self.sm_p, self.sm_n,
+        _code_segment(mode, buf, start, end, io, self.regs, self.kinds, p.table_bits, p.runs,
+                      p.match_min, p.mixers, p.mixer_lr, p.final_lr, p.apms, p.apm_rate,
+                      self.table, self.slots, self.hashes, self.sm_p, self.sm_n,
+                      self.runs, self.rsm_p, self.rsm_n, self.run_state,
                       self.mindex, self.o0, self.w1, self.w2, self.w3, self.wf, self.x, self.xf,
-                      self.apm1, self.apm2, self.apm3, C.SQUASH, C.STRETCH, C.STATE_NEXT,
-                      C.STATE_PRIORITY, C.RECIPROCAL, TUNE)
+                      self.apm1, self.apm2, self.apm3,
+                      C.SQUASH, C.STRETCH, C.STATE_NEXT, C.STATE_PRIORITY, C.RECIPROCAL)
 
 
 def encode_block(data, preset, progress=None) -> bytes:
@@ -280,9 +344,11 @@ def encode_block(data, preset, progress=None) -> bytes:
     for start in range(0, len(buf), SEGMENT):
         end = min(start + SEGMENT, len(buf))
         # Worst case the coder emits 12 bits per coded bit; keep that much room.
-        need = model.regs[R_IO] + (end - start) * 12 + 64
+        need = int(model.regs[R_IO]) + (end - start) * 12 + 64
         if need > out.shape[0]:
-            out = np.concatenate([out, np.empty(need - out.shape[0] + out.shape[0] // 2, dtype=np.uint8)])
+            grown = np.empty(need + out.shape[0] // 2, dtype=np.uint8)
+            grown[:out.shape[0]] = out
+            out = grown
         model.run(ENCODE, buf, start, end, out)
         if progress is not None:
             progress(end)

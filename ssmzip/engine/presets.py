@@ -33,7 +33,6 @@ MIN_TABLE_BITS, MAX_TABLE_BITS = 12, 28      # bytes per context hash table, log
 MIN_MATCH_BITS, MAX_MATCH_BITS = 10, 26      # entries in the match index, log2
 MIN_BLOCK_BITS, MAX_BLOCK_BITS = 10, 30      # block size, log2
 
-_TAIL = struct.Struct("<BBBBHBB")
 _MAGIC_VERSION = 1   # layout of the serialised preset (not the container's version)
 
 
@@ -44,11 +43,14 @@ class Preset:
     level: int
     contexts: tuple            # context kinds (CTX_*) in mixer-input order
     table_bits: int            # log2 bytes of each context's hash table
+    runs: int                  # 1: each context also predicts the byte that last followed it
     match_min: int             # bytes hashed to find a match candidate (0 = no match model)
     match_bits: int            # log2 entries of the match index
     mixers: int                # first-layer mixers (weight-set selectors), 1..3
-    mixer_lr: int              # mixer learning rate (integer scale)
+    mixer_lr: int              # first-layer learning rate
+    final_lr: int              # final mixer learning rate
     apms: int                  # APM/SSE stages, 2 or 3
+    apm_rate: int              # APM adaptation shift
     block_bits: int            # default block size = 1 << block_bits
 
     def __post_init__(self):
@@ -59,15 +61,17 @@ class Preset:
         return 1 << self.block_bits
 
     def memory_estimate(self) -> int:
-        """Bytes of model tables one block coder holds (plus the block itself)."""
-        return (len(self.contexts) << self.table_bits) + 4 * (1 << self.match_bits) + (1 << 20)
+        """Bytes of model tables one block coder holds (not counting the block itself)."""
+        per_ctx = (1 << self.table_bits) + ((1 << self.table_bits) >> 2 if self.runs else 0)
+        return len(self.contexts) * per_ctx + 4 * (1 << self.match_bits) + (4 << 20)
+
+    def _scalars(self):
+        return [getattr(self, f.name) for f in fields(self) if f.name not in ("level", "contexts")]
 
     def to_bytes(self) -> bytes:
-        head = struct.pack("<BBB", _MAGIC_VERSION, self.level, len(self.contexts))
-        ctx = bytes(self.contexts)
-        tail = _TAIL.pack(self.table_bits, self.match_min, self.match_bits,
-                           self.mixers, self.mixer_lr, self.apms, self.block_bits)
-        return head + ctx + tail
+        scal = self._scalars()
+        return (struct.pack("<BBB", _MAGIC_VERSION, self.level, len(self.contexts))
+                + bytes(self.contexts) + struct.pack(f"<{len(scal)}H", *scal))
 
     @classmethod
     def from_bytes(cls, data: bytes) -> "Preset":
@@ -77,18 +81,24 @@ class Preset:
         ver, level, n = struct.unpack_from("<BBB", data, 0)
         if ver != _MAGIC_VERSION:
             raise ValueError(f"unknown preset layout {ver}")
-        if len(data) != 3 + n + _TAIL.size:
+        if len(data) != 3 + n + 2 * _N_SCALARS:
             raise ValueError("preset has the wrong length")
         contexts = tuple(data[3:3 + n])
-        vals = _TAIL.unpack_from(data, 3 + n)
-        return cls(level, contexts, *vals)
+        vals = struct.unpack_from(f"<{_N_SCALARS}H", data, 3 + n)
+        try:
+            return cls(level, contexts, *vals)
+        except TypeError as e:
+            raise ValueError(str(e)) from None
 
     @classmethod
     def serialized_size(cls, data: bytes, offset: int = 0) -> int:
         """Length of the serialised preset starting at data[offset] (for parsers)."""
         if len(data) < offset + 3:
             raise ValueError("preset too short")
-        return 3 + data[offset + 2] + _TAIL.size
+        return 3 + data[offset + 2] + 2 * _N_SCALARS
+
+
+_N_SCALARS = len(fields(Preset)) - 2
 
 
 def _validate(p: Preset) -> None:
@@ -103,36 +113,45 @@ def _validate(p: Preset) -> None:
         bad("context kinds")
     if not MIN_TABLE_BITS <= p.table_bits <= MAX_TABLE_BITS:
         bad("table size")
+    if p.runs not in (0, 1):
+        bad("runs flag")
     if p.match_min != 0 and not 4 <= p.match_min <= 32:
         bad("match length")
     if not MIN_MATCH_BITS <= p.match_bits <= MAX_MATCH_BITS:
         bad("match table size")
     if not 1 <= p.mixers <= 3:
         bad("mixer count")
-    if not 1 <= p.mixer_lr <= 64:
+    if not 1 <= p.mixer_lr <= 64 or not 1 <= p.final_lr <= 64:
         bad("mixer rate")
     if not 2 <= p.apms <= 3:
         bad("APM count")
+    if not 4 <= p.apm_rate <= 10:
+        bad("APM rate")
     if not MIN_BLOCK_BITS <= p.block_bits <= MAX_BLOCK_BITS:
         bad("block size")
 
 
 _O = (CTX_ORDER1, CTX_ORDER2, CTX_ORDER3, CTX_ORDER4)
 
+def _level(level, contexts, table_bits, runs, match_min, match_bits, mixers, apms, block_bits):
+    return Preset(level, contexts, table_bits, runs, match_min, match_bits, mixers,
+                  mixer_lr=12, final_lr=16, apms=apms, apm_rate=7, block_bits=block_bits)
+
+
+_TEXT = (CTX_WORD, CTX_WORD2, CTX_SPARSE2, CTX_COLUMN)
+
 LEVELS = {
-    1: Preset(1, (CTX_ORDER1, CTX_ORDER2, CTX_ORDER3, CTX_ORDER4), 20, 0, 16, 1, 6, 2, 22),
-    2: Preset(2, _O + (CTX_WORD,), 21, 7, 18, 1, 6, 2, 22),
-    3: Preset(3, _O + (CTX_ORDER6, CTX_WORD), 22, 7, 20, 1, 6, 2, 23),
-    4: Preset(4, _O + (CTX_ORDER6, CTX_WORD), 22, 7, 20, 2, 6, 2, 23),
-    5: Preset(5, _O + (CTX_ORDER5, CTX_ORDER6, CTX_WORD), 23, 7, 20, 2, 6, 2, 24),
-    6: Preset(6, _O + (CTX_ORDER5, CTX_ORDER6, CTX_WORD, CTX_SPARSE2), 23, 7, 21, 2, 4, 2, 24),
-    7: Preset(7, _O + (CTX_ORDER5, CTX_ORDER6, CTX_ORDER8, CTX_WORD, CTX_WORD2, CTX_SPARSE2,
-                       CTX_COLUMN), 24, 7, 22, 3, 6, 3, 24),
-    8: Preset(8, _O + (CTX_ORDER5, CTX_ORDER6, CTX_ORDER8, CTX_WORD, CTX_WORD2, CTX_SPARSE2,
-                       CTX_SPARSE34, CTX_COLUMN), 24, 7, 22, 3, 6, 3, 25),
-    9: Preset(9, _O + (CTX_ORDER5, CTX_ORDER6, CTX_ORDER8, CTX_ORDER12, CTX_WORD, CTX_WORD2,
-                       CTX_WORDPOS, CTX_SPARSE2, CTX_SPARSE23, CTX_SPARSE34, CTX_COLUMN),
-          25, 7, 22, 3, 6, 3, 25),
+    1: _level(1, _O, 20, 0, 0, 16, 1, 2, 22),
+    2: _level(2, _O + (CTX_WORD,), 21, 0, 7, 18, 1, 2, 22),
+    3: _level(3, _O + (CTX_ORDER6, CTX_WORD), 22, 0, 7, 20, 1, 2, 23),
+    4: _level(4, _O + (CTX_ORDER6, CTX_WORD), 22, 0, 7, 20, 2, 2, 23),
+    5: _level(5, _O + (CTX_ORDER5, CTX_ORDER6, CTX_WORD, CTX_SPARSE2), 22, 1, 7, 20, 2, 3, 24),
+    6: _level(6, _O + (CTX_ORDER5, CTX_ORDER6) + _TEXT, 22, 1, 7, 21, 3, 3, 24),
+    7: _level(7, _O + (CTX_ORDER5, CTX_ORDER6, CTX_ORDER8) + _TEXT, 23, 1, 7, 22, 3, 3, 24),
+    8: _level(8, _O + (CTX_ORDER5, CTX_ORDER6, CTX_ORDER8) + _TEXT + (CTX_SPARSE34,),
+              24, 1, 7, 22, 3, 3, 25),
+    9: _level(9, _O + (CTX_ORDER5, CTX_ORDER6, CTX_ORDER8, CTX_ORDER12) + _TEXT
+              + (CTX_WORDPOS, CTX_SPARSE23, CTX_SPARSE34), 24, 1, 7, 22, 3, 3, 25),
 }
 DEFAULT_LEVEL = 6
 
