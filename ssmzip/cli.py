@@ -118,11 +118,11 @@ def _ratio(compressed: int, original: int) -> str:
 
 
 def _binary_stdin() -> BinaryIO:
-    return click.get_binary_stream("stdin")
+    return getattr(sys.stdin, "buffer", sys.stdin)
 
 
 def _binary_stdout() -> BinaryIO:
-    return click.get_binary_stream("stdout")
+    return getattr(sys.stdout, "buffer", sys.stdout)
 
 
 def _isatty(stream) -> bool:

@@ -1,0 +1,94 @@
+"""Write the golden files: small inputs and their .ssz files at levels 1, 6 and 9.
+
+    python tests/golden/make_golden.py          # from the repository root
+
+Run it once when the engine's output is final, and commit what it writes
+(NAME.bin and NAME-LEVEL.ssz). From then on tests/test_golden.py checks that
+every .ssz here still decodes to its input and that compressing the input
+again reproduces it byte for byte. A change that breaks that is a format
+change: bump the container's format version and keep decoding old files.
+
+The inputs come from a self-contained xorshift generator (no library RNG
+whose sequence could change), so running this again gives the same inputs.
+"""
+import os
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+LEVELS = (1, 6, 9)
+BLOCK_SIZE = 4096        # so that the inputs span several blocks, the last one short
+
+
+def _xorshift(seed: int):
+    x = seed & 0xFFFFFFFF or 1
+    while True:
+        x ^= (x << 13) & 0xFFFFFFFF
+        x ^= x >> 17
+        x ^= (x << 5) & 0xFFFFFFFF
+        yield x
+
+
+_WORDS = ("the of and to in a is that for it as was with be by on not he this are or "
+          "his from at which but have an they you were her she there been one all we "
+          "their state space model context mixing arithmetic coder entropy stream block "
+          "prediction probability network learning compression").split()
+
+
+def text_input(n: int = 9000, seed: int = 12345) -> bytes:
+    """English-like text: skewed word frequencies, punctuation, lines, some numbers."""
+    rng = _xorshift(seed)
+    out, size, col = [], 0, 0
+    while size < n:
+        r = next(rng)
+        w = _WORDS[(r % 1024) * (r % 1024) * len(_WORDS) // (1024 * 1024)]
+        if r >> 28 == 0:
+            w = str(next(rng) % 10000)
+        if (r >> 20) & 15 == 0:
+            w = w.capitalize()
+        sep = ". " if (r >> 24) & 15 == 1 else ", " if (r >> 24) & 15 == 2 else " "
+        col += len(w) + len(sep)
+        if col > 72:
+            sep, col = "\n", 0
+        out.append(w + sep)
+        size += len(w) + len(sep)
+    return "".join(out).encode()[:n]
+
+
+def binary_input(n: int = 7000, seed: int = 777) -> bytes:
+    """Binary records (counters, small fields, a slowly varying value) with a noisy tail."""
+    rng = _xorshift(seed)
+    out = bytearray()
+    value = 1000
+    i = 0
+    while len(out) < n * 3 // 4:
+        value += next(rng) % 7 - 3
+        out += i.to_bytes(4, "little") + (value & 0xFFFF).to_bytes(2, "little")
+        out += bytes([next(rng) % 4, 0, 0xFF, i & 0x0F])
+        i += 1
+    while len(out) < n:
+        out += next(rng).to_bytes(4, "little")
+    return bytes(out[:n])
+
+
+INPUTS = {"text": text_input, "binary": binary_input}
+
+
+def main() -> None:
+    sys.path.insert(0, os.path.dirname(os.path.dirname(HERE)))
+    import ssmzip
+
+    for name, make in INPUTS.items():
+        data = make()
+        with open(os.path.join(HERE, f"{name}.bin"), "wb") as f:
+            f.write(data)
+        for level in LEVELS:
+            blob = ssmzip.compress(data, level=level, block_size=BLOCK_SIZE)
+            assert ssmzip.decompress(blob) == data
+            path = os.path.join(HERE, f"{name}-{level}.ssz")
+            with open(path, "wb") as f:
+                f.write(blob)
+            print(f"{path}: {len(data)} -> {len(blob)} bytes")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,44 @@
+"""Golden files: compressed files made once and committed must decode, and
+re-encoding their inputs must reproduce them byte for byte (on any machine,
+CPU target and backend). Made by tests/golden/make_golden.py."""
+import io
+from pathlib import Path
+
+import pytest
+
+import ssmzip
+
+GOLDEN = Path(__file__).resolve().parent / "golden"
+FILES = sorted(GOLDEN.glob("*.ssz"))
+
+pytestmark = pytest.mark.skipif(
+    not FILES, reason="no golden files yet: run tests/golden/make_golden.py once the engine "
+                      "is final and commit its output")
+
+
+def _input_for(path: Path) -> bytes:
+    name = path.stem.rsplit("-", 1)[0]
+    src = GOLDEN / f"{name}.bin"
+    assert src.exists(), f"{path.name} has no input {src.name}"
+    return src.read_bytes()
+
+
+@pytest.mark.parametrize("path", FILES, ids=[p.name for p in FILES])
+def test_golden_decodes(path):
+    assert ssmzip.decompress(path.read_bytes()) == _input_for(path)
+
+
+@pytest.mark.parametrize("path", FILES, ids=[p.name for p in FILES])
+def test_golden_reencodes_identically(path):
+    blob = path.read_bytes()
+    info = ssmzip.info(io.BytesIO(blob))
+    # the preset stored in the file, not today's defaults for its level
+    again = ssmzip.compress(_input_for(path), preset=info.preset, block_size=info.block_size)
+    assert again == blob, f"{path.name}: the engine's output changed (a format change)"
+
+
+def test_golden_set_is_complete():
+    from golden.make_golden import INPUTS, LEVELS
+
+    names = {p.name for p in FILES}
+    assert names == {f"{n}-{lv}.ssz" for n in INPUTS for lv in LEVELS}
