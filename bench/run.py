@@ -73,6 +73,8 @@ def select_systems(args):
         names = [n for n in names if not systems.PEERS[n][3]]
     peers, missing = systems.find_peers(names, args.peers_path)
     levels = [int(x) for x in _csv(args.levels)]
+    if any(not 1 <= lv <= 9 for lv in levels):
+        raise SystemExit("bench: levels are 1..9")
     threads = [int(x) for x in _csv(args.threads)] or [1]
     mode = (systems.ssmzip_mode() if args.ssmzip_mode == "auto" else args.ssmzip_mode) if levels else ""
     ours = systems.ssmzip_systems(levels, threads, args.block_size, mode) if mode else []
@@ -117,7 +119,7 @@ def select_inputs(args, tmp):
 
 def source_fingerprint():
     """Sizes and mtimes of ssmzip's sources: a change during the run makes it unreliable."""
-    root = systems._ssmzip_root()
+    root = systems.ssmzip_root()
     if not root:
         return None
     out = []

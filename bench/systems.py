@@ -82,7 +82,7 @@ def find_peers(names, peers_path=None):
 
 # ---------------------------------------------------------------- ssmzip
 
-def _ssmzip_root():
+def ssmzip_root():
     """Directory holding the ssmzip package (the checkout, or site-packages)."""
     spec = importlib.util.find_spec("ssmzip")
     if spec is None or not spec.submodule_search_locations:
@@ -92,7 +92,7 @@ def _ssmzip_root():
 
 def ssmzip_mode() -> str:
     """'cli' when `python -m ssmzip` exists, 'api' when only the engine does, '' if neither."""
-    root = _ssmzip_root()
+    root = ssmzip_root()
     if root is None:
         return ""
     pkg = os.path.join(root, "ssmzip")
@@ -115,7 +115,7 @@ def ssmzip_env() -> dict:
     """Environment for the child: the checkout (and bench) importable from any cwd."""
     env = dict(os.environ)
     here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    roots = [r for r in (_ssmzip_root(), here) if r]
+    roots = [r for r in (ssmzip_root(), here) if r]
     env["PYTHONPATH"] = os.pathsep.join(roots + [env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     return env
 
