@@ -1,0 +1,100 @@
+"""Tensor codecs: tensors (numpy arrays, torch tensors) to compact bytes and back.
+
+Lossless float codec (bf16, fp16, fp32, fp8): each value is split into its
+exponent (with a few leading mantissa bits) and the rest; the exponents are
+rANS coded with per-tensor or per-channel-group models, the rest is stored.
+Bit-exact, including NaN payloads, infinities, -0.0 and subnormals.
+
+    data = ssmzip.kv.encode(x)                  # one tensor -> bytes
+    y = ssmzip.kv.decode(data)                  # -> numpy (or out="torch")
+    data = ssmzip.kv.encode_dict({"k": K, "v": V})
+    d = ssmzip.kv.decode_dict(data, names=["k"])
+    ssmzip.kv.inspect(data)                     # header: names, dtypes, shapes, ratios
+
+bfloat16 / float8 in numpy: pass ml_dtypes arrays or uint16/uint8 arrays with
+``dtype="bfloat16"`` etc.; numpy output holds them as uint16/uint8 words
+(``inspect`` tells the real dtype). Other dtypes (ints, bool, float64) are
+stored losslessly with deflate. Bad data raises SSMZipError.
+"""
+import io
+
+from ssmzip.errors import SSMZipError
+from ssmzip.kv._arrays import from_words, to_words
+from ssmzip.kv.archive import (
+    DEFAULT_CHUNK_BYTES,
+    MAGIC,
+    ArchiveReader,
+    ArchiveWriter,
+    is_archive,
+)
+
+__all__ = [
+    "encode", "decode", "encode_dict", "decode_dict", "inspect", "open_archive",
+    "is_archive", "MAGIC", "SSMZipError",
+]
+
+_SINGLE = ""  # the name of the tensor written by encode()
+
+
+def _check_mode(mode):
+    if mode != "lossless":
+        raise ValueError(f"mode {mode!r} is not available (only 'lossless')")
+
+
+def encode_dict(tensors, *, mode="lossless", dtypes=None, threads=1, chunk_bytes=DEFAULT_CHUNK_BYTES):
+    """Encode a mapping name -> tensor into one archive (bytes).
+
+    dtypes: optional mapping name -> dtype name for arrays whose numpy dtype
+    does not say it (e.g. {"w": "bfloat16"} for a uint16 array of bf16 bits).
+    """
+    _check_mode(mode)
+    buf = io.BytesIO()
+    w = ArchiveWriter(buf, threads=threads, chunk_bytes=chunk_bytes)
+    for name, t in tensors.items():
+        code, shape, words = to_words(t, (dtypes or {}).get(name))
+        w.add_words(name, code, shape, words)
+    w.close()
+    return buf.getvalue()
+
+
+def encode(tensor, *, mode="lossless", dtype=None, threads=1, chunk_bytes=DEFAULT_CHUNK_BYTES):
+    """Encode one tensor (numpy array or torch tensor) to bytes; the input is never modified."""
+    _check_mode(mode)
+    buf = io.BytesIO()
+    w = ArchiveWriter(buf, threads=threads, chunk_bytes=chunk_bytes)
+    code, shape, words = to_words(tensor, dtype)
+    w.add_words(_SINGLE, code, shape, words)
+    w.close()
+    return buf.getvalue()
+
+
+def open_archive(src):
+    """An ArchiveReader over bytes or a file (path or binary file object):
+    .names(), .entry(name).info(), .read_words(name, threads), .info()."""
+    return ArchiveReader(src)
+
+
+def _read(reader, entry, out, threads):
+    return from_words(entry.code, entry.shape, reader.read_words(entry, threads), out)
+
+
+def decode(data, *, out="numpy", threads=1):
+    """Decode bytes made by encode() (or an archive holding exactly one tensor)."""
+    with ArchiveReader(data) as r:
+        if len(r.entries) != 1:
+            raise SSMZipError(f"the data holds {len(r.entries)} tensors; use decode_dict")
+        return _read(r, r.entries[0], out, threads)
+
+
+def decode_dict(data, *, names=None, out="numpy", threads=1):
+    """Decode an archive into a dict name -> tensor (only `names` if given)."""
+    with ArchiveReader(data) as r:
+        ents = r.entries if names is None else [r.entry(n) for n in names]
+        return {e.name: _read(r, e, out, threads) for e in ents}
+
+
+def inspect(data):
+    """Archive information without decoding: version, and per tensor its
+    name, dtype, shape, original and compressed size, ratio, chunk methods."""
+    with ArchiveReader(data) as r:
+        return r.info()

@@ -1,0 +1,710 @@
+"""Numba kernels of the lossless float codec: field split, rANS, checksum.
+
+rANS (FORMAT.md, "rANS stream"):
+
+- 8 interleaved lanes, element ``i`` is coded by lane ``i % 8``;
+- 32-bit states kept in ``[2**15, 2**31)``, renormalised by 16-bit words, at
+  most one word per symbol;
+- frequencies quantised to 12 bits (each table sums to 4096);
+- decoding is table driven: one 4096-entry ``uint64`` table per model; the
+  entry for slot ``x & 4095`` packs ``bias = slot - cum`` (bits 0-15), the
+  frequency (bits 16-31) and the symbol already shifted into place in the
+  output word (bits 32-63), so a decode step is one load, one multiply, one
+  add and a branch-free renormalisation;
+- encoding divides by the frequency with ryg's exact reciprocal
+  (``q = (x * rcp) >> 32 >> shift``, exact for x < 2**31).
+
+Field split: a word of ``W`` bits (sign, exponent, mantissa) becomes a symbol
+of ``S`` bits, ``(w >> R) & (2**S - 1)`` with ``R = W - 1 - S`` (the exponent
+and the leading mantissa bits), and ``R + 1`` raw bits (the sign above the
+``R`` low mantissa bits), stored as ``(R + 1) // 8`` little-endian bytes per
+element followed by the other ``(R + 1) % 8`` high bits, bit-packed by
+blocks of 8 elements.
+
+All kernels release the GIL (``nogil``) so that chunks run in parallel
+threads. Decoders never read or write outside their arrays whatever the
+bytes; a corrupted stream ends with a False status (word count or final
+state mismatch) or a wrong checksum, never a crash.
+"""
+import sys
+
+import numpy as np
+from numba import njit
+
+if sys.byteorder != "little":  # the format is little-endian and the kernels read words natively
+    raise ImportError("ssmzip.kv needs a little-endian machine")
+
+PROB_BITS = 12
+PROB_SCALE = 1 << PROB_BITS
+PROB_MASK = PROB_SCALE - 1
+RANS_L = 1 << 15
+LANES = 8
+STATE_WORDS = 2 * LANES  # the 8 final encoder states (low word, high word) open the stream
+
+_U = np.uint64
+
+
+# ---------------------------------------------------------------- statistics
+
+@njit(cache=True, nogil=True)
+def hist_symbols(words, rbits, smask, hist4):
+    """hist4: int64[4, smask + 1], zeroed; counts of (w >> rbits) & smask in 4 sub-histograms."""
+    n = words.shape[0]
+    n4 = n & ~3
+    for i in range(0, n4, 4):
+        hist4[0, (np.int64(words[i]) >> rbits) & smask] += 1
+        hist4[1, (np.int64(words[i + 1]) >> rbits) & smask] += 1
+        hist4[2, (np.int64(words[i + 2]) >> rbits) & smask] += 1
+        hist4[3, (np.int64(words[i + 3]) >> rbits) & smask] += 1
+    for i in range(n4, n):
+        hist4[0, (np.int64(words[i]) >> rbits) & smask] += 1
+
+
+@njit(cache=True, nogil=True)
+def hist_channels(words, rbits, smask, remap, C, hist):
+    """hist: int32[C, nsym], zeroed; per-channel counts of symbol indices, channel = i % C."""
+    n = words.shape[0]
+    c = 0
+    for i in range(n):
+        hist[c, remap[(np.int64(words[i]) >> rbits) & smask]] += 1
+        c += 1
+        if c == C:
+            c = 0
+
+
+@njit(cache=True, nogil=True)
+def normalize_freqs(counts, freqs):
+    """Quantise counts (zeros allowed) to frequencies summing to 4096.
+
+    Every symbol with a count gets a frequency >= 1; the rounding error is
+    corrected greedily where it costs fewest bits. Returns False if no symbol
+    is present or if more than 4096 are.
+    """
+    m = counts.shape[0]
+    total = 0
+    present = 0
+    for s in range(m):
+        total += np.int64(counts[s])
+        if counts[s] > 0:
+            present += 1
+    if total == 0 or present > PROB_SCALE:
+        return False
+    fsum = 0
+    for s in range(m):
+        c = np.int64(counts[s])
+        if c > 0:
+            f = (c * PROB_SCALE + total // 2) // total
+            if f < 1:
+                f = 1
+            freqs[s] = f
+            fsum += f
+        else:
+            freqs[s] = 0
+    while fsum != PROB_SCALE:
+        best = -1
+        bestv = 0.0
+        if fsum > PROB_SCALE:
+            for s in range(m):
+                f = np.int64(freqs[s])
+                if f > 1:
+                    v = counts[s] * np.log2(f / (f - 1.0))
+                    if best < 0 or v < bestv:
+                        best = s
+                        bestv = v
+            freqs[best] -= 1
+            fsum -= 1
+        else:
+            for s in range(m):
+                f = np.int64(freqs[s])
+                if f > 0:
+                    v = counts[s] * np.log2((f + 1.0) / f)
+                    if best < 0 or v > bestv:
+                        best = s
+                        bestv = v
+            freqs[best] += 1
+            fsum += 1
+    return True
+
+
+@njit(cache=True, nogil=True)
+def entropy_bits(counts):
+    """Order-0 code length in bits of a histogram (float64)."""
+    n = 0
+    for s in range(counts.shape[0]):
+        n += np.int64(counts[s])
+    if n == 0:
+        return 0.0
+    b = 0.0
+    ln = np.log2(float(n))
+    for s in range(counts.shape[0]):
+        c = np.int64(counts[s])
+        if c > 0:
+            b += c * (ln - np.log2(float(c)))
+    return b
+
+
+@njit(cache=True, nogil=True)
+def cluster_channels(hist, T, iters, assign):
+    """Group the C channel histograms (int32[C, nsym]) into at most T groups.
+
+    Start from equal-count groups of the channels sorted by mean symbol
+    index, then move each channel to the group whose distribution codes it
+    best (a few k-means passes with cross-entropy as the distance). assign:
+    int32[C] out. Returns the order-0 bits of the grouped data.
+    """
+    C, nsym = hist.shape
+    mean = np.empty(C, np.float64)
+    for c in range(C):
+        s1 = 0.0
+        s0 = 0.0
+        for s in range(nsym):
+            s0 += hist[c, s]
+            s1 += hist[c, s] * s
+        mean[c] = s1 / s0 if s0 > 0 else 0.0
+    order = np.argsort(mean)
+    for j in range(C):
+        assign[order[j]] = (j * T) // C
+    gh = np.zeros((T, nsym), np.int64)
+    logp = np.empty((T, nsym), np.float64)
+    for it in range(iters + 1):
+        gh[:, :] = 0
+        for c in range(C):
+            g = assign[c]
+            for s in range(nsym):
+                gh[g, s] += hist[c, s]
+        if it == iters:
+            break
+        for g in range(T):
+            tot = 0.0
+            for s in range(nsym):
+                tot += gh[g, s]
+            # add-half smoothing so that a symbol new to a group costs finite bits
+            den = np.log2(tot + 0.5 * nsym)
+            for s in range(nsym):
+                logp[g, s] = den - np.log2(gh[g, s] + 0.5)
+        moved = 0
+        for c in range(C):
+            best = assign[c]
+            bestv = 1e300
+            for g in range(T):
+                v = 0.0
+                for s in range(nsym):
+                    h = hist[c, s]
+                    if h:
+                        v += h * logp[g, s]
+                if v < bestv:
+                    bestv = v
+                    best = g
+            if best != assign[c]:
+                moved += 1
+                assign[c] = best
+        if moved == 0:  # converged: recount and stop
+            gh[:, :] = 0
+            for c in range(C):
+                g = assign[c]
+                for s in range(nsym):
+                    gh[g, s] += hist[c, s]
+            break
+    bits = 0.0
+    for g in range(T):
+        bits += entropy_bits(gh[g])
+    return bits
+
+
+@njit(cache=True, nogil=True)
+def group_hist(hist, assign, T, out):
+    """out: int64[T, nsym] = sum of the channel histograms of each group."""
+    C, nsym = hist.shape
+    out[:, :] = 0
+    for c in range(C):
+        g = assign[c]
+        for s in range(nsym):
+            out[g, s] += hist[c, s]
+
+
+# ---------------------------------------------------------------- tables
+
+@njit(cache=True, nogil=True)
+def build_enc_table(freqs, enc0, enc1):
+    """freqs: uint32[ntab, nsym] -> flat uint64[ntab * nsym] tables
+    enc0 = x_max | bias << 32, enc1 = rcp | cmpl << 32 | shift << 48."""
+    ntab, nsym = freqs.shape
+    for t in range(ntab):
+        cum = 0
+        for s in range(nsym):
+            j = t * nsym + s
+            f = np.int64(freqs[t, s])
+            if f == 0:
+                enc0[j] = 0
+                enc1[j] = 0
+                continue
+            if f < PROB_SCALE:
+                xmax = ((RANS_L >> PROB_BITS) << 16) * f
+            else:
+                xmax = np.int64(0xFFFFFFFF)
+            cmpl = PROB_SCALE - f
+            if f < 2:
+                rcp = np.int64(0xFFFFFFFF)
+                shift = 0
+                bias = cum + PROB_SCALE - 1
+            else:
+                shift = 0
+                while f > (np.int64(1) << shift):
+                    shift += 1
+                rcp = ((np.int64(1) << (shift + 31)) + f - 1) // f
+                shift -= 1
+                bias = cum
+            enc0[j] = _U(xmax | (bias << 32))
+            enc1[j] = _U(rcp | (cmpl << 32) | (shift << 48))
+            cum += f
+
+
+@njit(cache=True, nogil=True)
+def build_dec_table(freqs, outvals, dec):
+    """freqs: uint32[ntab, nsym] (rows sum to 4096), outvals: int64[nsym] -> dec: uint64[ntab * 4096]."""
+    ntab, nsym = freqs.shape
+    for t in range(ntab):
+        base = t << PROB_BITS
+        cum = 0
+        for s in range(nsym):
+            f = np.int64(freqs[t, s])
+            hi = (np.int64(outvals[s]) << 32) | (f << 16)
+            for j in range(f):
+                dec[base + cum + j] = _U(hi | j)
+            cum += f
+
+
+@njit(cache=True, nogil=True)
+def period_map(C, ctxmap, scale):
+    """Table offsets (ctxmap[c % C] * scale) over one period P = lcm(C, 8)."""
+    g = C
+    b = LANES
+    while b:
+        g, b = b, g % b
+    P = C * LANES // g
+    m = np.empty(P, np.int64)
+    for c in range(P):
+        m[c] = np.int64(ctxmap[c % C]) * scale
+    return m
+
+
+# ---------------------------------------------------------------- encoding
+
+@njit(cache=True, nogil=True)
+def pack_rest(words, rbits, nbytes, mbits, out):
+    """Raw bits of each element: sign << rbits | low rbits mantissa bits (rbits + 1 bits).
+
+    The low nbytes * 8 bits go as nbytes bytes per element (element after
+    element, little endian) into out[:n * nbytes]; the mbits bits above them
+    follow, bit-packed LSB first (8 elements fill mbits bytes).
+    Returns the number of bytes written.
+    """
+    n = words.shape[0]
+    lowmask = (np.int64(1) << rbits) - 1
+    wtop = words.itemsize * 8 - 1
+    o = 0
+    if nbytes == 1:
+        for i in range(n):
+            w = np.int64(words[i])
+            out[i] = np.uint8((((w >> wtop) & 1) << rbits) | (w & lowmask))
+        o = n
+    elif nbytes > 1:
+        for i in range(n):
+            w = np.int64(words[i])
+            r = (((w >> wtop) & 1) << rbits) | (w & lowmask)
+            for b in range(nbytes):
+                out[o + b] = np.uint8((r >> (8 * b)) & 0xFF)
+            o += nbytes
+    if mbits > 0:
+        mmask = (np.int64(1) << mbits) - 1
+        lowbits = 8 * nbytes
+        acc = np.int64(0)
+        nb = 0
+        for i in range(n):
+            w = np.int64(words[i])
+            r = (((w >> wtop) & 1) << rbits) | (w & lowmask)
+            acc |= ((r >> lowbits) & mmask) << nb
+            nb += mbits
+            if nb >= 32:
+                out[o] = np.uint8(acc & 0xFF)
+                out[o + 1] = np.uint8((acc >> 8) & 0xFF)
+                out[o + 2] = np.uint8((acc >> 16) & 0xFF)
+                out[o + 3] = np.uint8((acc >> 24) & 0xFF)
+                o += 4
+                acc >>= 32
+                nb -= 32
+        while nb > 0:
+            out[o] = np.uint8(acc & 0xFF)
+            o += 1
+            acc >>= 8
+            nb -= 8
+    return o
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _estep(x, w, rbits, smask, remap, enc0, enc1, tb, out, pos):
+    j = _U(tb + remap[_U((np.int64(w) >> rbits) & smask)])
+    e0 = np.int64(enc0[j])
+    e1 = np.int64(enc1[j])
+    nd = x >= (e0 & 0xFFFFFFFF)
+    out[_U(pos - 1)] = np.uint16(x & 0xFFFF)
+    y = x >> 16
+    x = y if nd else x
+    pos -= np.int64(nd)
+    q = ((x * (e1 & 0xFFFFFFFF)) >> 32) >> (e1 >> 48)
+    x = x + (e0 >> 32) + q * ((e1 >> 32) & 0xFFFF)
+    return x, pos
+
+
+@njit(cache=True, nogil=True)
+def encode_symbols(words, rbits, smask, C, ctxmap, remap, enc0, enc1, nsym, out):
+    """rANS-code the symbols of one chunk; table of element i is ctxmap[i % C].
+
+    out: uint16 buffer with room for n + STATE_WORDS + 1 words, filled from
+    its end. Returns the number of words used (the stream is out[-nwords:]).
+    """
+    n = words.shape[0]
+    pos = out.shape[0]
+    tmap = period_map(C, ctxmap, nsym)
+    P = tmap.shape[0]
+    st = np.full(LANES, RANS_L, np.int64)
+    nfull = n & ~(LANES - 1)
+    # the last n % 8 elements first (backwards), then whole blocks of 8
+    for i in range(n - 1, nfull - 1, -1):
+        st[i & 7], pos = _estep(st[i & 7], words[i], rbits, smask, remap, enc0, enc1, tmap[i % P], out, pos)
+    x0 = st[0]
+    x1 = st[1]
+    x2 = st[2]
+    x3 = st[3]
+    x4 = st[4]
+    x5 = st[5]
+    x6 = st[6]
+    x7 = st[7]
+    ci = (nfull - LANES) % P if nfull > 0 else 0
+    for b in range(nfull - LANES, -1, -LANES):
+        x7, pos = _estep(x7, words[b + 7], rbits, smask, remap, enc0, enc1, tmap[ci + 7], out, pos)
+        x6, pos = _estep(x6, words[b + 6], rbits, smask, remap, enc0, enc1, tmap[ci + 6], out, pos)
+        x5, pos = _estep(x5, words[b + 5], rbits, smask, remap, enc0, enc1, tmap[ci + 5], out, pos)
+        x4, pos = _estep(x4, words[b + 4], rbits, smask, remap, enc0, enc1, tmap[ci + 4], out, pos)
+        x3, pos = _estep(x3, words[b + 3], rbits, smask, remap, enc0, enc1, tmap[ci + 3], out, pos)
+        x2, pos = _estep(x2, words[b + 2], rbits, smask, remap, enc0, enc1, tmap[ci + 2], out, pos)
+        x1, pos = _estep(x1, words[b + 1], rbits, smask, remap, enc0, enc1, tmap[ci + 1], out, pos)
+        x0, pos = _estep(x0, words[b], rbits, smask, remap, enc0, enc1, tmap[ci], out, pos)
+        ci = ci - LANES if ci > 0 else P - LANES
+    st[0] = x0
+    st[1] = x1
+    st[2] = x2
+    st[3] = x3
+    st[4] = x4
+    st[5] = x5
+    st[6] = x6
+    st[7] = x7
+    for lane in range(LANES - 1, -1, -1):
+        x = st[lane]
+        pos -= 1
+        out[pos] = np.uint16(x >> 16)
+        pos -= 1
+        out[pos] = np.uint16(x & 0xFFFF)
+    return out.shape[0] - pos
+
+
+# ---------------------------------------------------------------- decoding
+
+@njit(cache=True, nogil=True, inline="always")
+def _dstep(x, dec, base, stream, p, out, i):
+    e = np.int64(dec[_U(base + (x & PROB_MASK))])
+    x = ((e >> 16) & 0xFFFF) * (x >> PROB_BITS) + (e & 0xFFFF)
+    w = np.int64(stream[_U(p)])
+    nd = x < RANS_L
+    y = (x << 16) | w
+    x = y if nd else x
+    p += np.int64(nd)
+    out[_U(i)] = e >> 32
+    return x, p
+
+
+@njit(cache=True, nogil=True)
+def _unpack_bytes(rest, rbits, wtop, out, a, b):
+    lowmask = (np.int64(1) << rbits) - 1
+    for i in range(a, b):
+        r = np.int64(rest[i])
+        out[i] |= ((r >> rbits) << wtop) | (r & lowmask)
+
+
+@njit(cache=True, nogil=True)
+def _unpack_range(rest, rbits, nbytes, mbits, out, a, b):
+    """OR the raw bits of elements [a, b) into out (a multiple of 8); layout as pack_rest."""
+    n = out.shape[0]
+    wtop = out.itemsize * 8 - 1
+    lowmask = (np.int64(1) << rbits) - 1
+    if nbytes == 1 and mbits == 0:
+        _unpack_bytes(rest, rbits, wtop, out, a, b)
+        return
+    if nbytes == 0:
+        mmask = (np.int64(1) << mbits) - 1
+        ob = (a * mbits) >> 3
+        i = a
+        while i + LANES <= b:
+            v = np.int64(0)
+            for k in range(mbits):
+                v |= np.int64(rest[ob + k]) << (8 * k)
+            ob += mbits
+            for j in range(LANES):
+                r = (v >> (j * mbits)) & mmask
+                out[i + j] |= ((r >> rbits) << wtop) | (r & lowmask)
+            i += LANES
+        if i < b:
+            v = np.int64(0)
+            k = 0
+            while ob + k < rest.shape[0] and k < mbits:
+                v |= np.int64(rest[ob + k]) << (8 * k)
+                k += 1
+            j = 0
+            while i < b:
+                r = (v >> (j * mbits)) & mmask
+                out[i] |= ((r >> rbits) << wtop) | (r & lowmask)
+                i += 1
+                j += 1
+        return
+    mmask = (np.int64(1) << mbits) - 1
+    lowbits = 8 * nbytes
+    ob = n * nbytes + (a * mbits) // 8
+    nrest = rest.shape[0]
+    acc = np.int64(0)
+    nb = 0
+    o = a * nbytes
+    for i in range(a, b):
+        if nb < mbits:
+            k = 0
+            while k < 4 and ob < nrest:
+                acc |= np.int64(rest[ob]) << nb
+                ob += 1
+                nb += 8
+                k += 1
+        r = (acc & mmask) << lowbits
+        acc >>= mbits
+        nb -= mbits
+        for k in range(nbytes):
+            r |= np.int64(rest[o + k]) << (8 * k)
+        o += nbytes
+        out[i] |= ((r >> rbits) << wtop) | (r & lowmask)
+
+
+SUB = 4096  # elements decoded per pass (symbols, then raw bits) to stay in L1/L2
+
+
+@njit(cache=True, nogil=True)
+def decode_chunk(stream, nwords, C, ctxmap, dec, rest, rbits, nbytes, mbits, out):
+    """Decode one split chunk into out (uint8/16/32[n]).
+
+    stream: uint16[nwords]; rest: exactly the raw-bit bytes; dec: the tables.
+    Returns True iff all words were consumed and every lane ended in the
+    encoder's initial state.
+    """
+    n = out.shape[0]
+    if nwords < STATE_WORDS or nwords > stream.shape[0]:
+        return False
+    st = np.empty(LANES, np.int64)
+    for lane in range(LANES):
+        x = np.int64(stream[2 * lane]) | (np.int64(stream[2 * lane + 1]) << 16)
+        if x < RANS_L or x >= (np.int64(1) << 31):
+            return False
+        st[lane] = x
+    x0 = st[0]
+    x1 = st[1]
+    x2 = st[2]
+    x3 = st[3]
+    x4 = st[4]
+    x5 = st[5]
+    x6 = st[6]
+    x7 = st[7]
+    bmap = period_map(C, ctxmap, PROB_SCALE)
+    P = bmap.shape[0]
+    single = True
+    for c in range(P):
+        if bmap[c] != 0:
+            single = False
+    p = STATE_WORDS
+    i = 0
+    ci = 0
+    while True:
+        i0 = i
+        iend = min(n, i + SUB)
+        if P == LANES and single:
+            while i + LANES <= iend and p + LANES <= nwords:
+                x0, p = _dstep(x0, dec, 0, stream, p, out, i)
+                x1, p = _dstep(x1, dec, 0, stream, p, out, i + 1)
+                x2, p = _dstep(x2, dec, 0, stream, p, out, i + 2)
+                x3, p = _dstep(x3, dec, 0, stream, p, out, i + 3)
+                x4, p = _dstep(x4, dec, 0, stream, p, out, i + 4)
+                x5, p = _dstep(x5, dec, 0, stream, p, out, i + 5)
+                x6, p = _dstep(x6, dec, 0, stream, p, out, i + 6)
+                x7, p = _dstep(x7, dec, 0, stream, p, out, i + 7)
+                i += LANES
+        while i + LANES <= iend and p + LANES <= nwords:
+            x0, p = _dstep(x0, dec, bmap[ci], stream, p, out, i)
+            x1, p = _dstep(x1, dec, bmap[ci + 1], stream, p, out, i + 1)
+            x2, p = _dstep(x2, dec, bmap[ci + 2], stream, p, out, i + 2)
+            x3, p = _dstep(x3, dec, bmap[ci + 3], stream, p, out, i + 3)
+            x4, p = _dstep(x4, dec, bmap[ci + 4], stream, p, out, i + 4)
+            x5, p = _dstep(x5, dec, bmap[ci + 5], stream, p, out, i + 5)
+            x6, p = _dstep(x6, dec, bmap[ci + 6], stream, p, out, i + 6)
+            x7, p = _dstep(x7, dec, bmap[ci + 7], stream, p, out, i + 7)
+            ci = ci + LANES if ci + LANES < P else 0
+            i += LANES
+        _unpack_range(rest, rbits, nbytes, mbits, out, i0, i)
+        if i + LANES > iend and iend < n:
+            continue
+        break
+    st[0] = x0
+    st[1] = x1
+    st[2] = x2
+    st[3] = x3
+    st[4] = x4
+    st[5] = x5
+    st[6] = x6
+    st[7] = x7
+    # the rest, one element at a time, every read checked
+    i0 = i
+    while i < n:
+        lane = i & (LANES - 1)
+        x = st[lane]
+        e = np.int64(dec[bmap[i % P] + (x & PROB_MASK)])
+        x = ((e >> 16) & 0xFFFF) * (x >> PROB_BITS) + (e & 0xFFFF)
+        if x < RANS_L:
+            if p >= nwords:
+                return False
+            x = (x << 16) | np.int64(stream[p])
+            p += 1
+        st[lane] = x
+        out[i] = e >> 32
+        i += 1
+    _unpack_range(rest, rbits, nbytes, mbits, out, i0, n)
+    if p != nwords:
+        return False
+    for lane in range(LANES):
+        if st[lane] != RANS_L:
+            return False
+    return True
+
+
+# ---------------------------------------------------------------- checksum
+
+_P1 = _U(0x9E3779B185EBCA87)
+_P2 = _U(0xC2B2AE3D27D4EB4F)
+_P3 = _U(0x165667B19E3779F9)
+_P4 = _U(0x85EBCA77C2B2AE63)
+_P5 = _U(0x27D4EB2F165667C5)
+
+
+@njit(cache=True, inline="always")
+def _rotl(x, r):
+    return (x << _U(r)) | (x >> _U(64 - r))
+
+
+@njit(cache=True, inline="always")
+def _round(acc, v):
+    acc = acc + v * _P2
+    acc = _rotl(acc, 31)
+    return acc * _P1
+
+
+@njit(cache=True, inline="always")
+def _merge(h, v):
+    h = h ^ _round(_U(0), v)
+    return h * _P1 + _P4
+
+
+@njit(cache=True, nogil=True)
+def xxh64(data, words):
+    """XXH64 (seed 0) of a contiguous uint8 array; words: the same bytes' first
+    (n // 8) * 8 viewed as little-endian uint64 (see checksum())."""
+    n = data.shape[0]
+    p = 0
+    if n >= 32:
+        v1 = _P1 + _P2
+        v2 = _P2
+        v3 = _U(0)
+        v4 = _U(0) - _P1
+        while p + 32 <= n:
+            q = p >> 3
+            v1 = _round(v1, words[q])
+            v2 = _round(v2, words[q + 1])
+            v3 = _round(v3, words[q + 2])
+            v4 = _round(v4, words[q + 3])
+            p += 32
+        h = _rotl(v1, 1) + _rotl(v2, 7) + _rotl(v3, 12) + _rotl(v4, 18)
+        h = _merge(h, v1)
+        h = _merge(h, v2)
+        h = _merge(h, v3)
+        h = _merge(h, v4)
+    else:
+        h = _P5
+    h = h + _U(n)
+    while p + 8 <= n:
+        h = h ^ _round(_U(0), words[p >> 3])
+        h = _rotl(h, 27) * _P1 + _P4
+        p += 8
+    if p + 4 <= n:
+        k = _U(0)
+        for j in range(4):
+            k |= _U(data[p + j]) << _U(8 * j)
+        h = h ^ (k * _P1)
+        h = _rotl(h, 23) * _P2 + _P3
+        p += 4
+    while p < n:
+        h = h ^ (_U(data[p]) * _P5)
+        h = _rotl(h, 11) * _P1
+        p += 1
+    h = h ^ (h >> _U(33))
+    h = h * _P2
+    h = h ^ (h >> _U(29))
+    h = h * _P3
+    h = h ^ (h >> _U(32))
+    return h
+
+
+def checksum(arr):
+    """XXH64 (seed 0) of the bytes of a C-contiguous numpy array, as a Python int."""
+    b = arr.reshape(-1).view(np.uint8)
+    n8 = (b.shape[0] // 8) * 8
+    return int(xxh64(b, b[:n8].view(np.uint64)))
+
+
+# ---------------------------------------------------------------- varints
+
+@njit(cache=True, nogil=True)
+def pack_varints(vals, out):
+    """LEB128 of each value (non-negative, < 2**63) into out; returns bytes written."""
+    o = 0
+    for i in range(vals.shape[0]):
+        v = np.int64(vals[i])
+        while v >= 0x80:
+            out[o] = np.uint8((v & 0x7F) | 0x80)
+            o += 1
+            v >>= 7
+        out[o] = np.uint8(v)
+        o += 1
+    return o
+
+
+@njit(cache=True, nogil=True)
+def unpack_varints(buf, pos, end, out, limit):
+    """Read out.shape[0] LEB128 values (each <= limit) from buf[pos:end].
+    Returns the new position, or -1 if truncated or out of range."""
+    for i in range(out.shape[0]):
+        v = np.int64(0)
+        shift = 0
+        while True:
+            if pos >= end or shift > 56:
+                return -1
+            b = np.int64(buf[pos])
+            pos += 1
+            v |= (b & 0x7F) << shift
+            if b < 0x80:
+                break
+            shift += 7
+        if v > limit:
+            return -1
+        out[i] = v
+    return pos

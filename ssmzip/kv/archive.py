@@ -1,0 +1,465 @@
+"""The tensor archive: named tensors, coded in independent chunks, with an index.
+
+Layout (all little-endian; FORMAT.md has it byte by byte)::
+
+    header   16 bytes   magic b"\\xfdSSKV\\x00\\r\\n", u16 version, u16 flags, u32 reserved (0)
+    chunks   ...        chunk payloads back to back, in index order
+    index    ...        tensors (name, dtype, shape, chunks: method, count, size, XXH64)
+    trailer  24 bytes   u64 index offset, u32 index length, u32 CRC32 of the index, b"SSKVEND\\x00"
+
+Pickle-free; every field is validated before use; chunks decode independently
+(in parallel threads) and each carries the XXH64 of its original bytes. The
+writer streams: only the chunks in flight are in memory, the index goes last.
+"""
+import io
+import os
+import struct
+import threading
+import zlib
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from ssmzip.errors import SSMZipError
+from ssmzip.kv import _rans
+from ssmzip.kv._arrays import DTYPES, is_float, itemsize, word_dtype
+from ssmzip.kv._io import Reader, varint
+from ssmzip.kv.floatsplit import FLOAT_SPECS, decode_split, encode_split
+
+MAGIC = b"\xfdSSKV\x00\r\n"
+END_MAGIC = b"SSKVEND\x00"
+VERSION = 1
+_HEAD = struct.Struct("<8sHHI")
+_TRAIL = struct.Struct("<QII8s")
+HEADER_SIZE = _HEAD.size    # 16
+TRAILER_SIZE = _TRAIL.size  # 24
+
+FLAG_FILE_IMAGE = 1         # the entries' bytes, concatenated in index order, are the original file
+KNOWN_FLAGS = FLAG_FILE_IMAGE
+
+METHOD_RAW = 0
+METHOD_SPLIT = 1
+METHOD_ZLIB = 2
+METHOD_NAMES = {METHOD_RAW: "raw", METHOD_SPLIT: "split", METHOD_ZLIB: "zlib"}
+
+DEFAULT_CHUNK_BYTES = 1 << 21   # 2 MiB of original data per chunk
+MAX_CHUNK_ELEMS = 1 << 26       # decoder limit per chunk
+MAX_NDIM = 32
+MAX_NAME = 1 << 16
+ZLIB_MAX_RATIO = 1100           # deflate cannot expand more than ~1032:1
+
+
+def is_archive(head):
+    """True if the bytes (at least the first 8 of a file) start an archive."""
+    return bytes(head[:len(MAGIC)]) == MAGIC
+
+
+class Chunk:
+    __slots__ = ("method", "n", "clen", "checksum", "offset")
+
+    def __init__(self, method, n, clen, checksum, offset):
+        self.method = method
+        self.n = n
+        self.clen = clen
+        self.checksum = checksum
+        self.offset = offset
+
+
+class Entry:
+    """One tensor (or byte blob) of an archive."""
+
+    __slots__ = ("name", "code", "shape", "chunks")
+
+    def __init__(self, name, code, shape, chunks):
+        self.name = name
+        self.code = code
+        self.shape = shape
+        self.chunks = chunks
+
+    @property
+    def dtype(self):
+        return DTYPES[self.code][0]
+
+    @property
+    def nwords(self):
+        return sum(c.n for c in self.chunks)
+
+    @property
+    def nbytes(self):
+        return self.nwords * (itemsize(self.code) if is_float(self.code) else 1)
+
+    @property
+    def compressed(self):
+        return sum(c.clen for c in self.chunks)
+
+    def info(self):
+        nb = self.nbytes
+        return {
+            "name": self.name,
+            "dtype": self.dtype,
+            "shape": self.shape,
+            "nbytes": nb,
+            "compressed": self.compressed,
+            "ratio": (self.compressed / nb) if nb else 1.0,
+            "chunks": len(self.chunks),
+            "methods": sorted({METHOD_NAMES[c.method] for c in self.chunks}),
+        }
+
+
+# ---------------------------------------------------------------- chunk coding
+
+def encode_chunk(words, code, C=1, zlevel=6):
+    """(method, payload, checksum) for one chunk of words (1-D contiguous)."""
+    csum = _rans.checksum(words)
+    if is_float(code):
+        W, E, _ = FLOAT_SPECS[DTYPES[code][0]]
+        p = encode_split(words, W, E, C)
+        if p is not None:
+            return METHOD_SPLIT, p, csum
+    else:
+        z = zlib.compress(words, zlevel)
+        if len(z) < words.nbytes:
+            return METHOD_ZLIB, z, csum
+    return METHOD_RAW, words.tobytes(), csum
+
+
+def decode_chunk(chunk, payload, code, out, where):
+    """Decode one chunk's payload into out (a word array of chunk.n) and verify it."""
+    m = chunk.method
+    if m == METHOD_RAW:
+        if len(payload) != out.nbytes:
+            raise SSMZipError(f"corrupt data: raw chunk size mismatch in {where}")
+        out.view(np.uint8)[:] = np.frombuffer(payload, np.uint8)
+    elif m == METHOD_SPLIT:
+        W, E, _ = FLOAT_SPECS[DTYPES[code][0]]
+        decode_split(payload, W, E, out)
+    elif m == METHOD_ZLIB:
+        d = zlib.decompressobj()
+        try:
+            data = d.decompress(payload, out.nbytes)
+        except zlib.error:
+            raise SSMZipError(f"corrupt data: bad deflate stream in {where}") from None
+        if len(data) != out.nbytes or not d.eof or d.unused_data or d.unconsumed_tail:
+            raise SSMZipError(f"corrupt data: deflate size mismatch in {where}")
+        out.view(np.uint8)[:] = np.frombuffer(data, np.uint8)
+    else:  # validated when the index was read
+        raise SSMZipError(f"corrupt data: unknown chunk method {m} in {where}")
+    if _rans.checksum(out) != chunk.checksum:
+        raise SSMZipError(f"corrupt data: checksum mismatch in {where}")
+
+
+def chunk_plan(code, shape, nwords, chunk_bytes=DEFAULT_CHUNK_BYTES):
+    """(words per chunk, channel period C) for a tensor."""
+    size = itemsize(code) if is_float(code) else 1
+    per = max(1, chunk_bytes // size)
+    C = 1
+    if is_float(code) and len(shape) >= 2 and 1 < shape[-1] <= per:
+        C = shape[-1]
+        per = (per // C) * C
+    return per, C
+
+
+def ordered_map(fn, items, threads):
+    """Yield fn(item) in order, with at most 2 * threads calls in flight."""
+    if threads <= 1:
+        for it in items:
+            yield fn(it)
+        return
+    with ThreadPoolExecutor(threads) as pool:
+        pending = deque()
+        for it in items:
+            pending.append(pool.submit(fn, it))
+            if len(pending) >= 2 * threads:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+
+
+# ---------------------------------------------------------------- writing
+
+class ArchiveWriter:
+    """Writes an archive to a binary file object, tensor after tensor."""
+
+    def __init__(self, f, *, flags=0, threads=1, chunk_bytes=DEFAULT_CHUNK_BYTES, progress=None):
+        if flags & ~KNOWN_FLAGS:
+            raise ValueError("unknown flags")
+        if chunk_bytes < 1:
+            raise ValueError("chunk_bytes must be positive")
+        self.f = f
+        self.flags = flags
+        self.threads = max(1, int(threads))
+        self.chunk_bytes = int(chunk_bytes)
+        self.progress = progress
+        self.entries = []
+        self._names = set()
+        self.pos = HEADER_SIZE
+        f.write(_HEAD.pack(MAGIC, VERSION, flags, 0))
+
+    def _check_name(self, name):
+        if not isinstance(name, str):
+            raise SSMZipError(f"tensor names must be strings, got {type(name).__name__}")
+        if name in self._names:
+            raise SSMZipError(f"duplicate tensor name {name!r}")
+        if len(name.encode("utf-8")) >= MAX_NAME:
+            raise SSMZipError("tensor name too long")
+        self._names.add(name)
+
+    def add_words(self, name, code, shape, words):
+        """Add a tensor given as its full 1-D word array (see _arrays.to_words)."""
+        n = words.shape[0]
+        per, C = chunk_plan(code, shape, n, self.chunk_bytes)
+        self._add(name, code, shape, C, (words[s:s + per] for s in range(0, n, per)))
+
+    def add_stream(self, name, code, shape, nbytes, read):
+        """Add a tensor whose nbytes original bytes come from read(k) -> bytes, chunk by chunk."""
+        wdt = word_dtype(code)
+        size = np.dtype(wdt).itemsize
+        if nbytes % size:
+            raise SSMZipError(f"tensor {name!r}: {nbytes} bytes is not a whole number of elements")
+        per, C = chunk_plan(code, shape, nbytes // size, self.chunk_bytes)
+
+        def chunks():
+            left = nbytes
+            while left:
+                k = min(left, per * size)
+                b = read(k)
+                if len(b) != k:
+                    raise SSMZipError(f"input truncated inside tensor {name!r}")
+                left -= k
+                yield np.frombuffer(b, wdt)
+        self._add(name, code, shape, C, chunks())
+
+    def _add(self, name, code, shape, C, chunk_iter):
+        self._check_name(name)
+        if len(shape) > MAX_NDIM:
+            raise SSMZipError(f"tensor {name!r} has more than {MAX_NDIM} dimensions")
+        chunks = []
+
+        def work(words):
+            return encode_chunk(np.ascontiguousarray(words), code, C) + (words.shape[0], words.nbytes)
+
+        for method, payload, csum, n, nb in ordered_map(work, chunk_iter, self.threads):
+            self.f.write(payload)
+            chunks.append(Chunk(method, n, len(payload), csum, self.pos))
+            self.pos += len(payload)
+            if self.progress is not None:
+                self.progress(nb)
+        self.entries.append(Entry(name, code, tuple(int(d) for d in shape), chunks))
+
+    def close(self, extra=b""):
+        """Write the index and the trailer (the file object stays open)."""
+        idx = bytearray()
+        idx += varint(len(self.entries))
+        for e in self.entries:
+            nb = e.name.encode("utf-8")
+            idx += varint(len(nb)) + nb
+            idx += bytes((e.code, len(e.shape)))
+            for d in e.shape:
+                idx += varint(d)
+            idx += varint(len(e.chunks))
+            for c in e.chunks:
+                idx += bytes((c.method,)) + varint(c.n) + varint(c.clen) + struct.pack("<Q", c.checksum)
+        idx += varint(len(extra)) + bytes(extra)
+        self.f.write(idx)
+        self.f.write(_TRAIL.pack(self.pos, len(idx), zlib.crc32(idx), END_MAGIC))
+        self.pos += len(idx) + TRAILER_SIZE
+
+
+# ---------------------------------------------------------------- reading
+
+class ArchiveReader:
+    """Random access to an archive in memory (bytes-like) or in a file (path or binary file object)."""
+
+    def __init__(self, src):
+        self._own = False
+        self._lock = threading.Lock()
+        if isinstance(src, (bytes, bytearray, memoryview)):
+            self._buf = memoryview(src).cast("B") if isinstance(src, memoryview) else memoryview(src)
+            self._f = None
+            self.size = len(self._buf)
+        else:
+            self._buf = None
+            if isinstance(src, (str, os.PathLike)):
+                self._f = open(src, "rb")
+                self._own = True
+            else:
+                self._f = src
+            self._f.seek(0, io.SEEK_END)
+            self.size = self._f.tell()
+        try:
+            self._read_meta()
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self):
+        if self._own and self._f is not None:
+            self._f.close()
+            self._f = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def _read(self, offset, n):
+        if offset < 0 or n < 0 or offset + n > self.size:
+            raise SSMZipError("corrupt data: read past the end of the archive")
+        if self._buf is not None:
+            return self._buf[offset:offset + n]
+        fd = getattr(self._f, "fileno", None)
+        if fd is not None and hasattr(os, "pread"):
+            try:
+                b = os.pread(fd(), n, offset)
+            except (OSError, io.UnsupportedOperation):
+                b = None
+            if b is not None:
+                if len(b) != n:
+                    raise SSMZipError("archive file truncated while reading")
+                return b
+        with self._lock:
+            self._f.seek(offset)
+            b = self._f.read(n)
+        if len(b) != n:
+            raise SSMZipError("archive file truncated while reading")
+        return b
+
+    def _read_meta(self):
+        if self.size < HEADER_SIZE:
+            head = bytes(self._read(0, self.size))
+            if head and MAGIC.startswith(head[:len(MAGIC)]):
+                raise SSMZipError("corrupt data: archive truncated (shorter than its header)")
+            raise SSMZipError("not an ssmzip tensor archive (bad magic)" if head else "empty input (not an ssmzip tensor archive)")
+        magic, version, flags, reserved = _HEAD.unpack(bytes(self._read(0, HEADER_SIZE)))
+        if magic != MAGIC:
+            raise SSMZipError("not an ssmzip tensor archive (bad magic)")
+        if version != VERSION:
+            raise SSMZipError(f"unsupported tensor archive version {version} (this ssmzip reads {VERSION})")
+        if flags & ~KNOWN_FLAGS or reserved:
+            raise SSMZipError(f"unsupported tensor archive flags {flags:#x}")
+        self.flags = flags
+        if self.size < HEADER_SIZE + TRAILER_SIZE:
+            raise SSMZipError("corrupt data: archive truncated (no trailer)")
+        ioff, ilen, icrc, end = _TRAIL.unpack(bytes(self._read(self.size - TRAILER_SIZE, TRAILER_SIZE)))
+        if end != END_MAGIC:
+            raise SSMZipError("corrupt data: archive truncated or damaged (bad trailer)")
+        if ioff < HEADER_SIZE or ioff + ilen + TRAILER_SIZE != self.size:
+            raise SSMZipError("corrupt data: bad index position")
+        idx = bytes(self._read(ioff, ilen))
+        if zlib.crc32(idx) != icrc:
+            raise SSMZipError("corrupt data: index checksum mismatch")
+        self.entries = self._parse_index(idx, ioff)
+        self._by_name = {e.name: e for e in self.entries}
+
+    def _parse_index(self, idx, data_end):
+        r = Reader(idx, "index")
+        nt = r.varint(len(idx))
+        entries = []
+        names = set()
+        pos = HEADER_SIZE
+        for _ in range(nt):
+            ln = r.varint(MAX_NAME - 1)
+            try:
+                name = bytes(r.take(ln)).decode("utf-8")
+            except UnicodeDecodeError:
+                raise SSMZipError("corrupt data: tensor name is not UTF-8") from None
+            if name in names:
+                raise SSMZipError(f"corrupt data: duplicate tensor name {name!r}")
+            names.add(name)
+            code = r.u8()
+            if code not in DTYPES:
+                raise SSMZipError(f"corrupt data: unknown dtype code {code} for tensor {name!r}")
+            ndim = r.u8()
+            if ndim > MAX_NDIM:
+                raise SSMZipError(f"corrupt data: tensor {name!r} has {ndim} dimensions")
+            shape = tuple(r.varint(1 << 62) for _ in range(ndim))
+            count = 1
+            for d in shape:
+                count *= d
+            unit = itemsize(code) if is_float(code) else 1
+            want = count * (1 if is_float(code) else itemsize(code))  # words: elements, or bytes
+            nch = r.varint(r.remaining())
+            chunks = []
+            total = 0
+            for j in range(nch):
+                where = f"chunk {j} of tensor {name!r}"
+                method = r.u8()
+                n = r.varint(MAX_CHUNK_ELEMS)
+                clen = r.varint(data_end)
+                csum = r.u64()
+                if n < 1:
+                    raise SSMZipError(f"corrupt data: empty {where}")
+                if method == METHOD_RAW:
+                    ok = clen == n * unit
+                elif method == METHOD_SPLIT:
+                    ok = is_float(code) and 8 * clen >= n
+                elif method == METHOD_ZLIB:
+                    ok = not is_float(code) and n <= ZLIB_MAX_RATIO * clen + 64
+                else:
+                    raise SSMZipError(f"corrupt data: unknown method {method} in {where}")
+                if not ok:
+                    raise SSMZipError(f"corrupt data: sizes inconsistent in {where}")
+                chunks.append(Chunk(method, n, clen, csum, pos))
+                pos += clen
+                total += n
+                if pos > data_end:
+                    raise SSMZipError(f"corrupt data: {where} runs past the data")
+            if total != want:
+                raise SSMZipError(f"corrupt data: tensor {name!r} has {total} coded elements for shape {shape}")
+            entries.append(Entry(name, code, shape, chunks))
+        el = r.varint(r.remaining())
+        self.extra = bytes(r.take(el))
+        r.done()
+        if pos != data_end:
+            raise SSMZipError("corrupt data: chunk sizes do not add up to the data size")
+        return entries
+
+    # -- access
+
+    def names(self):
+        return [e.name for e in self.entries]
+
+    def entry(self, name):
+        try:
+            return self._by_name[name]
+        except KeyError:
+            raise SSMZipError(f"no tensor named {name!r} in the archive") from None
+
+    def _decode_one(self, entry, j, out):
+        c = entry.chunks[j]
+        decode_chunk(c, self._read(c.offset, c.clen), entry.code, out, f"chunk {j} of tensor {entry.name!r}")
+
+    def read_words(self, name_or_entry, threads=1):
+        """The tensor's words (1-D numpy array), chunks decoded in parallel threads."""
+        e = name_or_entry if isinstance(name_or_entry, Entry) else self.entry(name_or_entry)
+        out = np.empty(e.nwords, word_dtype(e.code))
+        starts = []
+        s = 0
+        for c in e.chunks:
+            starts.append(s)
+            s += c.n
+        jobs = [(j, starts[j], e.chunks[j].n) for j in range(len(e.chunks))]
+        for _ in ordered_map(lambda job: self._decode_one(e, job[0], out[job[1]:job[1] + job[2]]), jobs, threads):
+            pass
+        return out
+
+    def iter_bytes(self, entry, threads=1):
+        """Yield the entry's original bytes chunk by chunk (numpy uint8 arrays)."""
+        wdt = word_dtype(entry.code)
+
+        def one(j):
+            out = np.empty(entry.chunks[j].n, wdt)
+            self._decode_one(entry, j, out)
+            return out.view(np.uint8)
+        yield from ordered_map(one, range(len(entry.chunks)), threads)
+
+    def info(self):
+        return {
+            "format": "ssmzip tensor archive",
+            "version": VERSION,
+            "file_image": bool(self.flags & FLAG_FILE_IMAGE),
+            "size": self.size,
+            "tensors": [e.info() for e in self.entries],
+        }

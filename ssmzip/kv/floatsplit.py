@@ -1,0 +1,240 @@
+"""Lossless float codec for one chunk of elements: field split + rANS.
+
+Each element (bf16, fp16, fp32, fp8 word) is split into a symbol (the
+exponent and the ``k`` leading mantissa bits, ``k`` chosen per chunk) and raw
+bits (sign and the other mantissa bits). The symbols are rANS coded with one
+static model per chunk, or, when the caller gives a channel period ``C`` (the
+tensor's last dimension), with up to 32 models, each used by a group of
+channels (channels grouped by k-means on their symbol histograms); whichever
+is smaller. The raw bits are stored as they are. See FORMAT.md, "split chunk".
+"""
+import numpy as np
+
+from ssmzip.errors import SSMZipError
+from ssmzip.kv import _rans
+from ssmzip.kv._io import Reader, varint
+
+#: name -> (word bits W, exponent bits E, word dtype)
+FLOAT_SPECS = {
+    "float32": (32, 8, np.uint32),
+    "float16": (16, 5, np.uint16),
+    "bfloat16": (16, 8, np.uint16),
+    "float8_e4m3fn": (8, 4, np.uint8),
+    "float8_e5m2": (8, 5, np.uint8),
+}
+
+KMAX = 3            # mantissa bits that may join the exponent in the symbol
+MAX_SYMBOLS = 256   # distinct symbols per chunk (index fits the table entry)
+MAX_TABLES = 64     # decoder limit (the encoder uses at most 32)
+GROUP_CHOICES = (4, 8, 16)
+MIN_ROWS = 32       # channel models only when each channel has this many elements
+MAX_CHANNELS = 1 << 16
+_TABLE_BITS_PER_SYMBOL = 11.0   # rough cost of one stored frequency (model selection only)
+
+
+def _layout(W, S):
+    """(R, nbytes, mbits): R low mantissa bits below the symbol; raw bits R + 1
+    stored as nbytes whole bytes plus mbits bit-packed bits per element."""
+    R = W - 1 - S
+    return R, (R + 1) // 8, (R + 1) % 8
+
+
+def rest_size(n, W, S):
+    _, nbytes, mbits = _layout(W, S)
+    return n * nbytes + (n * mbits + 7) // 8
+
+
+def _quantized_bits(counts):
+    """Exact bits of counts coded with their own 12-bit quantised frequencies."""
+    f = np.zeros(counts.shape[0], np.uint32)
+    if not _rans.normalize_freqs(counts, f):
+        return 0.0, f
+    nz = counts > 0
+    bits = float(np.sum(counts[nz] * (_rans.PROB_BITS - np.log2(f[nz].astype(np.float64)))))
+    return bits, f
+
+
+def _runs(used):
+    """Sorted symbol values -> list of (start, length) runs."""
+    runs = []
+    start = prev = int(used[0])
+    for v in used[1:]:
+        v = int(v)
+        if v != prev + 1:
+            runs.append((start, prev - start + 1))
+            start = v
+        prev = v
+    runs.append((start, prev - start + 1))
+    return runs
+
+
+def choose_model(words, W, E, C=1):
+    """Pick (S, used symbols, per-table freqs, ctxmap or None) for one chunk."""
+    n = words.shape[0]
+    kmax = min(KMAX, W - 1 - E)
+    S0 = E + kmax
+    R0 = W - 1 - S0
+    hist4 = np.zeros((4, 1 << S0), np.int64)
+    _rans.hist_symbols(words, R0, (1 << S0) - 1, hist4)
+    h0 = hist4.sum(axis=0)
+    best = None
+    for k in range(kmax + 1):
+        S = E + k
+        hk = h0.reshape(1 << S, 1 << (kmax - k)).sum(axis=1) if k < kmax else h0
+        used = np.flatnonzero(hk)
+        if used.shape[0] > MAX_SYMBOLS:
+            continue
+        counts = hk[used]
+        bits, freqs = _quantized_bits(counts)
+        R, nbytes, mbits = _layout(W, S)
+        cost = bits + n * (R + 1) + used.shape[0] * _TABLE_BITS_PER_SYMBOL
+        if best is None or cost < best[0]:
+            best = (cost, S, used, counts, freqs)
+    if best is None:  # more than 256 exponent values: cannot happen for E <= 8
+        raise ValueError("too many symbols")
+    cost, S, used, counts, freqs = best
+    freqs = freqs.reshape(1, -1)
+    ctxmap = None
+    nsym = used.shape[0]
+    if C > 1 and C <= MAX_CHANNELS and n % C == 0 and n // C >= MIN_ROWS and nsym > 1:
+        R = W - 1 - S
+        remap = np.zeros(1 << S, np.int32)
+        remap[used] = np.arange(nsym, dtype=np.int32)
+        hist = np.zeros((C, nsym), np.int32)
+        _rans.hist_channels(words, R, (1 << S) - 1, remap, C, hist)
+        single = cost - n * (R + 1)
+        best_groups = None
+        for T in GROUP_CHOICES:
+            if T >= C:
+                break
+            assign = np.empty(C, np.int32)
+            bits = _rans.cluster_channels(hist, T, 2, assign)
+            gcost = bits * 1.003 + T * nsym * _TABLE_BITS_PER_SYMBOL + C * 8
+            if gcost < single and (best_groups is None or gcost < best_groups[0]):
+                best_groups = (gcost, T, assign)
+        if best_groups is not None:
+            _, T, assign = best_groups
+            gh = np.zeros((T, nsym), np.int64)
+            _rans.group_hist(hist, assign, T, gh)
+            keep = np.flatnonzero(gh.sum(axis=1) > 0)
+            newid = np.full(T, -1, np.int64)
+            newid[keep] = np.arange(keep.shape[0])
+            gh = gh[keep]
+            f = np.zeros(gh.shape, np.uint32)
+            total = 0.0
+            for t in range(gh.shape[0]):
+                b, f[t] = _quantized_bits(gh[t])
+                total += b
+            # keep the grouped model only if its exact size still wins
+            if total + gh.shape[0] * nsym * _TABLE_BITS_PER_SYMBOL + C * 8 < single:
+                freqs = f
+                ctxmap = newid[assign].astype(np.uint8)
+    return S, used, freqs, ctxmap
+
+
+def encode_split(words, W, E, C=1):
+    """Code one chunk (1-D contiguous uint8/16/32 words). Returns the payload,
+    or None if it would not be smaller than the raw words."""
+    n = words.shape[0]
+    S, used, freqs, ctxmap = choose_model(words, W, E, C)
+    R, nbytes, mbits = _layout(W, S)
+    nsym = used.shape[0]
+    T = freqs.shape[0]
+    head = bytearray()
+    head += bytes((S, T))
+    head += varint(nsym)
+    runs = _runs(used)
+    head += varint(len(runs))
+    prev = 0
+    for start, length in runs:
+        head += varint(start - prev)
+        head += varint(length)
+        prev = start + length
+    if T > 1:
+        head += varint(C)
+        head += ctxmap.tobytes()
+    tb = np.empty(freqs.size * 2, np.uint8)
+    head += tb[:_rans.pack_varints(freqs.reshape(-1), tb)].tobytes()
+    # entropy-code
+    remap = np.zeros(1 << S, np.int32)
+    remap[used] = np.arange(nsym, dtype=np.int32)
+    enc0 = np.empty(T * nsym, np.uint64)
+    enc1 = np.empty(T * nsym, np.uint64)
+    _rans.build_enc_table(freqs, enc0, enc1)
+    cm = ctxmap if ctxmap is not None else np.zeros(1, np.uint8)
+    out = np.empty(n + _rans.STATE_WORDS + 1, np.uint16)
+    nwords = _rans.encode_symbols(words, R, (1 << S) - 1, C if T > 1 else 1, cm, remap, enc0, enc1, nsym, out)
+    rsize = rest_size(n, W, S)
+    total = len(head) + 5 + 2 * nwords + rsize
+    if total >= n * (W // 8):
+        return None
+    rest = np.empty(rsize + 8, np.uint8)
+    wrote = _rans.pack_rest(words, R, nbytes, mbits, rest)
+    assert wrote == rsize
+    head += varint(nwords)
+    if len(head) & 1:  # keep the word stream 2-byte aligned within the payload
+        head.append(0)
+    return b"".join((bytes(head), out[out.shape[0] - nwords:].tobytes(), rest[:rsize].tobytes()))
+
+
+def decode_split(payload, W, E, out):
+    """Decode a split chunk into out (1-D contiguous uint8/16/32 of n elements).
+
+    Raises SSMZipError on any inconsistency.
+    """
+    n = out.shape[0]
+    r = Reader(payload, "split chunk")
+    S = r.u8()
+    T = r.u8()
+    if not E <= S <= W - 1:
+        raise SSMZipError(f"corrupt data: symbol width {S} invalid for this dtype")
+    if not 1 <= T <= MAX_TABLES:
+        raise SSMZipError(f"corrupt data: {T} model tables (max {MAX_TABLES})")
+    R, nbytes, mbits = _layout(W, S)
+    nsym = r.varint(MAX_SYMBOLS)
+    if nsym < 1:
+        raise SSMZipError("corrupt data: chunk without symbols")
+    nruns = r.varint(nsym)
+    used = np.empty(nsym, np.int64)
+    k = 0
+    prev = 0
+    for _ in range(nruns):
+        start = prev + r.varint(1 << S)
+        length = r.varint(nsym)
+        if length < 1 or k + length > nsym or start + length > (1 << S):
+            raise SSMZipError("corrupt data: bad symbol list")
+        used[k:k + length] = np.arange(start, start + length)
+        k += length
+        prev = start + length
+    if k != nsym:
+        raise SSMZipError("corrupt data: bad symbol list")
+    C = 1
+    if T > 1:
+        C = r.varint(MAX_CHANNELS)
+        if C < 2:
+            raise SSMZipError("corrupt data: bad channel count")
+        ctxmap = np.frombuffer(r.take(C), np.uint8)
+        if int(ctxmap.max()) >= T:
+            raise SSMZipError("corrupt data: channel table index out of range")
+    else:
+        ctxmap = np.zeros(1, np.uint8)
+    freqs = np.empty((T, nsym), np.uint32)
+    pos = _rans.unpack_varints(np.frombuffer(payload, np.uint8), r.pos, r.end, freqs.reshape(-1), _rans.PROB_SCALE)
+    if pos < 0:
+        raise SSMZipError("corrupt data: bad frequency table")
+    r.pos = pos
+    if np.any(freqs.sum(axis=1, dtype=np.int64) != _rans.PROB_SCALE):
+        raise SSMZipError("corrupt data: frequency table does not sum to 4096")
+    nwords = r.varint(n + _rans.STATE_WORDS)
+    if r.pos & 1:
+        if r.u8() != 0:
+            raise SSMZipError("corrupt data: bad padding")
+    rsize = rest_size(n, W, S)
+    if r.remaining() != 2 * nwords + rsize:
+        raise SSMZipError("corrupt data: split chunk length mismatch")
+    stream = np.frombuffer(payload, np.uint16, count=nwords, offset=r.pos)
+    rest = np.frombuffer(payload, np.uint8, count=rsize, offset=r.pos + 2 * nwords)
+    dec = np.empty(T << _rans.PROB_BITS, np.uint64)
+    _rans.build_dec_table(freqs, used << R, dec)
+    if not _rans.decode_chunk(stream, nwords, C, ctxmap, dec, rest, R, nbytes, mbits, out):
+        raise SSMZipError("corrupt data: entropy-coded stream does not decode")
