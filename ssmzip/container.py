@@ -55,7 +55,7 @@ MAX_MODEL_MEMORY = 2 * max(p.memory_estimate() for p in LEVELS.values())
 
 _HEAD = struct.Struct("<6sBBIH")   # magic, version, flags, block size, preset length
 _CRC = struct.Struct("<I")
-_RECORD = struct.Struct("<BIII")   # kind, original size, payload size, CRC32 of original
+_RECORD = struct.Struct("<BIIII")  # kind, original size, payload size, CRC32 of original, of payload
 _INDEX_HEAD = struct.Struct("<BQQ")  # KIND_INDEX, block count, total original size
 _FOOTER = struct.Struct("<QI4s")   # index size, CRC32 of index size, FOOTER_MAGIC
 
@@ -87,13 +87,14 @@ class BlockRecord:
     size: int           # original bytes
     payload_size: int   # bytes stored in the file after the block header
     crc: int            # CRC32 of the original bytes
+    payload_crc: int    # CRC32 of the payload
 
     @property
     def stored(self) -> bool:
         return self.kind == KIND_STORED
 
     def pack(self) -> bytes:
-        return _RECORD.pack(self.kind, self.size, self.payload_size, self.crc)
+        return _RECORD.pack(self.kind, self.size, self.payload_size, self.crc, self.payload_crc)
 
     def pack_header(self) -> bytes:
         rec = self.pack()
@@ -135,9 +136,8 @@ def _check_record(rec: BlockRecord, number: int, block_size: int) -> None:
     if not 1 <= rec.size <= block_size:
         raise SSMZipError(f"{where}: invalid size {rec.size} (block size is {block_size})")
     if rec.stored:
-        if rec.payload_size != rec.size:
-            raise SSMZipError(f"{where}: stored block with payload size {rec.payload_size} "
-                              f"!= size {rec.size}")
+        if rec.payload_size != rec.size or rec.payload_crc != rec.crc:
+            raise SSMZipError(f"{where}: inconsistent stored block")
     elif not (1 <= rec.payload_size < rec.size and rec.size <= max_original_size(rec.payload_size)):
         raise SSMZipError(f"{where}: implausible coded size {rec.payload_size} "
                           f"for {rec.size} bytes")
@@ -347,6 +347,9 @@ def iter_blocks(f: BinaryIO, header: Header,
                                      or expected.records[number] != rec):
             raise SSMZipError(f"block {number}: header does not match the index")
         payload = read_exact(f, rec.payload_size)
+        if _crc(payload) != rec.payload_crc:
+            # caught here, before any decoding, in the reading process
+            raise SSMZipError(f"block {number}: checksum mismatch (compressed data)")
         records.append(rec)
         yield number, rec, payload
 
@@ -376,17 +379,22 @@ def compress_block(data: bytes, preset: Preset,
     crc = _crc(data)
     payload = encode_block(data, preset, progress)
     if len(payload) >= len(data) or len(data) > max_original_size(len(payload)):
-        return BlockRecord(KIND_STORED, len(data), len(data), crc), bytes(data)
-    return BlockRecord(KIND_CODED, len(data), len(payload), crc), payload
+        return BlockRecord(KIND_STORED, len(data), len(data), crc, crc), bytes(data)
+    return BlockRecord(KIND_CODED, len(data), len(payload), crc, _crc(payload)), payload
 
 
 def decompress_block(number: int, rec: BlockRecord, payload: bytes, preset: Preset,
                      progress: Optional[Callable[[int], None]] = None) -> bytes:
-    """Decode one block and verify its checksum."""
+    """Decode one block and verify the checksum of what came out.
+
+    The payload's own checksum was verified when it was read, so a mismatch
+    here means the engine did not reproduce the encoder's model (a bug, or a
+    file made by an incompatible engine), not a damaged file.
+    """
     if rec.stored:
         data = payload
     else:
         data = decode_block(payload, rec.size, preset, progress)
     if len(data) != rec.size or _crc(data) != rec.crc:
-        raise SSMZipError(f"block {number}: checksum mismatch")
+        raise SSMZipError(f"block {number}: checksum mismatch (decoded data)")
     return data

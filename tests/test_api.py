@@ -99,15 +99,19 @@ def test_threads_give_identical_bytes(text):
 
 
 def test_parallel_decode_reports_bad_block(text):
+    # Block 2's payload is intact but decodes to bytes that miss its checksum,
+    # so the error is raised in a worker process and must come back as is.
     data = (text * 2)[:4 * BS]
-    blob = bytearray(ssmzip.compress(data, level=FAST, block_size=BS))
-    i = ssmzip.info(io.BytesIO(bytes(blob)))
-    # flip a payload byte of block 2 (coded, so only its checksum can catch it)
-    off = len(C.pack_header(ssmzip.engine.preset_for_level(FAST), BS))
-    off += sum(C.BLOCK_HEADER_SIZE + b.payload_size for b in i.blocks[:2]) + C.BLOCK_HEADER_SIZE
-    blob[off + 3] ^= 0x10
-    with pytest.raises(ssmzip.SSMZipError, match="^block 2: checksum mismatch$"):
-        ssmzip.decompress(bytes(blob), threads=2)
+    preset = ssmzip.engine.preset_for_level(FAST)
+    blocks = [C.compress_block(data[i:i + BS], preset) for i in range(0, len(data), BS)]
+    r = blocks[2][0]
+    blocks[2] = (C.BlockRecord(r.kind, r.size, r.payload_size, r.crc ^ 1, r.payload_crc),
+                 blocks[2][1])
+    blob = (C.pack_header(preset, BS) + b"".join(r.pack_header() + p for r, p in blocks)
+            + C.pack_trailer([r for r, _ in blocks], len(data)))
+    with pytest.raises(ssmzip.SSMZipError,
+                       match=r"^block 2: checksum mismatch \(decoded data\)$"):
+        ssmzip.decompress(blob, threads=2)
 
 
 # ---------------------------------------------------------------- streaming file object

@@ -303,7 +303,7 @@ def _stored_stream(data: bytes, block_size: int) -> bytes:
     """A valid stream of stored blocks, made without the (slow) engine."""
     from ssmzip import container as C
 
-    recs = [C.BlockRecord(C.KIND_STORED, len(b), len(b), zlib.crc32(b))
+    recs = [C.BlockRecord(C.KIND_STORED, len(b), len(b), zlib.crc32(b), zlib.crc32(b))
             for b in (data[i:i + block_size] for i in range(0, len(data), block_size))]
     body = b"".join(r.pack_header() + data[i * block_size:(i + 1) * block_size]
                     for i, r in enumerate(recs))

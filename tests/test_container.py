@@ -1,4 +1,5 @@
 """The file format: layout, validation of every field, hostile headers."""
+import dataclasses
 import io
 import struct
 import tracemalloc
@@ -8,7 +9,7 @@ import pytest
 
 import ssmzip
 from ssmzip import container as C
-from ssmzip.engine import Preset, preset_for_level
+from ssmzip.engine import presets, preset_for_level
 from ssmzip.errors import SSMZipError
 
 from conftest import BS, FAST, NonSeekable
@@ -41,7 +42,7 @@ def stream(blocks, block_size=BS, count=None, total=None, header=None) -> bytes:
 
 
 def stored(data: bytes):
-    return C.BlockRecord(C.KIND_STORED, len(data), len(data), crc(data)), data
+    return C.BlockRecord(C.KIND_STORED, len(data), len(data), crc(data), crc(data)), data
 
 
 def read_both(data: bytes):
@@ -145,7 +146,9 @@ def test_bad_preset_bytes():
 
 def test_preset_asking_for_huge_memory_is_refused():
     # Valid by the engine's ranges, but its tables would take gigabytes.
-    big = Preset(9, tuple(range(15)), 28, 7, 26, 3, 6, 3, 24)
+    p9 = preset_for_level(9)
+    big = dataclasses.replace(p9, contexts=tuple(range(presets.N_CTX_KINDS)),
+                              table_bits=presets.MAX_TABLE_BITS)
     assert big.memory_estimate() > C.MAX_MODEL_MEMORY
     s = stream([stored(b"abc")], header=raw_header(preset=big.to_bytes()))
     assert all("model memory" in m for m in errors_both(s))
@@ -156,12 +159,14 @@ def test_preset_asking_for_huge_memory_is_refused():
 
 def test_block_kinds_and_sizes_are_checked():
     ok = stored(b"a" * 10)
+    c = ok[0].crc
     bad = [
-        (C.BlockRecord(3, 10, 10, ok[0].crc), ok[1], "unknown block type 3"),
-        (C.BlockRecord(C.KIND_STORED, 10, 9, ok[0].crc), ok[1][:9], "stored block"),
-        (C.BlockRecord(C.KIND_CODED, 10, 10, ok[0].crc), ok[1], "implausible coded size"),
-        (C.BlockRecord(C.KIND_STORED, BS + 1, BS + 1, 0), b"a" * (BS + 1), "invalid size"),
-        (C.BlockRecord(C.KIND_STORED, 0, 0, 0), b"", "invalid size"),
+        (C.BlockRecord(3, 10, 10, c, c), ok[1], "unknown block type 3"),
+        (C.BlockRecord(C.KIND_STORED, 10, 9, c, crc(ok[1][:9])), ok[1][:9], "inconsistent stored"),
+        (C.BlockRecord(C.KIND_STORED, 10, 10, c, c ^ 1), ok[1], "inconsistent stored"),
+        (C.BlockRecord(C.KIND_CODED, 10, 10, c, c), ok[1], "implausible coded size"),
+        (C.BlockRecord(C.KIND_STORED, BS + 1, BS + 1, 0, 0), b"a" * (BS + 1), "invalid size"),
+        (C.BlockRecord(C.KIND_STORED, 0, 0, 0, 0), b"", "invalid size"),
     ]
     for rec, payload, msg in bad:
         for m in errors_both(stream([(rec, payload)])):
@@ -174,10 +179,25 @@ def test_short_block_in_the_middle():
     assert all("short block" in m for m in msgs)
 
 
-def test_stored_block_checksum():
-    rec, payload = stored(b"hello" * 10)
-    s = stream([(C.BlockRecord(rec.kind, rec.size, rec.payload_size, rec.crc ^ 1), payload)])
-    assert errors_both(s) == ("block 0: checksum mismatch",) * 2
+def test_payload_checksum_is_checked_before_decoding(monkeypatch, text):
+    rec, payload = C.compress_block(text[:BS], P1)
+    assert rec.kind == C.KIND_CODED
+    bad = payload[:5] + bytes([payload[5] ^ 1]) + payload[6:]
+    s = stream([(rec, bad)])
+
+    def no_decoding(*a, **k):
+        raise AssertionError("decoded")
+
+    monkeypatch.setattr(C, "decode_block", no_decoding)
+    assert errors_both(s) == ("block 0: checksum mismatch (compressed data)",) * 2
+
+
+def test_decoded_checksum(text):
+    # An intact payload whose decoded bytes do not match: what an engine that
+    # fails to reproduce the encoder's model would give.
+    rec, payload = C.compress_block(text[:BS], P1)
+    lie = C.BlockRecord(rec.kind, rec.size, rec.payload_size, rec.crc ^ 1, rec.payload_crc)
+    assert errors_both(stream([(lie, payload)])) == ("block 0: checksum mismatch (decoded data)",) * 2
 
 
 def test_index_disagreeing_with_blocks():
@@ -215,10 +235,10 @@ def _bounded(fn, limit=16 << 20):
 
 @pytest.mark.parametrize("make", [
     # a coded block claiming a whole 1 GiB block from 10 payload bytes
-    lambda: stream([(C.BlockRecord(C.KIND_CODED, 1 << 30, 10, 0), b"\0" * 10)],
+    lambda: stream([(C.BlockRecord(C.KIND_CODED, 1 << 30, 10, 0, 0), b"\0" * 10)],
                    block_size=1 << 30),
     # a stored block claiming 1 GiB, with 10 bytes present
-    lambda: stream([(C.BlockRecord(C.KIND_STORED, 1 << 30, 1 << 30, 0), b"\0" * 10)],
+    lambda: stream([(C.BlockRecord(C.KIND_STORED, 1 << 30, 1 << 30, 0, 0), b"\0" * 10)],
                    block_size=1 << 30),
     # an index claiming 2^60 bytes and 2^60 blocks
     lambda: stream([stored(b"abc")], total=1 << 60),
