@@ -21,6 +21,7 @@ import click
 
 from . import __version__
 from .api import SSMZipFile, info
+from .container import MAX_BLOCK_SIZE, MIN_BLOCK_SIZE
 from .engine import DEFAULT_LEVEL
 from .errors import SSMZipError
 
@@ -28,7 +29,6 @@ PROG = "ssmzip"
 EXIT_OK, EXIT_ERROR, EXIT_WARNING, EXIT_INTERRUPTED = 0, 1, 2, 130
 STDIN_NAME, STDOUT_NAME = "(stdin)", "(stdout)"
 _CHUNK = 1 << 20
-_MIN_BLOCK, _MAX_BLOCK = 1 << 10, 1 << 30
 
 
 class _Skip(Exception):
@@ -98,7 +98,7 @@ class _SizeType(click.ParamType):
                 self.fail(f"{value!r} is not a size (use e.g. 65536, 64K or 16M)", param, ctx)
             n = int(m.group(1)) << {None: 0, "k": 10, "m": 20, "g": 30}[
                 m.group(2) and m.group(2).lower()]
-        if not _MIN_BLOCK <= n <= _MAX_BLOCK:
+        if not MIN_BLOCK_SIZE <= n <= MAX_BLOCK_SIZE:
             self.fail(f"{value} is out of range (1K .. 1G)", param, ctx)
         return n
 
@@ -351,8 +351,11 @@ def _process_file(opts: _Options, report: _Report, path: str, stdout) -> None:
 
 
 def _process_stdin(opts: _Options, report: _Report, stdout) -> None:
+    src = _binary_stdin()
+    if src is None:                       # started with stdin closed
+        raise _Skip(STDIN_NAME, "Bad file descriptor")
     dst = None if opts.mode == "test" else stdout
-    n_plain, n_packed = _process_stream(opts, _binary_stdin(), dst, STDIN_NAME, None)
+    n_plain, n_packed = _process_stream(opts, src, dst, STDIN_NAME, None)
     if opts.verbose:
         _summary(opts, report, STDIN_NAME, n_plain, n_packed)
 
@@ -451,15 +454,19 @@ def _run(opts: _Options, files) -> int:
                 report.error(name, str(e))
         stdout.flush()
     except _BrokenStdout:
-        # Stop quietly, as a tool killed by SIGPIPE would; keep Python's exit
-        # flush from complaining about the dead pipe.
-        try:
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, sys.stdout.fileno())
-        except (OSError, ValueError, AttributeError):
-            pass
+        _silence_stdout()
         return EXIT_ERROR
     return report.status
+
+
+def _silence_stdout() -> None:
+    """After a broken pipe: stop quietly, as a tool killed by SIGPIPE would, and keep
+    Python's flush of stdout at exit from complaining about the dead pipe."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):
+        pass
 
 
 class _XzCommand(click.Command):
@@ -478,6 +485,9 @@ class _XzCommand(click.Command):
             code = EXIT_ERROR
         except (click.Abort, KeyboardInterrupt):
             code = EXIT_INTERRUPTED
+        except BrokenPipeError:           # -l, --help or messages into a closed pipe
+            _silence_stdout()
+            code = EXIT_ERROR
         except Exception as e:  # a bug; still one line, never a traceback
             click.echo(f"{PROG}: internal error: {type(e).__name__}: {e}", err=True)
             code = EXIT_ERROR

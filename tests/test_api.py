@@ -1,6 +1,5 @@
 """The Python API: round trips, streaming, parallel determinism, damaged input."""
 import io
-import os
 
 import pytest
 from hypothesis import HealthCheck, given, settings
