@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import builtins
 import io
+import operator
 import os
+import warnings
 from collections import deque
 from dataclasses import dataclass
 from typing import BinaryIO, Callable, Optional, Union
@@ -35,9 +37,9 @@ def _preset(level: int, preset: Optional[Preset]) -> Preset:
         if not isinstance(preset, Preset):
             raise TypeError("preset must be an ssmzip.engine.Preset")
         return preset
-    if isinstance(level, bool) or not isinstance(level, int):
-        raise TypeError(f"level must be an int, got {type(level).__name__}")
-    return preset_for_level(level)
+    if isinstance(level, bool):
+        raise TypeError("level must be an int, got bool")
+    return preset_for_level(operator.index(level))
 
 
 class _BlockProgress:
@@ -274,9 +276,7 @@ class SSMZipFile(io.BufferedIOBase):
                 self._reader = io.BufferedReader(raw, io.DEFAULT_BUFFER_SIZE)
             else:
                 p = _preset(level, preset)
-                bs = p.block_size if block_size is None else block_size
-                if isinstance(bs, bool) or not isinstance(bs, int):
-                    raise TypeError("block_size must be an int")
+                bs = p.block_size if block_size is None else operator.index(block_size)
                 if not container.MIN_BLOCK_SIZE <= bs <= container.MAX_BLOCK_SIZE:
                     raise ValueError(f"block_size must be {container.MIN_BLOCK_SIZE}.."
                                      f"{container.MAX_BLOCK_SIZE}, got {bs}")
@@ -380,9 +380,14 @@ class SSMZipFile(io.BufferedIOBase):
         self._close(abort=exc_type is not None)
 
     def __del__(self):
-        # Never finish a stream from the garbage collector: that would write a
-        # valid-looking end after an error. Just release workers and files.
+        # Never finish a stream from the garbage collector: coding the last
+        # block may take minutes and need worker processes, which is no job
+        # for a finaliser, and it would give a valid-looking end to a stream
+        # abandoned after an error. Release workers and files, and say so.
         if not getattr(self, "closed", True):
+            if self._writer is not None:
+                warnings.warn(f"unclosed SSMZipFile {self.name!r} in write mode: the stream "
+                              "was left unfinished", ResourceWarning, stacklevel=2)
             self._close(abort=True)
 
 

@@ -285,3 +285,13 @@ def test_random_garbage_is_rejected_quickly():
         g = random_bytes(200 + seed * 7, seed=seed)
         _one_line_error(g)
         _one_line_error(C.MAGIC + bytes([C.VERSION]) + g)
+
+
+def test_unclosed_writer_warns_and_leaves_stream_unfinished():
+    buf = io.BytesIO()
+    f = ssmzip.open(buf, "wb", level=FAST)
+    f.write(b"abc")
+    with pytest.warns(ResourceWarning, match="unfinished"):
+        f.__del__()
+    with pytest.raises(ssmzip.SSMZipError, match="truncated"):
+        ssmzip.decompress(buf.getvalue())
