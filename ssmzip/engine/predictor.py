@@ -125,6 +125,7 @@ def _code_segment(mode, buf, start, end, io, regs, kinds, table_bits, use_runs, 
         if mlen > 0:
             expected = buf[mptr] | 256
         mbucket = length_bucket(mlen)
+        h_apm3 = hash2(c4 & 0xFFFF, 99)
 
         c0 = 1
         node = 1
@@ -141,6 +142,18 @@ def _code_segment(mode, buf, start, end, io, regs, kinds, table_bits, use_runs, 
                 x[i] = st[sm_p[k] >> 10]
                 if s != 0 and i > 0:
                     known += 1
+                # runs: the byte that last followed this context, while it still agrees
+                if use_runs:
+                    rb = r_live[i]
+                    r_k[i] = -1
+                    x[n_ctx + 3 + i] = 0
+                    if rb >= 0:
+                        if (rb >> (8 - bitpos)) == c0:
+                            k = (i * RUN_COUNT_CLASSES + r_cnt[i]) * 2 + ((rb >> (7 - bitpos)) & 1)
+                            r_k[i] = k
+                            x[n_ctx + 3 + i] = st[rsm_p[k] >> 10]
+                        else:
+                            r_live[i] = -1
             # match model
             ebit = -1
             msel = 0
@@ -153,19 +166,6 @@ def _code_segment(mode, buf, start, end, io, regs, kinds, table_bits, use_runs, 
                 msel = 1 + (mbucket >> 1)
             x[n_ctx + 1] = st[o0[c0] >> 4]
             x[n_ctx + 2] = 256
-            # runs: the byte that last followed each context
-            if use_runs:
-                for i in range(n_ctx):
-                    rb = r_live[i]
-                    r_k[i] = -1
-                    x[n_ctx + 3 + i] = 0
-                    if rb >= 0:
-                        if (rb >> (8 - bitpos)) == c0:
-                            k = (i * RUN_COUNT_CLASSES + r_cnt[i]) * 2 + ((rb >> (7 - bitpos)) & 1)
-                            r_k[i] = k
-                            x[n_ctx + 3 + i] = st[rsm_p[k] >> 10]
-                        else:
-                            r_live[i] = -1
 
             # ---- mix
             if msel > 0:
@@ -197,7 +197,7 @@ def _code_segment(mode, buf, start, end, io, regs, kinds, table_bits, use_runs, 
             p = (p + 3 * pa) >> 2
             ia3 = 0
             if n_apms > 2:
-                pa, ia3 = apm_predict(apm3, (hash2(c4 & 0xFFFF, 99) ^ c0) & 0xFFFF, st[p])
+                pa, ia3 = apm_predict(apm3, (h_apm3 ^ c0) & 0xFFFF, st[p])
                 p = (p + 3 * pa) >> 2
             if p < 1:
                 p = 1
@@ -216,15 +216,13 @@ def _code_segment(mode, buf, start, end, io, regs, kinds, table_bits, use_runs, 
                 sm_update(sm_p, sm_n, sm_idx[i], bit, SM_LIMIT, recip)
                 o = slots[i] + node
                 table[o] = state_next[table[o], bit]
+                if use_runs and r_k[i] >= 0:
+                    sm_update(rsm_p, rsm_n, r_k[i], bit, SM_LIMIT, recip)
             if ebit >= 0:
                 sm_update(sm_p, sm_n, sm_idx[n_ctx], bit, MATCH_SM_LIMIT, recip)
                 if ebit != bit:
                     expected = -1
             o0[c0] += ((bit << 16) - o0[c0]) >> ORDER0_RATE
-            if use_runs:
-                for i in range(n_ctx):
-                    if r_k[i] >= 0:
-                        sm_update(rsm_p, rsm_n, r_k[i], bit, SM_LIMIT, recip)
 
             lre = lr                 # learn faster while the weights are young
             if pos < (1 << 18):
@@ -322,8 +320,8 @@ class _Model:
         self.w2 = new_weights(MIXER2_SETS if preset.mixers > 1 else 1, n_in, w0)
         self.w3 = new_weights(MIXER3_SETS if preset.mixers > 2 else 1, n_in, w0)
         self.wf = new_weights(256, preset.mixers + 1, WEIGHT_ONE // preset.mixers)
-        self.x = np.zeros(n_in, dtype=np.int64)
-        self.xf = np.zeros(4, dtype=np.int64)
+        self.x = np.zeros(n_in, dtype=np.int32)
+        self.xf = np.zeros(4, dtype=np.int32)
         self.apm1 = new_apm(256, C.SQUASH)
         self.apm2 = new_apm(1 << 16, C.SQUASH)
         self.apm3 = new_apm(1 << 16 if preset.apms > 2 else 1, C.SQUASH)

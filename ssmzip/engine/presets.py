@@ -121,7 +121,7 @@ def _validate(p: Preset) -> None:
         bad("match table size")
     if not 1 <= p.mixers <= 3:
         bad("mixer count")
-    if not 1 <= p.mixer_lr <= 64 or not 1 <= p.final_lr <= 64:
+    if not 1 <= p.mixer_lr <= 16 or not 1 <= p.final_lr <= 48:   # see mixer.py for the bounds
         bad("mixer rate")
     if not 2 <= p.apms <= 3:
         bad("APM count")
