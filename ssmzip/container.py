@@ -396,5 +396,6 @@ def decompress_block(number: int, rec: BlockRecord, payload: bytes, preset: Pres
     else:
         data = decode_block(payload, rec.size, preset, progress)
     if len(data) != rec.size or _crc(data) != rec.crc:
-        raise SSMZipError(f"block {number}: checksum mismatch (decoded data)")
+        raise SSMZipError(f"block {number}: checksum mismatch in decoded data "
+                          "(written by an incompatible engine version?)")
     return data

@@ -197,7 +197,8 @@ def test_decoded_checksum(text):
     # fails to reproduce the encoder's model would give.
     rec, payload = C.compress_block(text[:BS], P1)
     lie = C.BlockRecord(rec.kind, rec.size, rec.payload_size, rec.crc ^ 1, rec.payload_crc)
-    assert errors_both(stream([(lie, payload)])) == ("block 0: checksum mismatch (decoded data)",) * 2
+    msgs = errors_both(stream([(lie, payload)]))
+    assert all(m.startswith("block 0: checksum mismatch in decoded data") for m in msgs)
 
 
 def test_index_disagreeing_with_blocks():
