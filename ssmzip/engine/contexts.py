@@ -37,7 +37,7 @@ def hash2(a, b):
 
 
 @njit(cache=True, inline="always")
-def context_value(kind, c4, c8, c12, word, word1, wordpre, above):
+def context_value(kind, c4, c8, c12, word, word1, wordpre, above, ind1, ind2, tag):
     """The raw context of one model at a byte boundary (before hashing)."""
     if kind == P.CTX_ORDER1:
         return c4 & 0xFF
@@ -69,6 +69,12 @@ def context_value(kind, c4, c8, c12, word, word1, wordpre, above):
         return c4 & 0xFFFF00
     if kind == P.CTX_COLUMN:
         return (above << 8) | (c4 & 0xFF)
+    if kind == P.CTX_INDIRECT1:
+        return (ind1 << 8) | (c4 & 0xFF)
+    if kind == P.CTX_INDIRECT2:
+        return (ind2 << 16) | (c4 & 0xFFFF)
+    if kind == P.CTX_TAG:
+        return hash2(tag, c4 & 0xFF)
     return 0
 
 

@@ -39,6 +39,7 @@ R_C4, R_C8, R_C12 = 4, 5, 6
 R_WORD, R_WORD1, R_WORDPRE = 7, 8, 9
 R_LINE, R_PREVLINE = 10, 11
 R_MPTR, R_MLEN = 12, 13
+R_TAG, R_TAGPOS = 14, 15
 N_REGS = 16
 
 ORDER_CLASSES = MAX_CONTEXTS + 5     # contexts seen before (0..15), or 5 match-length classes
@@ -65,7 +66,7 @@ def sm_update(sm_p, sm_n, k, bit, limit, recip):
 def _code_segment(mode, buf, start, end, io, regs, kinds, table_bits, use_runs, match_min,
                   n_mixers, lr, final_lr, n_apms, apm_rate,
                   table, slots, hashes, sm_p, sm_n, runs, rsm_p, rsm_n, run_state,
-                  mindex, o0, w1, w2, w3, wf, x, xf, apm1, apm2, apm3,
+                  mindex, o0, ind, w1, w2, w3, wf, x, xf, apm1, apm2, apm3,
                   sq, st, state_next, priority, recip):
     n_ctx = kinds.shape[0]
     n_in = n_ctx + 3                 # contexts, match, order 0, bias (+ runs)
@@ -98,6 +99,8 @@ def _code_segment(mode, buf, start, end, io, regs, kinds, table_bits, use_runs, 
     prevline = regs[R_PREVLINE]
     mptr = regs[R_MPTR]
     mlen = regs[R_MLEN]
+    tag = regs[R_TAG]
+    tagpos = regs[R_TAGPOS]
 
     for pos in range(start, end):
         # ---- byte boundary: hash every context, find its slot for the first nibble
@@ -106,8 +109,11 @@ def _code_segment(mode, buf, start, end, io, regs, kinds, table_bits, use_runs, 
         if prevline + col < line:
             above = buf[prevline + col]
         c1 = c4 & 0xFF
+        ind1 = ind[c1]
+        ind2 = ind[256 + (c4 & 0xFFFF)]
         for i in range(n_ctx):
-            h = hash2(context_value(kinds[i], c4, c8, c12, word, word1, wordpre, above), i)
+            h = hash2(context_value(kinds[i], c4, c8, c12, word, word1, wordpre, above,
+                                    ind1, ind2, tag), i)
             hashes[i] = h
             slots[i] = find_slot(table, i << table_bits, nslots, h, priority)
             if use_runs:
@@ -256,6 +262,15 @@ def _code_segment(mode, buf, start, end, io, regs, kinds, table_bits, use_runs, 
                 if r_byte[i] == (c | 256):
                     cnt = r_cnt[i] + 1
                 runs[r_idx[i]] = ((hashes[i] & 0xFF) << 24) | (cnt << 8) | c
+        ind[(c4 & 0xFF)] = ((ind[(c4 & 0xFF)] << 8) | c) & 0xFFFF
+        ind[256 + (c4 & 0xFFFF)] = ((ind[256 + (c4 & 0xFFFF)] << 8) | c) & 0xFFFF
+        if c == 60 or c == 91 or c == 123:          # < [ {
+            tag = c
+            tagpos = pos
+        elif c == 62 or c == 93 or c == 125:        # > ] }
+            tag = 0
+        elif pos - tagpos <= 3 and tag != 0:
+            tag = ((tag << 8) | c) & 0xFFFFFFFF
         c12 = ((c12 << 8) | (c8 >> 24)) & 0xFFFFFFFF
         c8 = ((c8 << 8) | (c4 >> 24)) & 0xFFFFFFFF
         c4 = ((c4 << 8) | c) & 0xFFFFFFFF
@@ -289,6 +304,8 @@ def _code_segment(mode, buf, start, end, io, regs, kinds, table_bits, use_runs, 
     regs[R_PREVLINE] = prevline
     regs[R_MPTR] = mptr
     regs[R_MLEN] = mlen
+    regs[R_TAG] = tag
+    regs[R_TAGPOS] = tagpos
 
 
 class _Model:
@@ -315,6 +332,7 @@ class _Model:
         self.run_state = np.zeros((5, n), dtype=np.int64)
         self.mindex = np.zeros(1 << preset.match_bits, dtype=np.int32)
         self.o0 = np.full(256, 1 << 15, dtype=np.int32)
+        self.ind = np.zeros(256 + 65536, dtype=np.int32)   # indirect: byte histories after 1 and 2 bytes
         w0 = WEIGHT_ONE // 4
         self.w1 = new_weights(MIXER1_SETS, n_in, w0)
         self.w2 = new_weights(MIXER2_SETS if preset.mixers > 1 else 1, n_in, w0)
@@ -332,7 +350,7 @@ class _Model:
                       p.match_min, p.mixers, p.mixer_lr, p.final_lr, p.apms, p.apm_rate,
                       self.table, self.slots, self.hashes, self.sm_p, self.sm_n,
                       self.runs, self.rsm_p, self.rsm_n, self.run_state,
-                      self.mindex, self.o0, self.w1, self.w2, self.w3, self.wf, self.x, self.xf,
+                      self.mindex, self.o0, self.ind, self.w1, self.w2, self.w3, self.wf, self.x, self.xf,
                       self.apm1, self.apm2, self.apm3,
                       C.SQUASH, C.STRETCH, C.STATE_NEXT, C.STATE_PRIORITY, C.RECIPROCAL)
 

@@ -26,9 +26,12 @@ CTX_COLUMN = 11      # byte above (same column, previous line) + last byte
 CTX_ORDER12 = 12     # last 12 bytes
 CTX_SPARSE23 = 13    # bytes 2 and 3
 CTX_WORDPOS = 14     # current word + byte just before the word
-N_CTX_KINDS = 15
+CTX_INDIRECT1 = 15   # last byte + the two bytes that followed its previous occurrences
+CTX_INDIRECT2 = 16   # last 2 bytes + the two bytes that followed them before
+CTX_TAG = 17         # the opening of the innermost markup (<tag, [[, {{) + last byte
+N_CTX_KINDS = 18
 
-MAX_CONTEXTS = 16
+MAX_CONTEXTS = 20
 MIN_TABLE_BITS, MAX_TABLE_BITS = 12, 28      # bytes per context hash table, log2
 MIN_MATCH_BITS, MAX_MATCH_BITS = 10, 26      # entries in the match index, log2
 MIN_BLOCK_BITS, MAX_BLOCK_BITS = 10, 30      # block size, log2
@@ -138,20 +141,22 @@ def _level(level, contexts, table_bits, runs, match_min, match_bits, mixers, apm
                   mixer_lr=12, final_lr=16, apms=apms, apm_rate=7, block_bits=block_bits)
 
 
-_TEXT = (CTX_WORD, CTX_WORD2, CTX_SPARSE2, CTX_COLUMN)
+_TEXT = (CTX_WORD, CTX_WORD2, CTX_SPARSE2, CTX_COLUMN, CTX_TAG)
+_HIGH = (CTX_ORDER5, CTX_ORDER6)
 
 LEVELS = {
     1: _level(1, _O, 20, 0, 0, 16, 1, 2, 22),
     2: _level(2, _O + (CTX_WORD,), 21, 0, 7, 18, 1, 2, 22),
     3: _level(3, _O + (CTX_ORDER6, CTX_WORD), 22, 0, 7, 20, 1, 2, 23),
-    4: _level(4, _O + (CTX_ORDER6, CTX_WORD), 22, 0, 7, 20, 2, 2, 23),
-    5: _level(5, _O + (CTX_ORDER5, CTX_ORDER6, CTX_WORD, CTX_SPARSE2), 22, 1, 7, 20, 2, 3, 24),
-    6: _level(6, _O + (CTX_ORDER5, CTX_ORDER6) + _TEXT, 22, 1, 7, 21, 3, 3, 24),
-    7: _level(7, _O + (CTX_ORDER5, CTX_ORDER6, CTX_ORDER8) + _TEXT, 23, 1, 7, 22, 3, 3, 24),
-    8: _level(8, _O + (CTX_ORDER5, CTX_ORDER6, CTX_ORDER8) + _TEXT + (CTX_SPARSE34,),
+    4: _level(4, _O + (CTX_ORDER6, CTX_WORD, CTX_TAG), 22, 0, 7, 20, 2, 2, 23),
+    5: _level(5, _O + _HIGH + (CTX_WORD, CTX_SPARSE2, CTX_TAG), 22, 1, 7, 20, 2, 3, 24),
+    6: _level(6, _O + _HIGH + _TEXT, 22, 1, 7, 21, 3, 3, 24),
+    7: _level(7, _O + _HIGH + (CTX_ORDER8,) + _TEXT + (CTX_INDIRECT1,), 23, 1, 7, 22, 3, 3, 24),
+    8: _level(8, _O + _HIGH + (CTX_ORDER8,) + _TEXT + (CTX_INDIRECT1, CTX_INDIRECT2, CTX_WORDPOS),
               24, 1, 7, 22, 3, 3, 25),
-    9: _level(9, _O + (CTX_ORDER5, CTX_ORDER6, CTX_ORDER8, CTX_ORDER12) + _TEXT
-              + (CTX_WORDPOS, CTX_SPARSE23, CTX_SPARSE34), 24, 1, 7, 22, 3, 3, 25),
+    9: _level(9, _O + _HIGH + (CTX_ORDER8, CTX_ORDER12) + _TEXT
+              + (CTX_INDIRECT1, CTX_INDIRECT2, CTX_WORDPOS, CTX_SPARSE23, CTX_SPARSE34),
+              24, 1, 7, 22, 3, 3, 25),
 }
 DEFAULT_LEVEL = 6
 
