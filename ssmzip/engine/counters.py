@@ -15,12 +15,20 @@ import numpy as np
 
 
 def _build_squash() -> np.ndarray:
-    """squash(d) = 4096 / (1 + e^(-d/256)) for d in -2047..2047, rounded, 1..4095."""
+    """squash(d) = 4096 / (1 + e^(-d/256)) for d in -2047..2047, rounded, 1..4095.
+
+    e^(-d/256) is built as a power of one exactly rounded constant at 40
+    digits, so the error stays far below what could change a rounded value.
+    """
     getcontext().prec = 40
+    step = (Decimal(-1) / 256).exp()
     out = np.empty(4095, dtype=np.int32)
-    for i, d in enumerate(range(-2047, 2048)):
-        v = Decimal(4096) / (1 + (Decimal(-d) / 256).exp())
-        out[i] = min(4095, max(1, int(v.to_integral_value())))
+    e = Decimal(1)
+    for d in range(0, 2048):                 # squash(-d) = 4096 - squash(d)
+        v = int((Decimal(4096) / (1 + e)).to_integral_value())
+        out[2047 + d] = min(4095, v)
+        out[2047 - d] = max(1, 4096 - v)
+        e *= step
     return out
 
 
