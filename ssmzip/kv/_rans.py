@@ -291,53 +291,47 @@ def period_map(C, ctxmap, scale):
 # ---------------------------------------------------------------- encoding
 
 @njit(cache=True, nogil=True)
-def pack_rest(words, rbits, nbytes, mbits, out):
-    """Raw bits of each element: sign << rbits | low rbits mantissa bits (rbits + 1 bits).
-
-    The low nbytes * 8 bits go as nbytes bytes per element (element after
-    element, little endian) into out[:n * nbytes]; the mbits bits above them
-    follow, bit-packed LSB first (8 elements fill mbits bytes).
-    Returns the number of bytes written.
-    """
+def split_rest(words, rbits, nbytes, mbits, parts):
+    """The raw bits r = sign << rbits | low rbits mantissa bits of each element, as
+    parts: uint8[nbytes + (mbits > 0), n]; parts[b] = byte b of r (b < nbytes),
+    parts[nbytes] = the mbits bits above them."""
     n = words.shape[0]
     lowmask = (np.int64(1) << rbits) - 1
     wtop = words.itemsize * 8 - 1
+    mmask = (np.int64(1) << mbits) - 1
+    lowbits = 8 * nbytes
+    for i in range(n):
+        w = np.int64(words[i])
+        r = (((w >> wtop) & 1) << rbits) | (w & lowmask)
+        for b in range(nbytes):
+            parts[b, i] = np.uint8((r >> (8 * b)) & 0xFF)
+        if mbits > 0:
+            parts[nbytes, i] = np.uint8((r >> lowbits) & mmask)
+
+
+@njit(cache=True, nogil=True)
+def pack_bits(vals, mbits, out):
+    """Bit-pack vals (each < 2**mbits), LSB first: 8 values fill mbits bytes. Returns bytes written."""
+    n = vals.shape[0]
+    acc = np.int64(0)
+    nb = 0
     o = 0
-    if nbytes == 1:
-        for i in range(n):
-            w = np.int64(words[i])
-            out[i] = np.uint8((((w >> wtop) & 1) << rbits) | (w & lowmask))
-        o = n
-    elif nbytes > 1:
-        for i in range(n):
-            w = np.int64(words[i])
-            r = (((w >> wtop) & 1) << rbits) | (w & lowmask)
-            for b in range(nbytes):
-                out[o + b] = np.uint8((r >> (8 * b)) & 0xFF)
-            o += nbytes
-    if mbits > 0:
-        mmask = (np.int64(1) << mbits) - 1
-        lowbits = 8 * nbytes
-        acc = np.int64(0)
-        nb = 0
-        for i in range(n):
-            w = np.int64(words[i])
-            r = (((w >> wtop) & 1) << rbits) | (w & lowmask)
-            acc |= ((r >> lowbits) & mmask) << nb
-            nb += mbits
-            if nb >= 32:
-                out[o] = np.uint8(acc & 0xFF)
-                out[o + 1] = np.uint8((acc >> 8) & 0xFF)
-                out[o + 2] = np.uint8((acc >> 16) & 0xFF)
-                out[o + 3] = np.uint8((acc >> 24) & 0xFF)
-                o += 4
-                acc >>= 32
-                nb -= 32
-        while nb > 0:
+    for i in range(n):
+        acc |= np.int64(vals[i]) << nb
+        nb += mbits
+        if nb >= 32:
             out[o] = np.uint8(acc & 0xFF)
-            o += 1
-            acc >>= 8
-            nb -= 8
+            out[o + 1] = np.uint8((acc >> 8) & 0xFF)
+            out[o + 2] = np.uint8((acc >> 16) & 0xFF)
+            out[o + 3] = np.uint8((acc >> 24) & 0xFF)
+            o += 4
+            acc >>= 32
+            nb -= 32
+    while nb > 0:
+        out[o] = np.uint8(acc & 0xFF)
+        o += 1
+        acc >>= 8
+        nb -= 8
     return o
 
 
@@ -424,80 +418,84 @@ def _dstep(x, dec, base, stream, p, out, i):
 
 
 @njit(cache=True, nogil=True)
-def _unpack_bytes(rest, rbits, wtop, out, a, b):
+def _combine1(p0, rbits, wtop, out, a, b):
     lowmask = (np.int64(1) << rbits) - 1
     for i in range(a, b):
-        r = np.int64(rest[i])
+        r = np.int64(p0[i])
         out[i] |= ((r >> rbits) << wtop) | (r & lowmask)
 
 
 @njit(cache=True, nogil=True)
-def _unpack_range(rest, rbits, nbytes, mbits, out, a, b):
-    """OR the raw bits of elements [a, b) into out (a multiple of 8); layout as pack_rest."""
-    n = out.shape[0]
-    wtop = out.itemsize * 8 - 1
-    lowmask = (np.int64(1) << rbits) - 1
-    if nbytes == 1 and mbits == 0:
-        _unpack_bytes(rest, rbits, wtop, out, a, b)
+def _combine(parts, nbytes, mbits, packed, rbits, out, a, b):
+    """OR the raw bits of elements [a, b) (a multiple of 8) into out.
+
+    Planes parts[0:nbytes] hold the low bytes; the mbits bits above them are
+    parts[nbytes] if present, else bit-packed in packed.
+    """
+    if nbytes == 0 and mbits == 0:
         return
-    if nbytes == 0:
-        mmask = (np.int64(1) << mbits) - 1
-        ob = (a * mbits) >> 3
-        i = a
-        while i + LANES <= b:
-            v = np.int64(0)
-            for k in range(mbits):
-                v |= np.int64(rest[ob + k]) << (8 * k)
-            ob += mbits
-            for j in range(LANES):
-                r = (v >> (j * mbits)) & mmask
-                out[i + j] |= ((r >> rbits) << wtop) | (r & lowmask)
-            i += LANES
-        if i < b:
-            v = np.int64(0)
-            k = 0
-            while ob + k < rest.shape[0] and k < mbits:
-                v |= np.int64(rest[ob + k]) << (8 * k)
-                k += 1
-            j = 0
-            while i < b:
-                r = (v >> (j * mbits)) & mmask
-                out[i] |= ((r >> rbits) << wtop) | (r & lowmask)
-                i += 1
-                j += 1
+    wtop = out.itemsize * 8 - 1
+    if nbytes == 1 and mbits == 0:
+        _combine1(parts[0], rbits, wtop, out, a, b)
+        return
+    lowmask = (np.int64(1) << rbits) - 1
+    lowbits = 8 * nbytes
+    if mbits == 0 or parts.shape[0] > nbytes:
+        np_ = parts.shape[0]
+        for i in range(a, b):
+            r = np.int64(0)
+            for k in range(np_):
+                r |= np.int64(parts[k, i]) << (8 * k)
+            out[i] |= ((r >> rbits) << wtop) | (r & lowmask)
         return
     mmask = (np.int64(1) << mbits) - 1
-    lowbits = 8 * nbytes
-    ob = n * nbytes + (a * mbits) // 8
-    nrest = rest.shape[0]
+    ob = (a * mbits) >> 3
+    i = a
+    while i < b:
+        v = np.int64(0)
+        k = 0
+        while k < mbits and ob + k < packed.shape[0]:
+            v |= np.int64(packed[ob + k]) << (8 * k)
+            k += 1
+        ob += mbits
+        e = min(b, i + LANES)
+        for j in range(e - i):
+            r = ((v >> (j * mbits)) & mmask) << lowbits
+            for k in range(nbytes):
+                r |= np.int64(parts[k, i + j]) << (8 * k)
+            out[i + j] |= ((r >> rbits) << wtop) | (r & lowmask)
+        i = e
+
+
+@njit(cache=True, nogil=True)
+def unpack_bits(packed, mbits, out):
+    """Inverse of pack_bits into out (uint8[n]); packed must hold ceil(n * mbits / 8) bytes."""
+    n = out.shape[0]
+    mmask = (np.int64(1) << mbits) - 1
     acc = np.int64(0)
     nb = 0
-    o = a * nbytes
-    for i in range(a, b):
+    ob = 0
+    for i in range(n):
         if nb < mbits:
             k = 0
-            while k < 4 and ob < nrest:
-                acc |= np.int64(rest[ob]) << nb
+            while k < 4 and ob < packed.shape[0]:
+                acc |= np.int64(packed[ob]) << nb
                 ob += 1
                 nb += 8
                 k += 1
-        r = (acc & mmask) << lowbits
+        out[i] = np.uint8(acc & mmask)
         acc >>= mbits
         nb -= mbits
-        for k in range(nbytes):
-            r |= np.int64(rest[o + k]) << (8 * k)
-        o += nbytes
-        out[i] |= ((r >> rbits) << wtop) | (r & lowmask)
 
 
 SUB = 4096  # elements decoded per pass (symbols, then raw bits) to stay in L1/L2
 
 
 @njit(cache=True, nogil=True)
-def decode_chunk(stream, nwords, C, ctxmap, dec, rest, rbits, nbytes, mbits, out):
+def decode_chunk(stream, nwords, C, ctxmap, dec, parts, nbytes, mbits, packed, rbits, out):
     """Decode one split chunk into out (uint8/16/32[n]).
 
-    stream: uint16[nwords]; rest: exactly the raw-bit bytes; dec: the tables.
+    stream: uint16[nwords]; dec: the tables; raw bits as in _combine.
     Returns True iff all words were consumed and every lane ended in the
     encoder's initial state.
     """
@@ -552,7 +550,7 @@ def decode_chunk(stream, nwords, C, ctxmap, dec, rest, rbits, nbytes, mbits, out
             x7, p = _dstep(x7, dec, bmap[ci + 7], stream, p, out, i + 7)
             ci = ci + LANES if ci + LANES < P else 0
             i += LANES
-        _unpack_range(rest, rbits, nbytes, mbits, out, i0, i)
+        _combine(parts, nbytes, mbits, packed, rbits, out, i0, i)
         if i + LANES > iend and iend < n:
             continue
         break
@@ -579,7 +577,7 @@ def decode_chunk(stream, nwords, C, ctxmap, dec, rest, rbits, nbytes, mbits, out
         st[lane] = x
         out[i] = e >> 32
         i += 1
-    _unpack_range(rest, rbits, nbytes, mbits, out, i0, n)
+    _combine(parts, nbytes, mbits, packed, rbits, out, i0, n)
     if p != nwords:
         return False
     for lane in range(LANES):

@@ -44,7 +44,8 @@ METHOD_ZLIB = 2
 METHOD_NAMES = {METHOD_RAW: "raw", METHOD_SPLIT: "split", METHOD_ZLIB: "zlib"}
 
 DEFAULT_CHUNK_BYTES = 1 << 21   # 2 MiB of original data per chunk
-MAX_CHUNK_ELEMS = 1 << 26       # decoder limit per chunk
+MAX_CHUNK_BYTES = 1 << 22       # the most original bytes one chunk may hold
+SPLIT_MAX_RATIO = 1 << 16       # original bytes per coded byte, at most, in a split chunk
 MAX_NDIM = 32
 MAX_NAME = 1 << 16
 ZLIB_MAX_RATIO = 1100           # deflate cannot expand more than ~1032:1
@@ -184,8 +185,8 @@ class ArchiveWriter:
     def __init__(self, f, *, flags=0, threads=1, chunk_bytes=DEFAULT_CHUNK_BYTES, progress=None):
         if flags & ~KNOWN_FLAGS:
             raise ValueError("unknown flags")
-        if chunk_bytes < 1:
-            raise ValueError("chunk_bytes must be positive")
+        if not 1 <= chunk_bytes <= MAX_CHUNK_BYTES:
+            raise ValueError(f"chunk_bytes must be in 1..{MAX_CHUNK_BYTES}")
         self.f = f
         self.flags = flags
         self.threads = max(1, int(threads))
@@ -386,7 +387,7 @@ class ArchiveReader:
             for j in range(nch):
                 where = f"chunk {j} of tensor {name!r}"
                 method = r.u8()
-                n = r.varint(MAX_CHUNK_ELEMS)
+                n = r.varint(MAX_CHUNK_BYTES // unit)
                 clen = r.varint(data_end)
                 csum = r.u64()
                 if n < 1:
@@ -394,7 +395,7 @@ class ArchiveReader:
                 if method == METHOD_RAW:
                     ok = clen == n * unit
                 elif method == METHOD_SPLIT:
-                    ok = is_float(code) and 8 * clen >= n
+                    ok = is_float(code) and n * unit <= SPLIT_MAX_RATIO * clen
                 elif method == METHOD_ZLIB:
                     ok = not is_float(code) and n <= ZLIB_MAX_RATIO * clen + 64
                 else:

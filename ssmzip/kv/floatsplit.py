@@ -132,17 +132,9 @@ def choose_model(words, W, E, C=1):
     return S, used, freqs, ctxmap
 
 
-def encode_split(words, W, E, C=1):
-    """Code one chunk (1-D contiguous uint8/16/32 words). Returns the payload,
-    or None if it would not be smaller than the raw words."""
-    n = words.shape[0]
-    S, used, freqs, ctxmap = choose_model(words, W, E, C)
-    R, nbytes, mbits = _layout(W, S)
-    nsym = used.shape[0]
-    T = freqs.shape[0]
-    head = bytearray()
-    head += bytes((S, T))
-    head += varint(nsym)
+def _write_model(head, used, freqs, C=1, ctxmap=None):
+    """Symbol list, optional channel map, frequency tables (FORMAT.md, "model")."""
+    head += varint(used.shape[0])
     runs = _runs(used)
     head += varint(len(runs))
     prev = 0
@@ -150,31 +142,151 @@ def encode_split(words, W, E, C=1):
         head += varint(start - prev)
         head += varint(length)
         prev = start + length
-    if T > 1:
+    if freqs.shape[0] > 1:
         head += varint(C)
         head += ctxmap.tobytes()
     tb = np.empty(freqs.size * 2, np.uint8)
     head += tb[:_rans.pack_varints(freqs.reshape(-1), tb)].tobytes()
-    # entropy-code
-    remap = np.zeros(1 << S, np.int32)
+
+
+def _read_model(r, payload, sbits, T):
+    """Inverse of _write_model: (used symbols int64[nsym], freqs uint32[T, nsym], C, ctxmap)."""
+    nsym = r.varint(MAX_SYMBOLS)
+    if nsym < 1:
+        raise SSMZipError("corrupt data: model without symbols")
+    nruns = r.varint(nsym)
+    used = np.empty(nsym, np.int64)
+    k = 0
+    prev = 0
+    for _ in range(nruns):
+        start = prev + r.varint(1 << sbits)
+        length = r.varint(nsym)
+        if length < 1 or k + length > nsym or start + length > (1 << sbits):
+            raise SSMZipError("corrupt data: bad symbol list")
+        used[k:k + length] = np.arange(start, start + length)
+        k += length
+        prev = start + length
+    if k != nsym:
+        raise SSMZipError("corrupt data: bad symbol list")
+    C = 1
+    ctxmap = _ZERO_MAP
+    if T > 1:
+        C = r.varint(MAX_CHANNELS)
+        if C < 2:
+            raise SSMZipError("corrupt data: bad channel count")
+        ctxmap = np.frombuffer(r.take(C), np.uint8)
+        if int(ctxmap.max()) >= T:
+            raise SSMZipError("corrupt data: channel table index out of range")
+    freqs = np.empty((T, nsym), np.uint32)
+    pos = _rans.unpack_varints(np.frombuffer(payload, np.uint8), r.pos, r.end, freqs.reshape(-1), _rans.PROB_SCALE)
+    if pos < 0:
+        raise SSMZipError("corrupt data: bad frequency table")
+    r.pos = pos
+    if np.any(freqs.sum(axis=1, dtype=np.int64) != _rans.PROB_SCALE):
+        raise SSMZipError("corrupt data: frequency table does not sum to 4096")
+    return used, freqs, C, ctxmap
+
+
+_ZERO_MAP = np.zeros(1, np.uint8)
+_NO_PARTS = np.zeros((0, 0), np.uint8)
+_NO_BYTES = np.zeros(0, np.uint8)
+
+
+def _code_stream(words, rbits, sbits, used, freqs, C, ctxmap):
+    """rANS-code symbols (w >> rbits) & (2**sbits - 1); returns the word stream (uint16)."""
+    n = words.shape[0]
+    nsym = used.shape[0]
+    T = freqs.shape[0]
+    remap = np.zeros(1 << sbits, np.int32)
     remap[used] = np.arange(nsym, dtype=np.int32)
     enc0 = np.empty(T * nsym, np.uint64)
     enc1 = np.empty(T * nsym, np.uint64)
     _rans.build_enc_table(freqs, enc0, enc1)
-    cm = ctxmap if ctxmap is not None else np.zeros(1, np.uint8)
     out = np.empty(n + _rans.STATE_WORDS + 1, np.uint16)
-    nwords = _rans.encode_symbols(words, R, (1 << S) - 1, C if T > 1 else 1, cm, remap, enc0, enc1, nsym, out)
-    rsize = rest_size(n, W, S)
-    total = len(head) + 5 + 2 * nwords + rsize
-    if total >= n * (W // 8):
-        return None
-    rest = np.empty(rsize + 8, np.uint8)
-    wrote = _rans.pack_rest(words, R, nbytes, mbits, rest)
-    assert wrote == rsize
-    head += varint(nwords)
-    if len(head) & 1:  # keep the word stream 2-byte aligned within the payload
+    nwords = _rans.encode_symbols(words, rbits, (1 << sbits) - 1, C if T > 1 else 1,
+                                  ctxmap if T > 1 else _ZERO_MAP, remap, enc0, enc1, nsym, out)
+    return out[out.shape[0] - nwords:]
+
+
+def _pad_even(head):
+    if len(head) & 1:
         head.append(0)
-    return b"".join((bytes(head), out[out.shape[0] - nwords:].tobytes(), rest[:rsize].tobytes()))
+
+
+def _encode_part(vals, nbits):
+    """One raw-bit part (uint8 values < 2**nbits): b"\\x00" + raw, or b"\\x01" + model + rANS stream."""
+    n = vals.shape[0]
+    raw_bytes = n if nbits == 8 else (n * nbits + 7) // 8
+    hist4 = np.zeros((4, 256), np.int64)
+    _rans.hist_symbols(vals, 0, 255, hist4)
+    h = hist4.sum(axis=0)
+    used = np.flatnonzero(h)
+    est = _rans.entropy_bits(h) + used.shape[0] * _TABLE_BITS_PER_SYMBOL + 64 * 8
+    if est < 0.98 * 8 * raw_bytes:
+        bits, f = _quantized_bits(h[used])
+        if bits + used.shape[0] * _TABLE_BITS_PER_SYMBOL + 64 * 8 < 0.98 * 8 * raw_bytes:
+            head = bytearray(b"\x01")
+            _write_model(head, used, f.reshape(1, -1))
+            stream = _code_stream(vals, 0, 8, used, f.reshape(1, -1), 1, None)
+            head += varint(stream.shape[0])
+            return head, stream
+    if nbits == 8:
+        return bytearray(b"\x00"), vals
+    packed = np.empty(raw_bytes + 8, np.uint8)
+    _rans.pack_bits(vals, nbits, packed)
+    return bytearray(b"\x00"), packed[:raw_bytes]
+
+
+def encode_split(words, W, E, C=1):
+    """Code one chunk (1-D contiguous uint8/16/32 words). Returns the payload,
+    or None if it would not be smaller than the raw words."""
+    n = words.shape[0]
+    S, used, freqs, ctxmap = choose_model(words, W, E, C)
+    R, nbytes, mbits = _layout(W, S)
+    T = freqs.shape[0]
+    head = bytearray((S, T))
+    _write_model(head, used, freqs, C, ctxmap)
+    stream = _code_stream(words, R, S, used, freqs, C, ctxmap)
+    head += varint(stream.shape[0])
+    _pad_even(head)
+    pieces = [bytes(head), stream]
+    size = len(head) + stream.nbytes
+    nparts = nbytes + (1 if mbits else 0)
+    if nparts:
+        parts = np.empty((nparts, n), np.uint8)
+        _rans.split_rest(words, R, nbytes, mbits, parts)
+        for j in range(nparts):
+            ph, pdata = _encode_part(parts[j], 8 if j < nbytes else mbits)
+            if ph[0] == 1:  # a coded stream: keep its words 2-byte aligned
+                if (size + len(ph)) & 1:
+                    ph.append(0)
+            pieces.append(bytes(ph))
+            pieces.append(pdata)
+            size += len(ph) + pdata.nbytes
+            if size >= n * (W // 8):
+                return None
+    if size >= n * (W // 8):
+        return None
+    return b"".join(p if isinstance(p, bytes) else p.tobytes() for p in pieces)
+
+
+def _stream_at(r, payload, nwords):
+    if r.pos & 1:
+        if r.u8() != 0:
+            raise SSMZipError("corrupt data: bad padding")
+    r.need(2 * nwords)
+    stream = np.frombuffer(payload, np.uint16, count=nwords, offset=r.pos)
+    if not stream.flags.aligned:
+        stream = stream.copy()
+    r.pos += 2 * nwords
+    return stream
+
+
+def _decode_stream(stream, nwords, used, freqs, C, ctxmap, rbits, parts, nbytes, mbits, packed, out):
+    dec = np.empty(freqs.shape[0] << _rans.PROB_BITS, np.uint64)
+    _rans.build_dec_table(freqs, used << rbits, dec)
+    if not _rans.decode_chunk(stream, nwords, C, ctxmap, dec, parts, nbytes, mbits, packed, rbits, out):
+        raise SSMZipError("corrupt data: entropy-coded stream does not decode")
 
 
 def decode_split(payload, W, E, out):
@@ -191,50 +303,31 @@ def decode_split(payload, W, E, out):
     if not 1 <= T <= MAX_TABLES:
         raise SSMZipError(f"corrupt data: {T} model tables (max {MAX_TABLES})")
     R, nbytes, mbits = _layout(W, S)
-    nsym = r.varint(MAX_SYMBOLS)
-    if nsym < 1:
-        raise SSMZipError("corrupt data: chunk without symbols")
-    nruns = r.varint(nsym)
-    used = np.empty(nsym, np.int64)
-    k = 0
-    prev = 0
-    for _ in range(nruns):
-        start = prev + r.varint(1 << S)
-        length = r.varint(nsym)
-        if length < 1 or k + length > nsym or start + length > (1 << S):
-            raise SSMZipError("corrupt data: bad symbol list")
-        used[k:k + length] = np.arange(start, start + length)
-        k += length
-        prev = start + length
-    if k != nsym:
-        raise SSMZipError("corrupt data: bad symbol list")
-    C = 1
-    if T > 1:
-        C = r.varint(MAX_CHANNELS)
-        if C < 2:
-            raise SSMZipError("corrupt data: bad channel count")
-        ctxmap = np.frombuffer(r.take(C), np.uint8)
-        if int(ctxmap.max()) >= T:
-            raise SSMZipError("corrupt data: channel table index out of range")
-    else:
-        ctxmap = np.zeros(1, np.uint8)
-    freqs = np.empty((T, nsym), np.uint32)
-    pos = _rans.unpack_varints(np.frombuffer(payload, np.uint8), r.pos, r.end, freqs.reshape(-1), _rans.PROB_SCALE)
-    if pos < 0:
-        raise SSMZipError("corrupt data: bad frequency table")
-    r.pos = pos
-    if np.any(freqs.sum(axis=1, dtype=np.int64) != _rans.PROB_SCALE):
-        raise SSMZipError("corrupt data: frequency table does not sum to 4096")
+    used, freqs, C, ctxmap = _read_model(r, payload, S, T)
     nwords = r.varint(n + _rans.STATE_WORDS)
-    if r.pos & 1:
-        if r.u8() != 0:
-            raise SSMZipError("corrupt data: bad padding")
-    rsize = rest_size(n, W, S)
-    if r.remaining() != 2 * nwords + rsize:
-        raise SSMZipError("corrupt data: split chunk length mismatch")
-    stream = np.frombuffer(payload, np.uint16, count=nwords, offset=r.pos)
-    rest = np.frombuffer(payload, np.uint8, count=rsize, offset=r.pos + 2 * nwords)
-    dec = np.empty(T << _rans.PROB_BITS, np.uint64)
-    _rans.build_dec_table(freqs, used << R, dec)
-    if not _rans.decode_chunk(stream, nwords, C, ctxmap, dec, rest, R, nbytes, mbits, out):
-        raise SSMZipError("corrupt data: entropy-coded stream does not decode")
+    stream = _stream_at(r, payload, nwords)
+    nparts = nbytes + (1 if mbits else 0)
+    packed = _NO_BYTES
+    coded_top = False
+    parts = np.empty((nparts, n), np.uint8) if nparts else _NO_PARTS
+    for j in range(nparts):
+        nbits = 8 if j < nbytes else mbits
+        mode = r.u8()
+        if mode == 0:
+            if j < nbytes:
+                parts[j] = np.frombuffer(r.take(n), np.uint8)
+            else:
+                packed = np.frombuffer(r.take((n * mbits + 7) // 8), np.uint8)
+        elif mode == 1:
+            pused, pfreqs, _, _ = _read_model(r, payload, nbits, 1)
+            pn = r.varint(n + _rans.STATE_WORDS)
+            pstream = _stream_at(r, payload, pn)
+            _decode_stream(pstream, pn, pused, pfreqs, 1, _ZERO_MAP, 0, _NO_PARTS, 0, 0, _NO_BYTES, parts[j])
+            if j == nbytes:
+                coded_top = True
+        else:
+            raise SSMZipError(f"corrupt data: unknown part mode {mode}")
+    r.done()
+    if mbits and not coded_top:
+        parts = parts[:nbytes] if nbytes else np.empty((0, n), np.uint8)
+    _decode_stream(stream, nwords, used, freqs, C, ctxmap, R, parts, nbytes, mbits, packed, out)
