@@ -257,3 +257,41 @@ def test_reciprocal_division_exact():
         cum = bias if f > 1 else bias - 4095
         want = (xs // f) * 4096 + xs % f + cum
         assert np.array_equal(xnew.astype(np.int64), want.astype(np.int64)), f
+
+
+def test_torch_not_imported():
+    import subprocess
+    import sys
+
+    import os
+
+    code = ("import sys, numpy as np, ssmzip.kv as kv, ssmzip.kv.safetensors, ssmzip.kv.__main__;"
+            "kv.decode(kv.encode(np.ones((4, 4), np.float32))); print('torch' in sys.modules)")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=root).stdout
+    assert out.strip() == "False"
+
+
+def test_torch_tensors():
+    torch = pytest.importorskip("torch")
+    g = torch.Generator().manual_seed(0)
+    base = torch.randn(64, 48, generator=g) * 0.02
+    cases = [base, base.to(torch.bfloat16), base.to(torch.float16), base.T, base.to(torch.bfloat16)[:, ::3],
+             torch.tensor(1.5, dtype=torch.bfloat16), torch.zeros(0, 3, dtype=torch.bfloat16),
+             torch.arange(10), torch.tensor([True, False])]
+    if hasattr(torch, "float8_e4m3fn"):
+        cases.append(base.to(torch.float8_e4m3fn))
+    nan = torch.tensor([float("nan"), -0.0, float("inf"), 1e-40], dtype=torch.float32)
+    cases.append(nan)
+    for t in cases:
+        keep = t.clone()
+        data = kv.encode(t)
+        y = kv.decode(data, out="torch")
+        assert y.dtype == t.dtype and tuple(y.shape) == tuple(t.shape)
+        iv = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}[t.element_size()]
+        assert torch.equal(y.contiguous().view(iv), t.contiguous().view(iv))
+        assert torch.equal(t.contiguous().view(iv), keep.contiguous().view(iv))   # input not modified
+        n = kv.decode(data)
+        assert n.shape == tuple(t.shape)
+    d = kv.decode_dict(kv.encode_dict({"a": base.to(torch.bfloat16), "b": base}), out="torch")
+    assert d["a"].dtype == torch.bfloat16 and torch.equal(d["b"], base)
