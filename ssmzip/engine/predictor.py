@@ -131,7 +131,7 @@ def _code_segment(mode, buf, start, end, io, regs, kinds, table_bits, use_runs, 
         if mlen > 0:
             expected = buf[mptr] | 256
         mbucket = length_bucket(mlen)
-        h_apm3 = hash2(c4 & 0xFFFF, 99)
+        h_apm3 = (hash2(c4 & 0xFFFF, 99) & 0xFF) << 8    # c0 in the low bits keeps one byte's rows together
 
         c0 = 1
         node = 1
@@ -203,7 +203,7 @@ def _code_segment(mode, buf, start, end, io, regs, kinds, table_bits, use_runs, 
             p = (p + 3 * pa) >> 2
             ia3 = 0
             if n_apms > 2:
-                pa, ia3 = apm_predict(apm3, (h_apm3 ^ c0) & 0xFFFF, st[p])
+                pa, ia3 = apm_predict(apm3, h_apm3 | c0, st[p])
                 p = (p + 3 * pa) >> 2
             if p < 1:
                 p = 1
