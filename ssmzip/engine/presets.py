@@ -150,7 +150,7 @@ LEVELS = {
     3: _level(3, _O + (CTX_ORDER6, CTX_WORD), 22, 0, 7, 20, 1, 2, 23),
     4: _level(4, _O + (CTX_ORDER6, CTX_WORD, CTX_TAG), 22, 0, 7, 20, 2, 2, 23),
     5: _level(5, _O + _HIGH + (CTX_WORD, CTX_SPARSE2, CTX_TAG), 22, 1, 7, 20, 2, 3, 24),
-    6: _level(6, _O + _HIGH + _TEXT, 22, 1, 7, 21, 3, 3, 24),
+    6: _level(6, _O + _HIGH + _TEXT, 22, 1, 7, 21, 2, 3, 24),
     7: _level(7, _O + _HIGH + (CTX_ORDER8,) + _TEXT + (CTX_INDIRECT1,), 23, 1, 7, 22, 3, 3, 24),
     8: _level(8, _O + _HIGH + (CTX_ORDER8,) + _TEXT + (CTX_INDIRECT1, CTX_INDIRECT2, CTX_WORDPOS),
               24, 1, 7, 22, 3, 3, 25),
