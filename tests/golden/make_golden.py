@@ -70,7 +70,14 @@ def binary_input(n: int = 7000, seed: int = 777) -> bytes:
     return bytes(out[:n])
 
 
-INPUTS = {"text": text_input, "binary": binary_input}
+def long_text_input() -> bytes:
+    """Longer than the engine's 64 KiB coding segment, in one block, so that the model
+    state carried from one segment to the next is covered too."""
+    return text_input(70000, seed=2024)
+
+
+INPUTS = {"text": text_input, "binary": binary_input, "long": long_text_input}
+BLOCK_SIZES = {"long": 1 << 20}           # the others use BLOCK_SIZE
 
 
 def main() -> None:
@@ -82,7 +89,7 @@ def main() -> None:
         with open(os.path.join(HERE, f"{name}.bin"), "wb") as f:
             f.write(data)
         for level in LEVELS:
-            blob = ssmzip.compress(data, level=level, block_size=BLOCK_SIZE)
+            blob = ssmzip.compress(data, level=level, block_size=BLOCK_SIZES.get(name, BLOCK_SIZE))
             assert ssmzip.decompress(blob) == data
             path = os.path.join(HERE, f"{name}-{level}.ssz")
             with open(path, "wb") as f:
