@@ -16,11 +16,10 @@ bfloat16 / float8 in numpy: pass ml_dtypes arrays or uint16/uint8 arrays with
 (``inspect`` tells the real dtype). Other dtypes (ints, bool, float64) are
 stored losslessly with deflate. Bad data raises SSMZipError.
 """
-import io
-
 from ssmzip.errors import SSMZipError
 from ssmzip.kv._arrays import from_words, to_words
 from ssmzip.kv.archive import (
+    _Pieces,
     DEFAULT_CHUNK_BYTES,
     MAGIC,
     ArchiveReader,
@@ -48,7 +47,7 @@ def encode_dict(tensors, *, mode="lossless", dtypes=None, threads=1, chunk_bytes
     does not say it (e.g. {"w": "bfloat16"} for a uint16 array of bf16 bits).
     """
     _check_mode(mode)
-    buf = io.BytesIO()
+    buf = _Pieces()
     w = ArchiveWriter(buf, threads=threads, chunk_bytes=chunk_bytes)
     for name, t in tensors.items():
         code, shape, words = to_words(t, (dtypes or {}).get(name))
@@ -60,7 +59,7 @@ def encode_dict(tensors, *, mode="lossless", dtypes=None, threads=1, chunk_bytes
 def encode(tensor, *, mode="lossless", dtype=None, threads=1, chunk_bytes=DEFAULT_CHUNK_BYTES):
     """Encode one tensor (numpy array or torch tensor) to bytes; the input is never modified."""
     _check_mode(mode)
-    buf = io.BytesIO()
+    buf = _Pieces()
     w = ArchiveWriter(buf, threads=threads, chunk_bytes=chunk_bytes)
     code, shape, words = to_words(tensor, dtype)
     w.add_words(_SINGLE, code, shape, words)

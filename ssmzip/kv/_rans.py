@@ -73,6 +73,49 @@ def hist_channels(words, rbits, smask, remap, C, hist):
 
 
 @njit(cache=True, nogil=True)
+def hist_channels2d(rows, rbits, smask, remap, hist):
+    """hist: int32[C, nsym], zeroed; counts of symbol indices per column of rows[r, C]."""
+    for i in range(rows.shape[0]):
+        for c in range(rows.shape[1]):
+            hist[c, remap[(np.int64(rows[i, c]) >> rbits) & smask]] += 1
+
+
+@njit(cache=True, nogil=True)
+def hist_groups(words, rbits, smask, remap, C, ctxmap, hist):
+    """hist: int64[T, nsym], zeroed; counts of symbol indices per group ctxmap[i % C] (n % C == 0)."""
+    T, nsym = hist.shape
+    gbase = np.empty(C, np.int64)
+    for c in range(C):
+        gbase[c] = np.int64(ctxmap[c]) * nsym
+    flat = np.zeros(T * nsym, np.int32)
+    rows = words.shape[0] // C
+    for i in range(rows):
+        o = i * C
+        for c in range(C):
+            flat[gbase[c] + remap[(np.int64(words[o + c]) >> rbits) & smask]] += 1
+    for t in range(T):
+        for s in range(nsym):
+            hist[t, s] = flat[t * nsym + s]
+
+
+@njit(cache=True, nogil=True)
+def channel_bits(hist):
+    """Sum over channels of the order-0 bits of each channel's histogram, with
+    the Miller-Madow correction ((m - 1) / (2 ln 2) bits for m used symbols)
+    so that short channels do not look better than they are."""
+    b = 0.0
+    for c in range(hist.shape[0]):
+        b += entropy_bits(hist[c])
+        m = 0
+        for s in range(hist.shape[1]):
+            if hist[c, s]:
+                m += 1
+        if m > 1:
+            b += (m - 1) * 0.7213475204444817
+    return b
+
+
+@njit(cache=True, nogil=True)
 def normalize_freqs(counts, freqs):
     """Quantise counts (zeros allowed) to frequencies summing to 4096.
 
@@ -153,14 +196,31 @@ def cluster_channels(hist, T, iters, assign):
     int32[C] out. Returns the order-0 bits of the grouped data.
     """
     C, nsym = hist.shape
-    mean = np.empty(C, np.float64)
+    # sparse copy of the histograms: (symbol, count) of the non-zero entries
+    nnz = 0
     for c in range(C):
-        s1 = 0.0
-        s0 = 0.0
         for s in range(nsym):
-            s0 += hist[c, s]
-            s1 += hist[c, s] * s
+            if hist[c, s]:
+                nnz += 1
+    start = np.empty(C + 1, np.int64)
+    sym = np.empty(nnz, np.int64)
+    cnt = np.empty(nnz, np.float64)
+    mean = np.empty(C, np.float64)
+    k = 0
+    for c in range(C):
+        start[c] = k
+        s0 = 0.0
+        s1 = 0.0
+        for s in range(nsym):
+            h = hist[c, s]
+            if h:
+                sym[k] = s
+                cnt[k] = h
+                k += 1
+                s0 += h
+                s1 += h * s
         mean[c] = s1 / s0 if s0 > 0 else 0.0
+    start[C] = k
     order = np.argsort(mean)
     for j in range(C):
         assign[order[j]] = (j * T) // C
@@ -170,8 +230,8 @@ def cluster_channels(hist, T, iters, assign):
         gh[:, :] = 0
         for c in range(C):
             g = assign[c]
-            for s in range(nsym):
-                gh[g, s] += hist[c, s]
+            for j in range(start[c], start[c + 1]):
+                gh[g, sym[j]] += np.int64(cnt[j])
         if it == iters:
             break
         for g in range(T):
@@ -188,10 +248,8 @@ def cluster_channels(hist, T, iters, assign):
             bestv = 1e300
             for g in range(T):
                 v = 0.0
-                for s in range(nsym):
-                    h = hist[c, s]
-                    if h:
-                        v += h * logp[g, s]
+                for j in range(start[c], start[c + 1]):
+                    v += cnt[j] * logp[g, sym[j]]
                 if v < bestv:
                     bestv = v
                     best = g
@@ -202,8 +260,8 @@ def cluster_channels(hist, T, iters, assign):
             gh[:, :] = 0
             for c in range(C):
                 g = assign[c]
-                for s in range(nsym):
-                    gh[g, s] += hist[c, s]
+                for j in range(start[c], start[c + 1]):
+                    gh[g, sym[j]] += np.int64(cnt[j])
             break
     bits = 0.0
     for g in range(T):
@@ -405,7 +463,8 @@ def encode_symbols(words, rbits, smask, C, ctxmap, remap, enc0, enc1, nsym, out)
 # ---------------------------------------------------------------- decoding
 
 @njit(cache=True, nogil=True, inline="always")
-def _dstep(x, dec, base, stream, p, out, i):
+def _dstep(x, dec, base, stream, p, out, i, rv):
+    """One rANS decode step: symbol value (already in place) | raw bits rv -> out[i]."""
     e = np.int64(dec[_U(base + (x & PROB_MASK))])
     x = ((e >> 16) & 0xFFFF) * (x >> PROB_BITS) + (e & 0xFFFF)
     w = np.int64(stream[_U(p)])
@@ -413,8 +472,29 @@ def _dstep(x, dec, base, stream, p, out, i):
     y = (x << 16) | w
     x = y if nd else x
     p += np.int64(nd)
-    out[_U(i)] = e >> 32
+    out[_U(i)] = (e >> 32) | rv
     return x, p
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _dblock(x0, x1, x2, x3, x4, x5, x6, x7, p, dec, b0, b1, b2, b3, b4, b5, b6, b7, stream, out, i,
+            r0, r1, r2, r3, r4, r5, r6, r7):
+    x0, p = _dstep(x0, dec, b0, stream, p, out, i, r0)
+    x1, p = _dstep(x1, dec, b1, stream, p, out, i + 1, r1)
+    x2, p = _dstep(x2, dec, b2, stream, p, out, i + 2, r2)
+    x3, p = _dstep(x3, dec, b3, stream, p, out, i + 3, r3)
+    x4, p = _dstep(x4, dec, b4, stream, p, out, i + 4, r4)
+    x5, p = _dstep(x5, dec, b5, stream, p, out, i + 5, r5)
+    x6, p = _dstep(x6, dec, b6, stream, p, out, i + 6, r6)
+    x7, p = _dstep(x7, dec, b7, stream, p, out, i + 7, r7)
+    return x0, x1, x2, x3, x4, x5, x6, x7, p
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _load7(packed, ob):
+    return (np.int64(packed[_U(ob)]) | (np.int64(packed[_U(ob + 1)]) << 8) | (np.int64(packed[_U(ob + 2)]) << 16)
+            | (np.int64(packed[_U(ob + 3)]) << 24) | (np.int64(packed[_U(ob + 4)]) << 32)
+            | (np.int64(packed[_U(ob + 5)]) << 40) | (np.int64(packed[_U(ob + 6)]) << 48))
 
 
 @njit(cache=True, nogil=True)
@@ -488,14 +568,25 @@ def unpack_bits(packed, mbits, out):
         nb -= mbits
 
 
-SUB = 4096  # elements decoded per pass (symbols, then raw bits) to stay in L1/L2
+SUB = 4096  # elements per pass of the generic path (symbols, then raw bits) to stay in L1/L2
+
+
+@njit(cache=True, nogil=True)
+def rest_lut(rbits, wbits, nvals):
+    """Output bits of each raw value r < nvals: the sign (bit rbits of r) on top, the mantissa below."""
+    lut = np.empty(nvals, np.int64)
+    lowmask = (np.int64(1) << rbits) - 1
+    for r in range(nvals):
+        lut[r] = (((r >> rbits) & 1) << (wbits - 1)) | (r & lowmask)
+    return lut
 
 
 @njit(cache=True, nogil=True)
 def decode_chunk(stream, nwords, C, ctxmap, dec, parts, nbytes, mbits, packed, rbits, out):
     """Decode one split chunk into out (uint8/16/32[n]).
 
-    stream: uint16[nwords]; dec: the tables; raw bits as in _combine.
+    stream: uint16[nwords]; dec: the tables; raw bits as in _combine (when
+    they are only bit-packed, packed must have 8 bytes of slack after them).
     Returns True iff all words were consumed and every lane ended in the
     encoder's initial state.
     """
@@ -522,38 +613,88 @@ def decode_chunk(stream, nwords, C, ctxmap, dec, parts, nbytes, mbits, packed, r
     for c in range(P):
         if bmap[c] != 0:
             single = False
+    wbits = out.itemsize * 8
+    # fused raw bits: mode 1 = one byte plane, mode 2 = bit-packed only, 0 = generic (separate pass)
+    mode = 0
+    if nbytes == 1 and mbits == 0 and parts.shape[0] == 1:
+        mode = 1
+    elif nbytes == 0 and mbits > 0 and parts.shape[0] == 0 and packed.shape[0] >= (n * mbits + 7) // 8 + 8:
+        mode = 2
+    lut = rest_lut(rbits, wbits, 256 if mode == 1 else (1 << mbits))
     p = STATE_WORDS
     i = 0
     ci = 0
-    while True:
-        i0 = i
-        iend = min(n, i + SUB)
-        if P == LANES and single:
-            while i + LANES <= iend and p + LANES <= nwords:
-                x0, p = _dstep(x0, dec, 0, stream, p, out, i)
-                x1, p = _dstep(x1, dec, 0, stream, p, out, i + 1)
-                x2, p = _dstep(x2, dec, 0, stream, p, out, i + 2)
-                x3, p = _dstep(x3, dec, 0, stream, p, out, i + 3)
-                x4, p = _dstep(x4, dec, 0, stream, p, out, i + 4)
-                x5, p = _dstep(x5, dec, 0, stream, p, out, i + 5)
-                x6, p = _dstep(x6, dec, 0, stream, p, out, i + 6)
-                x7, p = _dstep(x7, dec, 0, stream, p, out, i + 7)
-                i += LANES
-        while i + LANES <= iend and p + LANES <= nwords:
-            x0, p = _dstep(x0, dec, bmap[ci], stream, p, out, i)
-            x1, p = _dstep(x1, dec, bmap[ci + 1], stream, p, out, i + 1)
-            x2, p = _dstep(x2, dec, bmap[ci + 2], stream, p, out, i + 2)
-            x3, p = _dstep(x3, dec, bmap[ci + 3], stream, p, out, i + 3)
-            x4, p = _dstep(x4, dec, bmap[ci + 4], stream, p, out, i + 4)
-            x5, p = _dstep(x5, dec, bmap[ci + 5], stream, p, out, i + 5)
-            x6, p = _dstep(x6, dec, bmap[ci + 6], stream, p, out, i + 6)
-            x7, p = _dstep(x7, dec, bmap[ci + 7], stream, p, out, i + 7)
-            ci = ci + LANES if ci + LANES < P else 0
+    nblk = n - (n & (LANES - 1))
+    if mode == 1:
+        p0 = parts[0]
+        while i < nblk and p + LANES <= nwords:
+            if single:
+                b0 = b1 = b2 = b3 = b4 = b5 = b6 = b7 = np.int64(0)
+            else:
+                b0 = bmap[ci]
+                b1 = bmap[ci + 1]
+                b2 = bmap[ci + 2]
+                b3 = bmap[ci + 3]
+                b4 = bmap[ci + 4]
+                b5 = bmap[ci + 5]
+                b6 = bmap[ci + 6]
+                b7 = bmap[ci + 7]
+                ci = ci + LANES if ci + LANES < P else 0
+            x0, x1, x2, x3, x4, x5, x6, x7, p = _dblock(
+                x0, x1, x2, x3, x4, x5, x6, x7, p, dec, b0, b1, b2, b3, b4, b5, b6, b7, stream, out, i,
+                lut[p0[i]], lut[p0[i + 1]], lut[p0[i + 2]], lut[p0[i + 3]],
+                lut[p0[i + 4]], lut[p0[i + 5]], lut[p0[i + 6]], lut[p0[i + 7]])
             i += LANES
-        _combine(parts, nbytes, mbits, packed, rbits, out, i0, i)
-        if i + LANES > iend and iend < n:
-            continue
-        break
+    elif mode == 2:
+        mm = (np.int64(1) << mbits) - 1
+        ob = 0
+        while i < nblk and p + LANES <= nwords:
+            if single:
+                b0 = b1 = b2 = b3 = b4 = b5 = b6 = b7 = np.int64(0)
+            else:
+                b0 = bmap[ci]
+                b1 = bmap[ci + 1]
+                b2 = bmap[ci + 2]
+                b3 = bmap[ci + 3]
+                b4 = bmap[ci + 4]
+                b5 = bmap[ci + 5]
+                b6 = bmap[ci + 6]
+                b7 = bmap[ci + 7]
+                ci = ci + LANES if ci + LANES < P else 0
+            v = _load7(packed, ob)
+            ob += mbits
+            x0, x1, x2, x3, x4, x5, x6, x7, p = _dblock(
+                x0, x1, x2, x3, x4, x5, x6, x7, p, dec, b0, b1, b2, b3, b4, b5, b6, b7, stream, out, i,
+                lut[v & mm], lut[(v >> mbits) & mm], lut[(v >> (2 * mbits)) & mm], lut[(v >> (3 * mbits)) & mm],
+                lut[(v >> (4 * mbits)) & mm], lut[(v >> (5 * mbits)) & mm], lut[(v >> (6 * mbits)) & mm],
+                lut[(v >> (7 * mbits)) & mm])
+            i += LANES
+    else:
+        z = np.int64(0)
+        while True:
+            i0 = i
+            iend = min(nblk, i + SUB)
+            while i < iend and p + LANES <= nwords:
+                if single:
+                    b0 = b1 = b2 = b3 = b4 = b5 = b6 = b7 = np.int64(0)
+                else:
+                    b0 = bmap[ci]
+                    b1 = bmap[ci + 1]
+                    b2 = bmap[ci + 2]
+                    b3 = bmap[ci + 3]
+                    b4 = bmap[ci + 4]
+                    b5 = bmap[ci + 5]
+                    b6 = bmap[ci + 6]
+                    b7 = bmap[ci + 7]
+                    ci = ci + LANES if ci + LANES < P else 0
+                x0, x1, x2, x3, x4, x5, x6, x7, p = _dblock(
+                    x0, x1, x2, x3, x4, x5, x6, x7, p, dec, b0, b1, b2, b3, b4, b5, b6, b7, stream, out, i,
+                    z, z, z, z, z, z, z, z)
+                i += LANES
+            _combine(parts, nbytes, mbits, packed, rbits, out, i0, i)
+            if i == iend and iend < nblk:
+                continue
+            break
     st[0] = x0
     st[1] = x1
     st[2] = x2

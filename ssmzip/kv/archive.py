@@ -161,6 +161,20 @@ def chunk_plan(code, shape, nwords, chunk_bytes=DEFAULT_CHUNK_BYTES):
     return per, C
 
 
+class _Pieces:
+    """A write-only file object that keeps the pieces and joins them once."""
+
+    def __init__(self):
+        self.pieces = []
+
+    def write(self, b):
+        self.pieces.append(b)
+        return len(b)
+
+    def getvalue(self):
+        return b"".join(self.pieces)
+
+
 def ordered_map(fn, items, threads):
     """Yield fn(item) in order, with at most 2 * threads calls in flight."""
     if threads <= 1:

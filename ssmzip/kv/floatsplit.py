@@ -26,8 +26,11 @@ FLOAT_SPECS = {
 KMAX = 3            # mantissa bits that may join the exponent in the symbol
 MAX_SYMBOLS = 256   # distinct symbols per chunk (index fits the table entry)
 MAX_TABLES = 64     # decoder limit (the encoder uses at most 32)
-GROUP_CHOICES = (4, 8, 16)
+GROUP_CHOICES = (4, 8)   # channel groups tried (tables of 32 KiB each at decode)
+SAMPLE_ROWS = 512          # rows sampled to cluster channels
+GROUP_MIN_GAIN = 0.01      # try channel groups only if per-channel tables could save 1 % of the symbol bits
 MIN_ROWS = 32       # channel models only when each channel has this many elements
+PART_SAMPLE = 1 << 16  # raw-bit values looked at before deciding a part is incompressible
 MAX_CHANNELS = 1 << 16
 _TABLE_BITS_PER_SYMBOL = 11.0   # rough cost of one stored frequency (model selection only)
 
@@ -69,7 +72,14 @@ def _runs(used):
 
 
 def choose_model(words, W, E, C=1):
-    """Pick (S, used symbols, per-table freqs, ctxmap or None) for one chunk."""
+    """Pick (S, used symbols, per-table freqs, ctxmap or None) for one chunk.
+
+    S: the k (0..3) leading mantissa bits that join the exponent are those
+    that minimise order-0 symbol bits + raw bits + table. Then, if the data
+    has a channel period C (rows x C), up to 8 channel groups with their own
+    tables are tried (channels clustered on a sample of rows), and kept when
+    their exact size (tables included) beats the single table.
+    """
     n = words.shape[0]
     kmax = min(KMAX, W - 1 - E)
     S0 = E + kmax
@@ -81,54 +91,63 @@ def choose_model(words, W, E, C=1):
     for k in range(kmax + 1):
         S = E + k
         hk = h0.reshape(1 << S, 1 << (kmax - k)).sum(axis=1) if k < kmax else h0
-        used = np.flatnonzero(hk)
-        if used.shape[0] > MAX_SYMBOLS:
+        nsym = np.count_nonzero(hk)
+        if nsym > MAX_SYMBOLS:
             continue
-        counts = hk[used]
-        bits, freqs = _quantized_bits(counts)
-        R, nbytes, mbits = _layout(W, S)
-        cost = bits + n * (R + 1) + used.shape[0] * _TABLE_BITS_PER_SYMBOL
+        cost = _rans.entropy_bits(hk) + n * (W - S) + nsym * _TABLE_BITS_PER_SYMBOL
         if best is None or cost < best[0]:
-            best = (cost, S, used, counts, freqs)
+            best = (cost, S, hk)
     if best is None:  # more than 256 exponent values: cannot happen for E <= 8
         raise ValueError("too many symbols")
-    cost, S, used, counts, freqs = best
+    _, S, hk = best
+    used = np.flatnonzero(hk)
+    single, freqs = _quantized_bits(hk[used])
+    single += used.shape[0] * _TABLE_BITS_PER_SYMBOL
     freqs = freqs.reshape(1, -1)
     ctxmap = None
     nsym = used.shape[0]
-    if C > 1 and C <= MAX_CHANNELS and n % C == 0 and n // C >= MIN_ROWS and nsym > 1:
+    rows = n // C if C > 1 else 0
+    if C > 1 and C <= MAX_CHANNELS and n % C == 0 and rows >= MIN_ROWS and nsym > 1:
         R = W - 1 - S
         remap = np.zeros(1 << S, np.int32)
         remap[used] = np.arange(nsym, dtype=np.int32)
+        step = max(1, rows // SAMPLE_ROWS)
+        sample = words.reshape(rows, C)[::step]
         hist = np.zeros((C, nsym), np.int32)
-        _rans.hist_channels(words, R, (1 << S) - 1, remap, C, hist)
-        single = cost - n * (R + 1)
-        best_groups = None
-        for T in GROUP_CHOICES:
-            if T >= C:
-                break
-            assign = np.empty(C, np.int32)
-            bits = _rans.cluster_channels(hist, T, 2, assign)
-            gcost = bits * 1.003 + T * nsym * _TABLE_BITS_PER_SYMBOL + C * 8
-            if gcost < single and (best_groups is None or gcost < best_groups[0]):
-                best_groups = (gcost, T, assign)
-        if best_groups is not None:
-            _, T, assign = best_groups
-            gh = np.zeros((T, nsym), np.int64)
-            _rans.group_hist(hist, assign, T, gh)
-            keep = np.flatnonzero(gh.sum(axis=1) > 0)
-            newid = np.full(T, -1, np.int64)
-            newid[keep] = np.arange(keep.shape[0])
-            gh = gh[keep]
-            f = np.zeros(gh.shape, np.uint32)
-            total = 0.0
-            for t in range(gh.shape[0]):
-                b, f[t] = _quantized_bits(gh[t])
-                total += b
-            # keep the grouped model only if its exact size still wins
-            if total + gh.shape[0] * nsym * _TABLE_BITS_PER_SYMBOL + C * 8 < single:
-                freqs = f
-                ctxmap = newid[assign].astype(np.uint8)
+        _rans.hist_channels2d(sample, R, (1 << S) - 1, remap, hist)
+        scale = rows / sample.shape[0]
+        # what per-channel tables could save at most, against the cheapest grouped model's side cost
+        bound = single - scale * _rans.channel_bits(hist)
+        if bound > max(GROUP_CHOICES[0] * nsym * _TABLE_BITS_PER_SYMBOL + C * 8, GROUP_MIN_GAIN * single):
+            best_groups = None
+            for T in GROUP_CHOICES:
+                if T >= C:
+                    break
+                assign = np.empty(C, np.int32)
+                bits = scale * _rans.cluster_channels(hist, T, 2, assign)
+                gcost = bits + T * nsym * _TABLE_BITS_PER_SYMBOL + C * 8
+                if gcost < single and (best_groups is None or gcost < best_groups[0]):
+                    best_groups = (gcost, T, assign)
+                else:
+                    break
+            if best_groups is not None:
+                _, T, assign = best_groups
+                cm = assign.astype(np.uint8)
+                gh = np.zeros((T, nsym), np.int64)
+                _rans.hist_groups(words, R, (1 << S) - 1, remap, C, cm, gh)
+                keep = np.flatnonzero(gh.sum(axis=1) > 0)
+                newid = np.full(T, -1, np.int64)
+                newid[keep] = np.arange(keep.shape[0])
+                gh = gh[keep]
+                f = np.zeros(gh.shape, np.uint32)
+                total = 0.0
+                for t in range(gh.shape[0]):
+                    b, f[t] = _quantized_bits(gh[t])
+                    total += b
+                # keep the grouped model only if its exact size wins
+                if total + gh.shape[0] * nsym * _TABLE_BITS_PER_SYMBOL + C * 8 < single:
+                    freqs = f
+                    ctxmap = newid[assign].astype(np.uint8)
     return S, used, freqs, ctxmap
 
 
@@ -218,7 +237,14 @@ def _encode_part(vals, nbits):
     n = vals.shape[0]
     raw_bytes = n if nbits == 8 else (n * nbits + 7) // 8
     hist4 = np.zeros((4, 256), np.int64)
-    _rans.hist_symbols(vals, 0, 255, hist4)
+    # a sample first: the raw bits of real floats are nearly always incompressible
+    m = min(n, PART_SAMPLE)
+    _rans.hist_symbols(vals[:m], 0, 255, hist4)
+    if m < n:
+        h = hist4.sum(axis=0)
+        if _rans.entropy_bits(h) + np.count_nonzero(h) * _TABLE_BITS_PER_SYMBOL > 0.97 * m * nbits:
+            return _raw_part(vals, nbits)
+        _rans.hist_symbols(vals[m:], 0, 255, hist4)
     h = hist4.sum(axis=0)
     used = np.flatnonzero(h)
     est = _rans.entropy_bits(h) + used.shape[0] * _TABLE_BITS_PER_SYMBOL + 64 * 8
@@ -230,8 +256,13 @@ def _encode_part(vals, nbits):
             stream = _code_stream(vals, 0, 8, used, f.reshape(1, -1), 1, None)
             head += varint(stream.shape[0])
             return head, stream
+    return _raw_part(vals, nbits)
+
+
+def _raw_part(vals, nbits):
     if nbits == 8:
         return bytearray(b"\x00"), vals
+    raw_bytes = (vals.shape[0] * nbits + 7) // 8
     packed = np.empty(raw_bytes + 8, np.uint8)
     _rans.pack_bits(vals, nbits, packed)
     return bytearray(b"\x00"), packed[:raw_bytes]
@@ -316,8 +347,10 @@ def decode_split(payload, W, E, out):
         if mode == 0:
             if j < nbytes:
                 parts[j] = np.frombuffer(r.take(n), np.uint8)
-            else:
-                packed = np.frombuffer(r.take((n * mbits + 7) // 8), np.uint8)
+            else:  # bit-packed: copied with 8 bytes of slack for the decoder's block reads
+                nb = (n * mbits + 7) // 8
+                packed = np.zeros(nb + 8, np.uint8)
+                packed[:nb] = np.frombuffer(r.take(nb), np.uint8)
         elif mode == 1:
             pused, pfreqs, _, _ = _read_model(r, payload, nbits, 1)
             pn = r.varint(n + _rans.STATE_WORDS)
