@@ -44,7 +44,7 @@ def _context():
         ctx = multiprocessing.get_context("forkserver")
     except ValueError:
         return multiprocessing.get_context("spawn")
-    ctx.set_forkserver_preload(["ssmzip.container"])
+    ctx.set_forkserver_preload(["ssmzip.container", "ssmzip._worker_preload"])
     return ctx
 
 

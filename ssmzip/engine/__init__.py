@@ -9,6 +9,6 @@ Pure functions over bytes; knows nothing of files, the CLI or progress bars.
 a few times per block (never per byte).
 """
 from .presets import DEFAULT_LEVEL, LEVELS, Preset, preset_for_level
-from .predictor import decode_block, encode_block
+from .predictor import decode_block, encode_block, warm_up
 
-__all__ = ["encode_block", "decode_block", "Preset", "LEVELS", "DEFAULT_LEVEL", "preset_for_level"]
+__all__ = ["encode_block", "decode_block", "Preset", "LEVELS", "DEFAULT_LEVEL", "preset_for_level", "warm_up"]

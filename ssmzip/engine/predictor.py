@@ -393,3 +393,10 @@ def decode_block(payload, size, preset, progress=None) -> bytes:
         if progress is not None:
             progress(end)
     return buf.tobytes()
+
+
+def warm_up() -> None:
+    """Load (or compile) the coding kernel now rather than on the first block, e.g.
+    in a process that forks workers, so that each worker starts with it in memory."""
+    from .presets import LEVELS
+    encode_block(b"warm-up", LEVELS[1])
