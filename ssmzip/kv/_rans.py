@@ -491,6 +491,17 @@ def _dblock(x0, x1, x2, x3, x4, x5, x6, x7, p, dec, b0, b1, b2, b3, b4, b5, b6, 
 
 
 @njit(cache=True, nogil=True, inline="always")
+def _load56(packed64, ob):
+    """The 56 bits at byte offset ob of the little-endian bit string held in packed64."""
+    q = ob >> 3
+    s = _U((ob & 7) << 3)
+    lo = packed64[_U(q)]
+    hi = packed64[_U(q + 1)]
+    v = (lo >> s) | ((hi << _U(1)) << (_U(63) - s))
+    return np.int64(v & _U(0x00FFFFFFFFFFFFFF))
+
+
+@njit(cache=True, nogil=True, inline="always")
 def _load7(packed, ob):
     return (np.int64(packed[_U(ob)]) | (np.int64(packed[_U(ob + 1)]) << 8) | (np.int64(packed[_U(ob + 2)]) << 16)
             | (np.int64(packed[_U(ob + 3)]) << 24) | (np.int64(packed[_U(ob + 4)]) << 32)
@@ -582,11 +593,12 @@ def rest_lut(rbits, wbits, nvals):
 
 
 @njit(cache=True, nogil=True)
-def decode_chunk(stream, nwords, C, ctxmap, dec, parts, nbytes, mbits, packed, rbits, out):
+def decode_chunk(stream, nwords, C, ctxmap, dec, parts, nbytes, mbits, packed, packed64, rbits, out):
     """Decode one split chunk into out (uint8/16/32[n]).
 
     stream: uint16[nwords]; dec: the tables; raw bits as in _combine (when
-    they are only bit-packed, packed must have 8 bytes of slack after them).
+    they are only bit-packed, packed must have 16 bytes of slack after them
+    and packed64 be the same memory viewed as uint64, for the fused path).
     Returns True iff all words were consumed and every lane ended in the
     encoder's initial state.
     """
@@ -618,79 +630,77 @@ def decode_chunk(stream, nwords, C, ctxmap, dec, parts, nbytes, mbits, packed, r
     mode = 0
     if nbytes == 1 and mbits == 0 and parts.shape[0] == 1:
         mode = 1
-    elif nbytes == 0 and mbits > 0 and parts.shape[0] == 0 and packed.shape[0] >= (n * mbits + 7) // 8 + 8:
+    elif nbytes == 0 and mbits > 0 and parts.shape[0] == 0 and 8 * packed64.shape[0] >= (n * mbits + 7) // 8 + 16:
         mode = 2
     lut = rest_lut(rbits, wbits, 256 if mode == 1 else (1 << mbits))
     p = STATE_WORDS
     i = 0
     ci = 0
     nblk = n - (n & (LANES - 1))
-    if mode == 1:
+    z = np.int64(0)
+    if mode == 1 and single:
         p0 = parts[0]
         while i < nblk and p + LANES <= nwords:
-            if single:
-                b0 = b1 = b2 = b3 = b4 = b5 = b6 = b7 = np.int64(0)
-            else:
-                b0 = bmap[ci]
-                b1 = bmap[ci + 1]
-                b2 = bmap[ci + 2]
-                b3 = bmap[ci + 3]
-                b4 = bmap[ci + 4]
-                b5 = bmap[ci + 5]
-                b6 = bmap[ci + 6]
-                b7 = bmap[ci + 7]
-                ci = ci + LANES if ci + LANES < P else 0
             x0, x1, x2, x3, x4, x5, x6, x7, p = _dblock(
-                x0, x1, x2, x3, x4, x5, x6, x7, p, dec, b0, b1, b2, b3, b4, b5, b6, b7, stream, out, i,
+                x0, x1, x2, x3, x4, x5, x6, x7, p, dec, z, z, z, z, z, z, z, z, stream, out, i,
                 lut[p0[i]], lut[p0[i + 1]], lut[p0[i + 2]], lut[p0[i + 3]],
                 lut[p0[i + 4]], lut[p0[i + 5]], lut[p0[i + 6]], lut[p0[i + 7]])
+            i += LANES
+    elif mode == 1:
+        p0 = parts[0]
+        while i < nblk and p + LANES <= nwords:
+            x0, x1, x2, x3, x4, x5, x6, x7, p = _dblock(
+                x0, x1, x2, x3, x4, x5, x6, x7, p, dec,
+                bmap[ci], bmap[ci + 1], bmap[ci + 2], bmap[ci + 3], bmap[ci + 4], bmap[ci + 5], bmap[ci + 6], bmap[ci + 7],
+                stream, out, i,
+                lut[p0[i]], lut[p0[i + 1]], lut[p0[i + 2]], lut[p0[i + 3]],
+                lut[p0[i + 4]], lut[p0[i + 5]], lut[p0[i + 6]], lut[p0[i + 7]])
+            ci = ci + LANES if ci + LANES < P else 0
             i += LANES
     elif mode == 2:
         mm = (np.int64(1) << mbits) - 1
         ob = 0
-        while i < nblk and p + LANES <= nwords:
-            if single:
-                b0 = b1 = b2 = b3 = b4 = b5 = b6 = b7 = np.int64(0)
-            else:
-                b0 = bmap[ci]
-                b1 = bmap[ci + 1]
-                b2 = bmap[ci + 2]
-                b3 = bmap[ci + 3]
-                b4 = bmap[ci + 4]
-                b5 = bmap[ci + 5]
-                b6 = bmap[ci + 6]
-                b7 = bmap[ci + 7]
+        if single:
+            while i < nblk and p + LANES <= nwords:
+                v = _load56(packed64, ob)
+                ob += mbits
+                x0, x1, x2, x3, x4, x5, x6, x7, p = _dblock(
+                    x0, x1, x2, x3, x4, x5, x6, x7, p, dec, z, z, z, z, z, z, z, z, stream, out, i,
+                    lut[v & mm], lut[(v >> mbits) & mm], lut[(v >> (2 * mbits)) & mm], lut[(v >> (3 * mbits)) & mm],
+                    lut[(v >> (4 * mbits)) & mm], lut[(v >> (5 * mbits)) & mm], lut[(v >> (6 * mbits)) & mm],
+                    lut[(v >> (7 * mbits)) & mm])
+                i += LANES
+        else:
+            while i < nblk and p + LANES <= nwords:
+                v = _load56(packed64, ob)
+                ob += mbits
+                x0, x1, x2, x3, x4, x5, x6, x7, p = _dblock(
+                    x0, x1, x2, x3, x4, x5, x6, x7, p, dec,
+                    bmap[ci], bmap[ci + 1], bmap[ci + 2], bmap[ci + 3], bmap[ci + 4], bmap[ci + 5], bmap[ci + 6], bmap[ci + 7],
+                    stream, out, i,
+                    lut[v & mm], lut[(v >> mbits) & mm], lut[(v >> (2 * mbits)) & mm], lut[(v >> (3 * mbits)) & mm],
+                    lut[(v >> (4 * mbits)) & mm], lut[(v >> (5 * mbits)) & mm], lut[(v >> (6 * mbits)) & mm],
+                    lut[(v >> (7 * mbits)) & mm])
                 ci = ci + LANES if ci + LANES < P else 0
-            v = _load7(packed, ob)
-            ob += mbits
-            x0, x1, x2, x3, x4, x5, x6, x7, p = _dblock(
-                x0, x1, x2, x3, x4, x5, x6, x7, p, dec, b0, b1, b2, b3, b4, b5, b6, b7, stream, out, i,
-                lut[v & mm], lut[(v >> mbits) & mm], lut[(v >> (2 * mbits)) & mm], lut[(v >> (3 * mbits)) & mm],
-                lut[(v >> (4 * mbits)) & mm], lut[(v >> (5 * mbits)) & mm], lut[(v >> (6 * mbits)) & mm],
-                lut[(v >> (7 * mbits)) & mm])
-            i += LANES
+                i += LANES
     else:
-        z = np.int64(0)
         while True:
             i0 = i
             iend = min(nblk, i + SUB)
-            while i < iend and p + LANES <= nwords:
-                if single:
-                    b0 = b1 = b2 = b3 = b4 = b5 = b6 = b7 = np.int64(0)
-                else:
-                    b0 = bmap[ci]
-                    b1 = bmap[ci + 1]
-                    b2 = bmap[ci + 2]
-                    b3 = bmap[ci + 3]
-                    b4 = bmap[ci + 4]
-                    b5 = bmap[ci + 5]
-                    b6 = bmap[ci + 6]
-                    b7 = bmap[ci + 7]
+            if single:
+                while i < iend and p + LANES <= nwords:
+                    x0, x1, x2, x3, x4, x5, x6, x7, p = _dblock(
+                        x0, x1, x2, x3, x4, x5, x6, x7, p, dec, z, z, z, z, z, z, z, z, stream, out, i,
+                        z, z, z, z, z, z, z, z)
+                    i += LANES
+            else:
+                while i < iend and p + LANES <= nwords:
+                    x0, x1, x2, x3, x4, x5, x6, x7, p = _dblock(
+                        x0, x1, x2, x3, x4, x5, x6, x7, p, dec,
+                        bmap[ci], bmap[ci + 1], bmap[ci + 2], bmap[ci + 3], bmap[ci + 4], bmap[ci + 5], bmap[ci + 6],
+                        bmap[ci + 7], stream, out, i, z, z, z, z, z, z, z, z)
                     ci = ci + LANES if ci + LANES < P else 0
-                x0, x1, x2, x3, x4, x5, x6, x7, p = _dblock(
-                    x0, x1, x2, x3, x4, x5, x6, x7, p, dec, b0, b1, b2, b3, b4, b5, b6, b7, stream, out, i,
-                    z, z, z, z, z, z, z, z)
-                i += LANES
+                    i += LANES
             _combine(parts, nbytes, mbits, packed, rbits, out, i0, i)
             if i == iend and iend < nblk:
                 continue

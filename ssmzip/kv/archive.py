@@ -43,7 +43,7 @@ METHOD_SPLIT = 1
 METHOD_ZLIB = 2
 METHOD_NAMES = {METHOD_RAW: "raw", METHOD_SPLIT: "split", METHOD_ZLIB: "zlib"}
 
-DEFAULT_CHUNK_BYTES = 1 << 21   # 2 MiB of original data per chunk
+DEFAULT_CHUNK_BYTES = 1 << 20   # 1 MiB of original data per chunk
 MAX_CHUNK_BYTES = 1 << 22       # the most original bytes one chunk may hold
 SPLIT_MAX_RATIO = 1 << 16       # original bytes per coded byte, at most, in a split chunk
 MAX_NDIM = 32

@@ -209,6 +209,7 @@ def _read_model(r, payload, sbits, T):
 _ZERO_MAP = np.zeros(1, np.uint8)
 _NO_PARTS = np.zeros((0, 0), np.uint8)
 _NO_BYTES = np.zeros(0, np.uint8)
+_NO_WORDS = np.zeros(0, np.uint64)
 
 
 def _code_stream(words, rbits, sbits, used, freqs, C, ctxmap):
@@ -313,10 +314,10 @@ def _stream_at(r, payload, nwords):
     return stream
 
 
-def _decode_stream(stream, nwords, used, freqs, C, ctxmap, rbits, parts, nbytes, mbits, packed, out):
+def _decode_stream(stream, nwords, used, freqs, C, ctxmap, rbits, parts, nbytes, mbits, packed, packed64, out):
     dec = np.empty(freqs.shape[0] << _rans.PROB_BITS, np.uint64)
     _rans.build_dec_table(freqs, used << rbits, dec)
-    if not _rans.decode_chunk(stream, nwords, C, ctxmap, dec, parts, nbytes, mbits, packed, rbits, out):
+    if not _rans.decode_chunk(stream, nwords, C, ctxmap, dec, parts, nbytes, mbits, packed, packed64, rbits, out):
         raise SSMZipError("corrupt data: entropy-coded stream does not decode")
 
 
@@ -339,6 +340,7 @@ def decode_split(payload, W, E, out):
     stream = _stream_at(r, payload, nwords)
     nparts = nbytes + (1 if mbits else 0)
     packed = _NO_BYTES
+    packed64 = _NO_WORDS
     coded_top = False
     parts = np.empty((nparts, n), np.uint8) if nparts else _NO_PARTS
     for j in range(nparts):
@@ -347,15 +349,16 @@ def decode_split(payload, W, E, out):
         if mode == 0:
             if j < nbytes:
                 parts[j] = np.frombuffer(r.take(n), np.uint8)
-            else:  # bit-packed: copied with 8 bytes of slack for the decoder's block reads
+            else:  # bit-packed: copied, 8-byte aligned with 16 bytes of slack, for the decoder's block reads
                 nb = (n * mbits + 7) // 8
-                packed = np.zeros(nb + 8, np.uint8)
+                packed64 = np.zeros(nb // 8 + 3, np.uint64)
+                packed = packed64.view(np.uint8)
                 packed[:nb] = np.frombuffer(r.take(nb), np.uint8)
         elif mode == 1:
             pused, pfreqs, _, _ = _read_model(r, payload, nbits, 1)
             pn = r.varint(n + _rans.STATE_WORDS)
             pstream = _stream_at(r, payload, pn)
-            _decode_stream(pstream, pn, pused, pfreqs, 1, _ZERO_MAP, 0, _NO_PARTS, 0, 0, _NO_BYTES, parts[j])
+            _decode_stream(pstream, pn, pused, pfreqs, 1, _ZERO_MAP, 0, _NO_PARTS, 0, 0, _NO_BYTES, _NO_WORDS, parts[j])
             if j == nbytes:
                 coded_top = True
         else:
@@ -363,4 +366,4 @@ def decode_split(payload, W, E, out):
     r.done()
     if mbits and not coded_top:
         parts = parts[:nbytes] if nbytes else np.empty((0, n), np.uint8)
-    _decode_stream(stream, nwords, used, freqs, C, ctxmap, R, parts, nbytes, mbits, packed, out)
+    _decode_stream(stream, nwords, used, freqs, C, ctxmap, R, parts, nbytes, mbits, packed, packed64, out)
