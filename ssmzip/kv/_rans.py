@@ -432,6 +432,22 @@ def encode_symbols(words, rbits, smask, C, ctxmap, remap, enc0, enc1, nsym, out)
     x5 = st[5]
     x6 = st[6]
     x7 = st[7]
+    single = True
+    for c in range(P):
+        if tmap[c] != 0:
+            single = False
+    z = np.int64(0)
+    if single:
+        for b in range(nfull - LANES, -1, -LANES):
+            x7, pos = _estep(x7, words[b + 7], rbits, smask, remap, enc0, enc1, z, out, pos)
+            x6, pos = _estep(x6, words[b + 6], rbits, smask, remap, enc0, enc1, z, out, pos)
+            x5, pos = _estep(x5, words[b + 5], rbits, smask, remap, enc0, enc1, z, out, pos)
+            x4, pos = _estep(x4, words[b + 4], rbits, smask, remap, enc0, enc1, z, out, pos)
+            x3, pos = _estep(x3, words[b + 3], rbits, smask, remap, enc0, enc1, z, out, pos)
+            x2, pos = _estep(x2, words[b + 2], rbits, smask, remap, enc0, enc1, z, out, pos)
+            x1, pos = _estep(x1, words[b + 1], rbits, smask, remap, enc0, enc1, z, out, pos)
+            x0, pos = _estep(x0, words[b], rbits, smask, remap, enc0, enc1, z, out, pos)
+        nfull = 0
     ci = (nfull - LANES) % P if nfull > 0 else 0
     for b in range(nfull - LANES, -1, -LANES):
         x7, pos = _estep(x7, words[b + 7], rbits, smask, remap, enc0, enc1, tmap[ci + 7], out, pos)
