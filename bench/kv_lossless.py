@@ -271,7 +271,7 @@ def parallel_calibration():
     @njit(nogil=True, cache=False)
     def spin(a):
         s = 0
-        for r in range(100):
+        for r in range(1000):
             for i in range(a.shape[0]):
                 s += a[i] * (i ^ r)
         return s

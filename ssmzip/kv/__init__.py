@@ -49,9 +49,13 @@ def encode_dict(tensors, *, mode="lossless", dtypes=None, threads=1, chunk_bytes
     _check_mode(mode)
     buf = _Pieces()
     w = ArchiveWriter(buf, threads=threads, chunk_bytes=chunk_bytes)
-    for name, t in tensors.items():
-        code, shape, words = to_words(t, (dtypes or {}).get(name))
-        w.add_words(name, code, shape, words)
+    try:
+        for name, t in tensors.items():
+            code, shape, words = to_words(t, (dtypes or {}).get(name))
+            w.add_words(name, code, shape, words)
+    except BaseException:
+        w.abort()
+        raise
     w.close()
     return buf.getvalue()
 
@@ -61,8 +65,12 @@ def encode(tensor, *, mode="lossless", dtype=None, threads=1, chunk_bytes=DEFAUL
     _check_mode(mode)
     buf = _Pieces()
     w = ArchiveWriter(buf, threads=threads, chunk_bytes=chunk_bytes)
-    code, shape, words = to_words(tensor, dtype)
-    w.add_words(_SINGLE, code, shape, words)
+    try:
+        code, shape, words = to_words(tensor, dtype)
+        w.add_words(_SINGLE, code, shape, words)
+    except BaseException:
+        w.abort()
+        raise
     w.close()
     return buf.getvalue()
 
@@ -73,23 +81,21 @@ def open_archive(src):
     return ArchiveReader(src)
 
 
-def _read(reader, entry, out, threads):
-    return from_words(entry.code, entry.shape, reader.read_words(entry, threads), out)
-
-
 def decode(data, *, out="numpy", threads=1):
     """Decode bytes made by encode() (or an archive holding exactly one tensor)."""
     with ArchiveReader(data) as r:
         if len(r.entries) != 1:
             raise SSMZipError(f"the data holds {len(r.entries)} tensors; use decode_dict")
-        return _read(r, r.entries[0], out, threads)
+        e = r.entries[0]
+        return from_words(e.code, e.shape, r.read_words(e, threads), out)
 
 
 def decode_dict(data, *, names=None, out="numpy", threads=1):
     """Decode an archive into a dict name -> tensor (only `names` if given)."""
     with ArchiveReader(data) as r:
         ents = r.entries if names is None else [r.entry(n) for n in names]
-        return {e.name: _read(r, e, out, threads) for e in ents}
+        words = r.read_many(ents, threads)
+        return {e.name: from_words(e.code, e.shape, words[e.name], out) for e in ents}
 
 
 def inspect(data):

@@ -194,7 +194,11 @@ def ordered_map(fn, items, threads):
 # ---------------------------------------------------------------- writing
 
 class ArchiveWriter:
-    """Writes an archive to a binary file object, tensor after tensor."""
+    """Writes an archive to a binary file object, tensor after tensor.
+
+    With threads > 1, chunks (of one tensor or of successive tensors) are
+    coded in parallel, at most 2 * threads at a time, and written in order.
+    """
 
     def __init__(self, f, *, flags=0, threads=1, chunk_bytes=DEFAULT_CHUNK_BYTES, progress=None):
         if flags & ~KNOWN_FLAGS:
@@ -208,6 +212,8 @@ class ArchiveWriter:
         self.progress = progress
         self.entries = []
         self._names = set()
+        self._pending = deque()
+        self._pool = ThreadPoolExecutor(self.threads) if self.threads > 1 else None
         self.pos = HEADER_SIZE
         f.write(_HEAD.pack(MAGIC, VERSION, flags, 0))
 
@@ -249,21 +255,49 @@ class ArchiveWriter:
         self._check_name(name)
         if len(shape) > MAX_NDIM:
             raise SSMZipError(f"tensor {name!r} has more than {MAX_NDIM} dimensions")
-        chunks = []
+        entry = Entry(name, code, tuple(int(d) for d in shape), [])
+        self.entries.append(entry)
 
         def work(words):
             return encode_chunk(np.ascontiguousarray(words), code, C) + (words.shape[0], words.nbytes)
 
-        for method, payload, csum, n, nb in ordered_map(work, chunk_iter, self.threads):
-            self.f.write(payload)
-            chunks.append(Chunk(method, n, len(payload), csum, self.pos))
-            self.pos += len(payload)
-            if self.progress is not None:
-                self.progress(nb)
-        self.entries.append(Entry(name, code, tuple(int(d) for d in shape), chunks))
+        for words in chunk_iter:
+            if self._pool is None:
+                self._store(entry, work(words))
+            else:
+                self._pending.append((entry, self._pool.submit(work, words)))
+                while len(self._pending) >= 2 * self.threads:
+                    e, fut = self._pending.popleft()
+                    self._store(e, fut.result())
+
+    def _store(self, entry, result):
+        method, payload, csum, n, nb = result
+        self.f.write(payload)
+        entry.chunks.append(Chunk(method, n, len(payload), csum, self.pos))
+        self.pos += len(payload)
+        if self.progress is not None:
+            self.progress(nb)
+
+    def _drain(self):
+        while self._pending:
+            e, fut = self._pending.popleft()
+            self._store(e, fut.result())
+
+    def abort(self):
+        """Stop the worker threads without writing the index."""
+        if self._pool is not None:
+            for _, fut in self._pending:
+                fut.cancel()
+            self._pending.clear()
+            self._pool.shutdown(wait=True)
+            self._pool = None
 
     def close(self, extra=b""):
-        """Write the index and the trailer (the file object stays open)."""
+        """Write the remaining chunks, the index and the trailer (the file object stays open)."""
+        try:
+            self._drain()
+        finally:
+            self.abort()
         idx = bytearray()
         idx += varint(len(self.entries))
         for e in self.entries:
@@ -446,29 +480,39 @@ class ArchiveReader:
         c = entry.chunks[j]
         decode_chunk(c, self._read(c.offset, c.clen), entry.code, out, f"chunk {j} of tensor {entry.name!r}")
 
+    def read_many(self, entries, threads=1):
+        """{name: 1-D word array} for the entries; all their chunks decoded in parallel threads."""
+        outs = {}
+        jobs = []
+        for e in entries:
+            out = np.empty(e.nwords, word_dtype(e.code))
+            outs[e.name] = out
+            s = 0
+            for j, c in enumerate(e.chunks):
+                jobs.append((e, j, out[s:s + c.n]))
+                s += c.n
+        for _ in ordered_map(lambda job: self._decode_one(*job), jobs, threads):
+            pass
+        return outs
+
     def read_words(self, name_or_entry, threads=1):
         """The tensor's words (1-D numpy array), chunks decoded in parallel threads."""
         e = name_or_entry if isinstance(name_or_entry, Entry) else self.entry(name_or_entry)
-        out = np.empty(e.nwords, word_dtype(e.code))
-        starts = []
-        s = 0
-        for c in e.chunks:
-            starts.append(s)
-            s += c.n
-        jobs = [(j, starts[j], e.chunks[j].n) for j in range(len(e.chunks))]
-        for _ in ordered_map(lambda job: self._decode_one(e, job[0], out[job[1]:job[1] + job[2]]), jobs, threads):
-            pass
-        return out
+        return self.read_many([e], threads)[e.name]
 
-    def iter_bytes(self, entry, threads=1):
-        """Yield the entry's original bytes chunk by chunk (numpy uint8 arrays)."""
-        wdt = word_dtype(entry.code)
+    def iter_bytes(self, entries, threads=1):
+        """Yield the original bytes of the entries (one or a list), chunk by chunk, in order
+        (numpy uint8 arrays); at most 2 * threads chunks are decoded ahead."""
+        if isinstance(entries, Entry):
+            entries = [entries]
+        jobs = [(e, j) for e in entries for j in range(len(e.chunks))]
 
-        def one(j):
-            out = np.empty(entry.chunks[j].n, wdt)
-            self._decode_one(entry, j, out)
+        def one(job):
+            e, j = job
+            out = np.empty(e.chunks[j].n, word_dtype(e.code))
+            self._decode_one(e, j, out)
             return out.view(np.uint8)
-        yield from ordered_map(one, range(len(entry.chunks)), threads)
+        yield from ordered_map(one, jobs, threads)
 
     def info(self):
         return {

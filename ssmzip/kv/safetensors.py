@@ -172,6 +172,7 @@ def compress_safetensors(src, dst, progress=None, threads=1, chunk_bytes=A.DEFAU
             fout = os.fdopen(fd, "wb")
         else:
             fout, tmp = dst, None
+        w = None
         try:
             w = A.ArchiveWriter(fout, flags=A.FLAG_FILE_IMAGE, threads=threads, chunk_bytes=chunk_bytes,
                                 progress=progress)
@@ -201,11 +202,14 @@ def compress_safetensors(src, dst, progress=None, threads=1, chunk_bytes=A.DEFAU
                 w.add_stream(blob_name(f"\x00gap@{pos}"), 0, (size - pos,), size - pos, read)
             w.close(extra=EXTRA)
             out_size = w.pos
+            w = None
             if tmp is not None:
                 fout.close()
                 os.replace(tmp, dst)
                 tmp = None
         finally:
+            if w is not None:
+                w.abort()
             if tmp is not None:
                 fout.close()
                 os.unlink(tmp)
@@ -255,12 +259,11 @@ def decompress_safetensors(src, dst, progress=None, threads=1):
             fout, tmp = dst, None
         total = 0
         try:
-            for e in r.entries:
-                for b in r.iter_bytes(e, threads):
-                    fout.write(b)
-                    total += b.nbytes
-                    if progress is not None:
-                        progress(b.nbytes)
+            for b in r.iter_bytes(r.entries, threads):
+                fout.write(b)
+                total += b.nbytes
+                if progress is not None:
+                    progress(b.nbytes)
             if tmp is not None:
                 fout.close()
                 os.replace(tmp, dst)
