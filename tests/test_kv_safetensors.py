@@ -222,3 +222,17 @@ def test_cli(tmp_path, capsys):
     assert kv_main(["-q", str(tmp_path / "missing.safetensors")]) == 1
     with pytest.raises(SystemExit):
         kv_main(["-o", "a", "b", "c"])
+
+
+def test_original_size_and_progress(tmp_path):
+    data = make_st(sample_tensors())
+    src = tmp_path / "m.safetensors"
+    src.write_bytes(data)
+    dst = tmp_path / "m.ssz"
+    seen = []
+    st.compress_safetensors(str(src), str(dst), progress=seen.append, chunk_bytes=4096)
+    assert sum(seen) == len(data) and len(seen) > 3
+    assert st.original_size(str(dst)) == len(data)
+    seen.clear()
+    st.decompress_safetensors(str(dst), str(tmp_path / "back"), progress=seen.append, threads=2)
+    assert sum(seen) == len(data)

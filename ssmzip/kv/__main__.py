@@ -76,7 +76,7 @@ def main(argv=None):
             if a.decompress:
                 if not st.is_compressed_safetensors(src):
                     raise SSMZipError(f"{src}: not a compressed safetensors file")
-                bar = _bar(None, os.path.basename(src), show)
+                bar = _bar(st.original_size(src) if show else None, os.path.basename(src), show)
                 try:
                     st.decompress_safetensors(src, dst, progress=bar.update if bar else None, threads=a.threads)
                 finally:

@@ -369,28 +369,26 @@ def split_rest(words, rbits, nbytes, mbits, parts):
 
 @njit(cache=True, nogil=True)
 def pack_bits(vals, mbits, out):
-    """Bit-pack vals (each < 2**mbits), LSB first: 8 values fill mbits bytes. Returns bytes written."""
+    """Bit-pack vals (each < 2**mbits), LSB first: 8 values fill mbits bytes. Returns bytes written.
+    out needs 8 bytes of slack."""
     n = vals.shape[0]
-    acc = np.int64(0)
-    nb = 0
+    nfull = n - (n & 7)
     o = 0
-    for i in range(n):
-        acc |= np.int64(vals[i]) << nb
-        nb += mbits
-        if nb >= 32:
-            out[o] = np.uint8(acc & 0xFF)
-            out[o + 1] = np.uint8((acc >> 8) & 0xFF)
-            out[o + 2] = np.uint8((acc >> 16) & 0xFF)
-            out[o + 3] = np.uint8((acc >> 24) & 0xFF)
-            o += 4
-            acc >>= 32
-            nb -= 32
-    while nb > 0:
-        out[o] = np.uint8(acc & 0xFF)
-        o += 1
-        acc >>= 8
-        nb -= 8
-    return o
+    for i in range(0, nfull, 8):
+        v = (np.int64(vals[i]) | (np.int64(vals[i + 1]) << mbits) | (np.int64(vals[i + 2]) << (2 * mbits))
+             | (np.int64(vals[i + 3]) << (3 * mbits)) | (np.int64(vals[i + 4]) << (4 * mbits))
+             | (np.int64(vals[i + 5]) << (5 * mbits)) | (np.int64(vals[i + 6]) << (6 * mbits))
+             | (np.int64(vals[i + 7]) << (7 * mbits)))
+        for k in range(8):
+            out[o + k] = np.uint8((v >> (8 * k)) & 0xFF)
+        o += mbits
+    v = np.int64(0)
+    for j in range(n - nfull):
+        v |= np.int64(vals[nfull + j]) << (j * mbits)
+    nb = ((n - nfull) * mbits + 7) >> 3
+    for k in range(nb):
+        out[o + k] = np.uint8((v >> (8 * k)) & 0xFF)
+    return o + nb
 
 
 @njit(cache=True, nogil=True, inline="always")

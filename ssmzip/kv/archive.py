@@ -111,7 +111,7 @@ class Entry:
 # ---------------------------------------------------------------- chunk coding
 
 def encode_chunk(words, code, C=1, zlevel=6):
-    """(method, payload, checksum) for one chunk of words (1-D contiguous)."""
+    """(method, payload pieces, checksum) for one chunk of words (1-D contiguous)."""
     csum = _rans.checksum(words)
     if is_float(code):
         W, E, _ = FLOAT_SPECS[DTYPES[code][0]]
@@ -121,8 +121,8 @@ def encode_chunk(words, code, C=1, zlevel=6):
     else:
         z = zlib.compress(words, zlevel)
         if len(z) < words.nbytes:
-            return METHOD_ZLIB, z, csum
-    return METHOD_RAW, words.tobytes(), csum
+            return METHOD_ZLIB, [z], csum
+    return METHOD_RAW, [words.tobytes()], csum
 
 
 def decode_chunk(chunk, payload, code, out, where):
@@ -271,10 +271,13 @@ class ArchiveWriter:
                     self._store(e, fut.result())
 
     def _store(self, entry, result):
-        method, payload, csum, n, nb = result
-        self.f.write(payload)
-        entry.chunks.append(Chunk(method, n, len(payload), csum, self.pos))
-        self.pos += len(payload)
+        method, pieces, csum, n, nb = result
+        clen = 0
+        for p in pieces:
+            self.f.write(p)
+            clen += p.nbytes if isinstance(p, np.ndarray) else len(p)
+        entry.chunks.append(Chunk(method, n, clen, csum, self.pos))
+        self.pos += clen
         if self.progress is not None:
             self.progress(nb)
 

@@ -270,8 +270,9 @@ def _raw_part(vals, nbits):
 
 
 def encode_split(words, W, E, C=1):
-    """Code one chunk (1-D contiguous uint8/16/32 words). Returns the payload,
-    or None if it would not be smaller than the raw words."""
+    """Code one chunk (1-D contiguous uint8/16/32 words). Returns the payload as a
+    list of bytes-like pieces (to be written or joined in order), or None if
+    it would not be smaller than the raw words."""
     n = words.shape[0]
     S, used, freqs, ctxmap = choose_model(words, W, E, C)
     R, nbytes, mbits = _layout(W, S)
@@ -299,7 +300,7 @@ def encode_split(words, W, E, C=1):
                 return None
     if size >= n * (W // 8):
         return None
-    return b"".join(p if isinstance(p, bytes) else p.tobytes() for p in pieces)
+    return pieces
 
 
 def _stream_at(r, payload, nwords):

@@ -17,6 +17,7 @@ Entry points for the command line (see the report / FORMAT.md):
     compress_safetensors(src, dst, progress=None, threads=1) -> stats dict
     is_compressed_safetensors(path_or_head) -> bool     (archive magic + FILE_IMAGE flag)
     decompress_safetensors(src, dst, progress=None, threads=1) -> bytes written
+    original_size(src) -> bytes the decompression will write (progress total)
     list_safetensors(path) -> list of row dicts
 """
 import json
@@ -273,6 +274,12 @@ def decompress_safetensors(src, dst, progress=None, threads=1):
                 fout.close()
                 os.unlink(tmp)
         return total
+
+
+def original_size(src):
+    """Bytes that decompress_safetensors(src, ...) will write (a progress bar's total)."""
+    with A.ArchiveReader(src) as r:
+        return sum(e.nbytes for e in r.entries)
 
 
 def list_safetensors(path):
