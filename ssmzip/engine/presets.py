@@ -145,8 +145,8 @@ _TEXT = (CTX_WORD, CTX_WORD2, CTX_SPARSE2, CTX_COLUMN, CTX_TAG)
 _HIGH = (CTX_ORDER5, CTX_ORDER6)
 
 LEVELS = {
-    1: _level(1, _O, 20, 0, 0, 16, 1, 2, 22),
-    2: _level(2, _O + (CTX_WORD,), 21, 0, 7, 18, 1, 2, 22),
+    1: _level(1, _O, 22, 0, 7, 20, 1, 2, 22),
+    2: _level(2, _O + (CTX_WORD,), 22, 0, 7, 20, 1, 2, 22),
     3: _level(3, _O + (CTX_ORDER6, CTX_WORD), 22, 0, 7, 20, 1, 2, 23),
     4: _level(4, _O + (CTX_ORDER6, CTX_WORD, CTX_TAG), 22, 0, 7, 20, 2, 2, 23),
     5: _level(5, _O + _HIGH + (CTX_WORD, CTX_SPARSE2, CTX_TAG), 22, 1, 7, 20, 2, 3, 24),
