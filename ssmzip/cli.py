@@ -265,6 +265,8 @@ def _process_stream(opts: _Options, src: BinaryIO, dst, name: str,
     """
     bar = _Bar(opts, name)
     try:
+        if size is not None and _is_tensor_stream(opts, src):
+            return _process_tensors(opts, src, dst, bar, size)
         if opts.mode == "compress":
             bar.start(size)
             out = _CountingWriter(dst)
@@ -277,6 +279,43 @@ def _process_stream(opts: _Options, src: BinaryIO, dst, name: str,
             return _copy(z, dst), size
     finally:
         bar.close()
+
+
+# --------------------------------------------------------------------------
+# .safetensors files: the tensor codec instead of the byte-stream engine
+
+
+class _NullWriter:
+    """Where -t sends decoded data."""
+
+    def write(self, data) -> int:
+        return len(data)
+
+
+def _is_tensor_stream(opts: _Options, src) -> bool:
+    """A seekable input that the tensor codec handles: a .safetensors file to compress
+    (recognised by its header, not its name), or a tensor archive to decompress."""
+    from .kv import safetensors as kvst
+
+    if opts.mode == "compress":
+        return kvst.is_safetensors(src)
+    return kvst.is_compressed_safetensors(src)
+
+
+def _process_tensors(opts: _Options, src, dst, bar, size: int) -> tuple:
+    from .kv import safetensors as kvst
+    from .parallel import resolve_threads
+
+    threads = resolve_threads(opts.threads)
+    if opts.mode == "compress":
+        bar.start(size)
+        out = _CountingWriter(dst)
+        stats = kvst.compress_safetensors(src, out, progress=bar.update, threads=threads)
+        return stats["input"], out.count
+    bar.start(kvst.original_size(src))
+    n = kvst.decompress_safetensors(src, dst if dst is not None else _NullWriter(),
+                                    progress=bar.update, threads=threads)
+    return n, size
 
 
 # --------------------------------------------------------------------------
@@ -373,6 +412,18 @@ def _summary(opts: _Options, report: _Report, name: str, n_plain: int,
 # -l
 
 
+def _list_tensors(path: str) -> bool:
+    """-l of a compressed .safetensors file: one row per tensor. False if it is not one."""
+    from .kv import safetensors as kvst
+    from .kv.__main__ import format_rows
+
+    if not kvst.is_compressed_safetensors(path):
+        return False
+    click.echo(f"{click.format_filename(path)}: compressed .safetensors")
+    click.echo("\n".join(format_rows(kvst.list_safetensors(path))))
+    return True
+
+
 _LIST_HEAD = f"{'Blocks':>7} {'Compressed':>12} {'Uncompressed':>12} {'Ratio':>6} {'Level':>5}  Filename"
 
 
@@ -383,6 +434,8 @@ def _list(opts: _Options, report: _Report, paths) -> None:
             if path == "-":
                 raise _Skip(STDIN_NAME, "--list does not support reading from standard input")
             _check_input(opts, path, writes_file=False)
+            if _list_tensors(path):
+                continue
             rows.append((path, info(path)))
         except _Skip as e:
             (report.warning if e.warning else report.error)(e.name, e.reason)
