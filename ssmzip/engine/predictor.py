@@ -233,12 +233,12 @@ def _code_segment(mode, buf, start, end, io, regs, kinds, table_bits, use_runs, 
             lre = lr                 # learn faster while the weights are young
             if pos < (1 << 18):
                 lre = lr + ((2 * lr * ((1 << 18) - pos)) >> 18)
-            mix_update(w1, b1, x, n_in, ((bit << 12) - sq[d1 + 2047]) * lre)
+            mix_update(w1, b1, x, n_in, (bit << 12) - sq[d1 + 2047], lre)
             if n_mixers > 1:
-                mix_update(w2, b2, x, n_in, ((bit << 12) - sq[xf[1] + 2047]) * lre)
+                mix_update(w2, b2, x, n_in, (bit << 12) - sq[xf[1] + 2047], lre)
                 if n_mixers > 2:
-                    mix_update(w3, b3, x, n_in, ((bit << 12) - sq[xf[2] + 2047]) * lre)
-                mix_update(wf, c0 * nf, xf, nf, ((bit << 12) - pm) * final_lr)
+                    mix_update(w3, b3, x, n_in, (bit << 12) - sq[xf[2] + 2047], lre)
+                mix_update(wf, c0 * nf, xf, nf, (bit << 12) - pm, final_lr)
             apm_update(apm1, ia1, bit, apm_rate)
             apm_update(apm2, ia2, bit, apm_rate)
             if n_apms > 2:
