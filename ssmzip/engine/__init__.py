@@ -7,6 +7,12 @@ Pure functions over bytes; knows nothing of files, the CLI or progress bars.
 
 ``progress``, when given, is called with the number of bytes coded so far,
 a few times per block (never per byte).
+
+Developers: numba caches the coding kernel keyed on predictor.py alone, so
+after editing a helper that it inlines (coder, contexts, match, mixer) remove
+``ssmzip/engine/__pycache__/*.nb[ic]`` or the old kernel keeps running. (An
+installed package rewrites every file, and CI checks the golden files with an
+empty cache, so this only bites a checkout being edited.)
 """
 from .presets import DEFAULT_LEVEL, LEVELS, Preset, preset_for_level
 from .predictor import decode_block, encode_block, warm_up
