@@ -49,6 +49,7 @@ MIXER3_SETS = 256 * 8                # last byte x bit position
 SM_LIMIT = 1023                      # state-map adaptation count limit
 MATCH_SM_LIMIT = 255
 RUN_COUNT_CLASSES = 32
+RUN_FROM = 2                         # orders 1 and 2 get no run input (too short to be deterministic)
 ORDER0_RATE = 5
 
 
@@ -71,7 +72,7 @@ def _code_segment(mode, buf, start, end, io, regs, kinds, table_bits, use_runs, 
     n_ctx = kinds.shape[0]
     n_in = n_ctx + 3                 # contexts, match, order 0, bias (+ runs)
     if use_runs:
-        n_in += n_ctx
+        n_in += n_ctx - RUN_FROM
     nslots = (1 << table_bits) >> 4
     rbits = table_bits - 4
     n_states = priority.shape[0]
@@ -116,7 +117,7 @@ def _code_segment(mode, buf, start, end, io, regs, kinds, table_bits, use_runs, 
                                     ind1, ind2, tag), i)
             hashes[i] = h
             slots[i] = find_slot(table, i << table_bits, nslots, h, priority)
-            if use_runs:
+            if use_runs and i >= RUN_FROM:
                 ri = (i << rbits) + ((h >> 8) & (nslots - 1))
                 r_idx[i] = ri
                 e = np.int64(runs[ri])
@@ -149,15 +150,15 @@ def _code_segment(mode, buf, start, end, io, regs, kinds, table_bits, use_runs, 
                 if s != 0 and i > 0:
                     known += 1
                 # runs: the byte that last followed this context, while it still agrees
-                if use_runs:
+                if use_runs and i >= RUN_FROM:
                     rb = r_live[i]
                     r_k[i] = -1
-                    x[n_ctx + 3 + i] = 0
+                    x[n_ctx + 3 + i - RUN_FROM] = 0
                     if rb >= 0:
                         if (rb >> (8 - bitpos)) == c0:
                             k = (i * RUN_COUNT_CLASSES + r_cnt[i]) * 2 + ((rb >> (7 - bitpos)) & 1)
                             r_k[i] = k
-                            x[n_ctx + 3 + i] = st[rsm_p[k] >> 10]
+                            x[n_ctx + 3 + i - RUN_FROM] = st[rsm_p[k] >> 10]
                         else:
                             r_live[i] = -1
             # match model
@@ -222,7 +223,7 @@ def _code_segment(mode, buf, start, end, io, regs, kinds, table_bits, use_runs, 
                 sm_update(sm_p, sm_n, sm_idx[i], bit, SM_LIMIT, recip)
                 o = slots[i] + node
                 table[o] = state_next[table[o], bit]
-                if use_runs and r_k[i] >= 0:
+                if use_runs and i >= RUN_FROM and r_k[i] >= 0:
                     sm_update(rsm_p, rsm_n, r_k[i], bit, SM_LIMIT, recip)
             if ebit >= 0:
                 sm_update(sm_p, sm_n, sm_idx[n_ctx], bit, MATCH_SM_LIMIT, recip)
@@ -257,7 +258,7 @@ def _code_segment(mode, buf, start, end, io, regs, kinds, table_bits, use_runs, 
         if mode == DECODE:
             buf[pos] = c
         if use_runs:
-            for i in range(n_ctx):
+            for i in range(RUN_FROM, n_ctx):
                 cnt = 1
                 if r_byte[i] == (c | 256):
                     cnt = r_cnt[i] + 1
@@ -313,7 +314,7 @@ class _Model:
 
     def __init__(self, preset):
         n = len(preset.contexts)
-        n_in = n + 3 + (n if preset.runs else 0)
+        n_in = n + 3 + (n - RUN_FROM if preset.runs else 0)
         self.preset = preset
         self.regs = np.zeros(N_REGS, dtype=np.int64)
         self.regs[R_X2] = 0xFFFFFFFF
