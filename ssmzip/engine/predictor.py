@@ -2,9 +2,9 @@
 
 Per bit, every context model reads the bit-history state of its current node
 and maps it to a probability through its own adaptive state map; with `runs`
-on, each context also remembers the byte that last followed it (and how many
-times in a row), which predicts the next bits strongly in deterministic
-contexts. The match model and an order-0 counter add their own inputs.
+on, each context but the first two (orders 1 and 2, rarely deterministic) also
+remembers the byte that last followed it (and how many times in a row), which
+predicts the next bits strongly in deterministic contexts. The match model and an order-0 counter add their own inputs.
 
 The stretched probabilities are mixed by up to three mixers whose weight sets
 are selected by different small contexts -- (how many contexts have been seen
