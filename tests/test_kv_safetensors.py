@@ -236,3 +236,21 @@ def test_original_size_and_progress(tmp_path):
     seen.clear()
     st.decompress_safetensors(str(dst), str(tmp_path / "back"), progress=seen.append, threads=2)
     assert sum(seen) == len(data)
+
+
+def test_failed_compression_leaves_no_output(tmp_path):
+    import io
+
+    data = make_st(sample_tensors())
+
+    class FailsMidway(io.BytesIO):
+        def read(self, n=-1):
+            if self.tell() > 200:
+                raise OSError("disk went away")
+            return super().read(n)
+
+    out = tmp_path / "never.ssz"
+    with pytest.raises(OSError):
+        st.compress_safetensors(FailsMidway(data), str(out))
+    assert not out.exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".ssz-")] == []

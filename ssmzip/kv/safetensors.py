@@ -20,6 +20,7 @@ Entry points for the command line (see the report / FORMAT.md):
     original_size(src) -> bytes the decompression will write (progress total)
     list_safetensors(path) -> list of row dicts
 """
+import contextlib
 import json
 import os
 import struct
@@ -92,6 +93,27 @@ def _parse_header(head8, read_json, size):
     if size is not None and end > size:
         raise SSMZipError("not a safetensors file (tensor data past the end of the file)")
     return _Layout(data0, tensors, meta, size)
+
+
+@contextlib.contextmanager
+def _output(dst):
+    """A binary file to write dst through. For a path: a temporary file beside it,
+    renamed into place when the block succeeds and removed when it fails, so a
+    failure never leaves a partial file. A file object is used as it is."""
+    if not isinstance(dst, (str, os.PathLike)):
+        yield dst
+        return
+    fd, tmp = tempfile.mkstemp(prefix=".ssz-", dir=os.path.dirname(os.path.abspath(dst)))
+    try:
+        with os.fdopen(fd, "wb") as f:
+            yield f
+        os.replace(tmp, dst)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
 
 
 def _open(src, mode="rb"):
@@ -167,53 +189,41 @@ def compress_safetensors(src, dst, progress=None, threads=1, chunk_bytes=A.DEFAU
         fin.seek(0)
         lay = _parse_header(fin.read(8), fin.read, size)
         fin.seek(0)
-        if isinstance(dst, (str, os.PathLike)):
-            d = os.path.dirname(os.path.abspath(dst))
-            fd, tmp = tempfile.mkstemp(prefix=".ssz-", dir=d)
-            fout = os.fdopen(fd, "wb")
-        else:
-            fout, tmp = dst, None
-        w = None
-        try:
-            w = A.ArchiveWriter(fout, flags=A.FLAG_FILE_IMAGE, threads=threads, chunk_bytes=chunk_bytes,
-                                progress=progress)
-            names = {t[0] for t in lay.tensors}
-
-            def blob_name(base):
-                name = base
-                k = 0
-                while name in names:
-                    k += 1
-                    name = f"{base}#{k}"
-                names.add(name)
-                return name
-
-            def read(k):
-                return fin.read(k)
-
-            w.add_stream(blob_name(HEADER_ENTRY), 0, (lay.header_len,), lay.header_len, read)
-            pos = lay.header_len
-            for name, st_dtype, shape, b, e in lay.tensors:
-                if b > pos:
-                    w.add_stream(blob_name(f"\x00gap@{pos}"), 0, (b - pos,), b - pos, read)
-                code, eshape = _entry_code(st_dtype, shape, e - b)
-                w.add_stream(name, code, eshape, e - b, read)
-                pos = e
-            if size > pos:
-                w.add_stream(blob_name(f"\x00gap@{pos}"), 0, (size - pos,), size - pos, read)
-            w.close(extra=EXTRA)
-            out_size = w.pos
+        with _output(dst) as fout:
             w = None
-            if tmp is not None:
-                fout.close()
-                os.replace(tmp, dst)
-                tmp = None
-        finally:
-            if w is not None:
-                w.abort()
-            if tmp is not None:
-                fout.close()
-                os.unlink(tmp)
+            try:
+                w = A.ArchiveWriter(fout, flags=A.FLAG_FILE_IMAGE, threads=threads,
+                                    chunk_bytes=chunk_bytes, progress=progress)
+                names = {t[0] for t in lay.tensors}
+
+                def blob_name(base):
+                    name = base
+                    k = 0
+                    while name in names:
+                        k += 1
+                        name = f"{base}#{k}"
+                    names.add(name)
+                    return name
+
+                def read(k):
+                    return fin.read(k)
+
+                w.add_stream(blob_name(HEADER_ENTRY), 0, (lay.header_len,), lay.header_len, read)
+                pos = lay.header_len
+                for name, st_dtype, shape, b, e in lay.tensors:
+                    if b > pos:
+                        w.add_stream(blob_name(f"\x00gap@{pos}"), 0, (b - pos,), b - pos, read)
+                    code, eshape = _entry_code(st_dtype, shape, e - b)
+                    w.add_stream(name, code, eshape, e - b, read)
+                    pos = e
+                if size > pos:
+                    w.add_stream(blob_name(f"\x00gap@{pos}"), 0, (size - pos,), size - pos, read)
+                w.close(extra=EXTRA)
+                out_size = w.pos
+                w = None
+            finally:
+                if w is not None:
+                    w.abort()
         return {"input": size, "output": out_size, "tensors": len(lay.tensors)}
     finally:
         if own_in:
@@ -252,27 +262,13 @@ def decompress_safetensors(src, dst, progress=None, threads=1):
     with A.ArchiveReader(src) as r:
         if not r.flags & A.FLAG_FILE_IMAGE:
             raise SSMZipError("this tensor archive does not hold a file (it was made by encode(), not from a .safetensors)")
-        if isinstance(dst, (str, os.PathLike)):
-            d = os.path.dirname(os.path.abspath(dst))
-            fd, tmp = tempfile.mkstemp(prefix=".ssz-", dir=d)
-            fout = os.fdopen(fd, "wb")
-        else:
-            fout, tmp = dst, None
         total = 0
-        try:
+        with _output(dst) as fout:
             for b in r.iter_bytes(r.entries, threads):
                 fout.write(b)
                 total += b.nbytes
                 if progress is not None:
                     progress(b.nbytes)
-            if tmp is not None:
-                fout.close()
-                os.replace(tmp, dst)
-                tmp = None
-        finally:
-            if tmp is not None:
-                fout.close()
-                os.unlink(tmp)
         return total
 
 
