@@ -3,8 +3,9 @@
 The whole process is timed (start-up, imports and JIT cache loading included):
 that is what a user of the command waits for. Peak RSS comes from ``os.wait4``,
 i.e. the kernel's accounting of that child; on Linux it is the largest resident
-set of the child or of any descendant it waited for, not their sum (so for a
-multi-process run, total memory can be up to N times the figure).
+set of the child or of any descendant it waited for, not their sum. Processes
+it did not wait for (ssmzip's -T workers, forked by a fork server) are not
+counted at all.
 """
 from __future__ import annotations
 
