@@ -62,17 +62,8 @@ def encode_dict(tensors, *, mode="lossless", dtypes=None, threads=1, chunk_bytes
 
 def encode(tensor, *, mode="lossless", dtype=None, threads=1, chunk_bytes=DEFAULT_CHUNK_BYTES):
     """Encode one tensor (numpy array or torch tensor) to bytes; the input is never modified."""
-    _check_mode(mode)
-    buf = _Pieces()
-    w = ArchiveWriter(buf, threads=threads, chunk_bytes=chunk_bytes)
-    try:
-        code, shape, words = to_words(tensor, dtype)
-        w.add_words(_SINGLE, code, shape, words)
-    except BaseException:
-        w.abort()
-        raise
-    w.close()
-    return buf.getvalue()
+    return encode_dict({_SINGLE: tensor}, mode=mode, dtypes={_SINGLE: dtype} if dtype else None,
+                       threads=threads, chunk_bytes=chunk_bytes)
 
 
 def open_archive(src):
