@@ -55,6 +55,8 @@ def parse_args(argv=None):
     ap.add_argument("--ssmzip-mode", choices=("auto", "cli", "api"), default="auto",
                     help="run ssmzip through its CLI (python -m ssmzip) or the engine API "
                          "(bench/api_runner.py); auto = the CLI when it exists")
+    ap.add_argument("--ablation", type=int, metavar="LEVEL",
+                    help="also run the SSM ablation at LEVEL: context models alone, SSM alone, both")
     ap.add_argument("--list", action="store_true", help="list the systems found and exit")
     return ap.parse_args(argv)
 
@@ -78,6 +80,10 @@ def select_systems(args):
     threads = [int(x) for x in _csv(args.threads)] or [1]
     mode = (systems.ssmzip_mode() if args.ssmzip_mode == "auto" else args.ssmzip_mode) if levels else ""
     ours = systems.ssmzip_systems(levels, threads, args.block_size, mode) if mode else []
+    if args.ablation is not None:
+        if not 1 <= args.ablation <= 9:
+            raise SystemExit("bench: --ablation takes a level, 1..9")
+        ours += systems.ablation_systems(args.ablation)
     if levels and not mode:
         notes.append("ssmzip is not importable: no ssmzip rows (pip install -e . in the checkout)")
     if mode == "api":

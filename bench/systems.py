@@ -150,6 +150,22 @@ def ssmzip_systems(levels, threads=(1,), block_size=None, mode=None):
     return out
 
 
+ABLATION_NAMES = {"cm": "CM alone", "ssm": "SSM alone", "full": "CM + SSM"}
+
+
+def ablation_systems(level):
+    """The SSM ablation at one level: context models alone, the SSM alone, both
+    (bench/ablation_runner.py compresses; the ordinary CLI decompresses)."""
+    if not ssmzip_mode():
+        return []
+    env = ssmzip_env()
+    decomp = [sys.executable, "-m", "ssmzip", "-d", "-c", "{in}"]
+    return [System(f"ssmzip -{level} {label}",
+                   [sys.executable, "-m", "bench.ablation_runner", variant, str(level), "{in}"],
+                   decomp, "ssmzip", env=env, notes=f"ablation ({label}) through bench/ablation_runner.py")
+            for variant, label in ABLATION_NAMES.items()]
+
+
 def expand(template, inp, outp):
     """Fill a template; return (argv, stdout_path or None)."""
     argv = [a.replace("{in}", inp).replace("{out}", outp) for a in template]

@@ -38,7 +38,17 @@ def test_golden_reencodes_identically(path):
 
 
 def test_golden_set_is_complete():
-    from golden.make_golden import INPUTS, LEVELS
+    from golden.make_golden import INPUTS, LEGACY, LEVELS
 
     names = {p.name for p in FILES}
-    assert names == {f"{n}-{lv}.ssz" for n in INPUTS for lv in LEVELS}
+    assert names == {f"{n}-{lv}.ssz" for n in INPUTS for lv in LEVELS + LEGACY}
+
+
+def test_golden_covers_the_ssm():
+    """The -9 golden files are made with the SSM on, the -9v1 ones without."""
+    for path in FILES:
+        preset = ssmzip.info(io.BytesIO(path.read_bytes())).preset
+        if path.stem.endswith("-9"):
+            assert preset.has_ssm, path.name
+        if path.stem.endswith("-9v1"):
+            assert not preset.has_ssm, path.name

@@ -14,7 +14,8 @@ after editing a helper that it inlines (coder, contexts, match, mixer) remove
 installed package rewrites every file, and CI checks the golden files with an
 empty cache, so this only bites a checkout being edited.)
 """
-from .presets import DEFAULT_LEVEL, LEVELS, Preset, preset_for_level
+from .presets import DEFAULT_LEVEL, LEVELS, Preset, preset_for_level, ssm_only, without_ssm
 from .predictor import decode_block, encode_block, warm_up
 
-__all__ = ["encode_block", "decode_block", "Preset", "LEVELS", "DEFAULT_LEVEL", "preset_for_level", "warm_up"]
+__all__ = ["encode_block", "decode_block", "Preset", "LEVELS", "DEFAULT_LEVEL", "preset_for_level",
+           "ssm_only", "without_ssm", "warm_up"]

@@ -29,6 +29,8 @@ from .contexts import context_value, find_slot, hash2, new_table
 from .match import LEN_BUCKETS, length_bucket, match_update
 from .mixer import apm_predict, apm_update, mix_dot, mix_update, new_apm, new_weights, WEIGHT_ONE
 from .presets import MAX_CONTEXTS
+from .ssm import (G_LG, N_DIMS, N_LA, adam_step, init_params, ngram_rows, ngram_step, ssm_backward,
+                  ssm_carry, ssm_forward, ssm_logit)
 
 ENCODE, DECODE = 0, 1
 SEGMENT = 1 << 16            # bytes coded per call into numba (progress granularity)
@@ -40,7 +42,8 @@ R_WORD, R_WORD1, R_WORDPRE = 7, 8, 9
 R_LINE, R_PREVLINE = 10, 11
 R_MPTR, R_MLEN = 12, 13
 R_TAG, R_TAGPOS = 14, 15
-N_REGS = 16
+R_SSM_ROW = 16               # the SSM's row in its current training chunk
+N_REGS = 17
 
 ORDER_CLASSES = MAX_CONTEXTS + 5     # contexts seen before (0..15), or 5 match-length classes
 MIXER1_SETS = ORDER_CLASSES * 8      # x top 3 bits of the last byte
@@ -51,6 +54,7 @@ MATCH_SM_LIMIT = 255
 RUN_COUNT_CLASSES = 32
 RUN_FROM = 2                         # orders 1 and 2 get no run input (too short to be deterministic)
 ORDER0_RATE = 5
+SSM_SCALE = np.float32(256.0)        # SSM logit (nats) -> stretch units
 
 
 @njit(cache=True, inline="always")
@@ -68,11 +72,19 @@ def _code_segment(mode, buf, start, end, io, regs, kinds, table_bits, use_runs, 
                   n_mixers, lr, final_lr, n_apms, apm_rate,
                   table, slots, hashes, sm_p, sm_n, runs, rsm_p, rsm_n, run_state,
                   mindex, o0, ind, w1, w2, w3, wf, x, xf, apm1, apm2, apm3,
-                  sq, st, state_next, priority, recip):
+                  sq, st, state_next, priority, recip,
+                  use_ssm, sP, sG, sV, sopt, slay, sA, salay, sdims, sS, sib, stok, slr,
+                  sNE, sNV, srows):
     n_ctx = kinds.shape[0]
-    n_in = n_ctx + 3                 # contexts, match, order 0, bias (+ runs)
+    n_in = n_ctx + 3                 # contexts, match, order 0, bias (+ runs) (+ SSM, last)
     if use_runs:
         n_in += n_ctx - RUN_FROM
+    if use_ssm:
+        n_in += 1
+    ssm_alone = use_ssm and n_ctx == 0   # ablation: the SSM's probability goes straight to the coder
+    s_chunk = sdims[5]
+    s_lg = salay[sdims[4] * N_LA + G_LG]
+    s_row = regs[R_SSM_ROW]
     nslots = (1 << table_bits) >> 4
     rbits = table_bits - 4
     n_states = priority.shape[0]
@@ -133,6 +145,10 @@ def _code_segment(mode, buf, start, end, io, regs, kinds, table_bits, use_runs, 
             expected = buf[mptr] | 256
         mbucket = length_bucket(mlen)
         h_apm3 = (hash2(c4 & 0xFFFF, 99) & 0xFF) << 8    # c0 in the low bits keeps one byte's rows together
+        if use_ssm:
+            stok[s_row] = c4 & 0xFF
+            ngram_rows(c4, c8, sdims, srows, s_row)
+            ssm_forward(sP, slay, sA, salay, sdims, s_row, c4 & 0xFF, sS, sib, sNE, srows)
 
         c0 = 1
         node = 1
@@ -173,6 +189,19 @@ def _code_segment(mode, buf, start, end, io, regs, kinds, table_bits, use_runs, 
                 msel = 1 + (mbucket >> 1)
             x[n_ctx + 1] = st[o0[c0] >> 4]
             x[n_ctx + 2] = 256
+            if use_ssm:
+                lg = ssm_logit(sP, slay, sA, salay, sdims, s_row, c0)
+                sA[s_lg + s_row * 8 + bitpos] = lg
+                x[n_in - 1] = np.int64(lg * SSM_SCALE)       # |lg| < 8: inside the stretch domain
+            if ssm_alone:
+                p = sq[x[n_in - 1] + 2047]
+                if mode == ENCODE:
+                    bit = (c >> (7 - bitpos)) & 1
+                    x1, x2, iop = encode_bit(x1, x2, bit, p, io, iop)
+                else:
+                    bit, x1, x2, xc, iop = decode_bit(x1, x2, xc, p, io, iop)
+                c0 = c0 * 2 + bit
+                continue
 
             # ---- mix
             if msel > 0:
@@ -257,6 +286,16 @@ def _code_segment(mode, buf, start, end, io, regs, kinds, table_bits, use_runs, 
         c = c0 & 0xFF
         if mode == DECODE:
             buf[pos] = c
+        if use_ssm:
+            # a full chunk: learn from it (the decoder does the same at the same byte)
+            stok[s_row + 1] = c
+            s_row += 1
+            if s_row == s_chunk:
+                ssm_backward(sP, sG, slay, sA, salay, sdims, sS, sib, stok, s_chunk)
+                adam_step(sP, sG, sV, sopt, slr)
+                ngram_step(sNE, sNV, srows, sS, sdims, s_chunk, slr, sopt)
+                ssm_carry(sA, salay, sdims, s_chunk)
+                s_row = 0
         if use_runs:
             for i in range(RUN_FROM, n_ctx):
                 cnt = 1
@@ -307,6 +346,7 @@ def _code_segment(mode, buf, start, end, io, regs, kinds, table_bits, use_runs, 
     regs[R_MLEN] = mlen
     regs[R_TAG] = tag
     regs[R_TAGPOS] = tagpos
+    regs[R_SSM_ROW] = s_row
 
 
 class _Model:
@@ -314,7 +354,7 @@ class _Model:
 
     def __init__(self, preset):
         n = len(preset.contexts)
-        n_in = n + 3 + (n - RUN_FROM if preset.runs else 0)
+        n_in = n + 3 + (n - RUN_FROM if preset.runs else 0) + (1 if preset.has_ssm else 0)
         self.preset = preset
         self.regs = np.zeros(N_REGS, dtype=np.int64)
         self.regs[R_X2] = 0xFFFFFFFF
@@ -344,6 +384,38 @@ class _Model:
         self.apm1 = new_apm(256, C.SQUASH)
         self.apm2 = new_apm(1 << 16, C.SQUASH)
         self.apm3 = new_apm(1 << 16 if preset.apms > 2 else 1, C.SQUASH)
+        self._init_ssm(preset)
+
+    def _init_ssm(self, preset):
+        """The SSM's arrays (parameters, gradients, Adam moments, activations,
+        scratch); tiny placeholders when the preset has none."""
+        if preset.has_ssm:
+            sh = preset.ssm_shape()
+            self.sP = init_params(sh, preset.ssm_seed)
+            self.slay, self.salay, self.sdims = sh.lay, sh.act_lay, sh.dims
+            self.sA = np.zeros(sh.n_act, dtype=np.float32)
+            self.sS = np.zeros(sh.n_scratch, dtype=np.float32)
+            self.sib = np.zeros(sh.di, dtype=np.int32)
+            self.stok = np.zeros(sh.chunk + 1, dtype=np.int64)
+            self.srows = np.zeros(sh.chunk * max(sh.ngram, 1), dtype=np.int64)
+            self.sNE = np.zeros(sh.n_ngram, dtype=np.float32)      # n-gram embeddings start at zero
+            self.sNV = np.zeros(sh.n_ngram, dtype=np.float32)
+            self.slr = np.float32(preset.ssm_lr) / np.float32(100000.0)     # exact IEEE division
+        else:
+            self.sP = np.zeros(1, dtype=np.float32)
+            self.slay = self.salay = np.zeros(64, dtype=np.int64)
+            self.sdims = np.zeros(N_DIMS, dtype=np.int64)
+            self.srows = np.zeros(1, dtype=np.int64)
+            self.sNE = np.zeros(1, dtype=np.float32)
+            self.sNV = np.zeros(1, dtype=np.float32)
+            self.sA = np.zeros(1, dtype=np.float32)
+            self.sS = np.zeros(1, dtype=np.float32)
+            self.sib = np.zeros(1, dtype=np.int32)
+            self.stok = np.zeros(1, dtype=np.int64)
+            self.slr = np.float32(0.0)
+        self.sG = np.zeros_like(self.sP)
+        self.sV = np.zeros_like(self.sP)
+        self.sopt = np.ones(2, dtype=np.float32)
 
     def run(self, mode, buf, start, end, io):
         p = self.preset
@@ -353,7 +425,10 @@ class _Model:
                       self.runs, self.rsm_p, self.rsm_n, self.run_state,
                       self.mindex, self.o0, self.ind, self.w1, self.w2, self.w3, self.wf, self.x, self.xf,
                       self.apm1, self.apm2, self.apm3,
-                      C.SQUASH, C.STRETCH, C.STATE_NEXT, C.STATE_PRIORITY, C.RECIPROCAL)
+                      C.SQUASH, C.STRETCH, C.STATE_NEXT, C.STATE_PRIORITY, C.RECIPROCAL,
+                      p.has_ssm, self.sP, self.sG, self.sV, self.sopt, self.slay,
+                      self.sA, self.salay, self.sdims, self.sS, self.sib, self.stok, self.slr,
+                      self.sNE, self.sNV, self.srows)
 
 
 def encode_block(data, preset, progress=None) -> bytes:

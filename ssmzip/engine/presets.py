@@ -8,7 +8,7 @@ every field so that a hostile header cannot ask for absurd memory.
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 
 # Context kinds. The numbers are part of the file format: never renumber.
 CTX_ORDER1 = 0       # last byte
@@ -36,7 +36,15 @@ MIN_TABLE_BITS, MAX_TABLE_BITS = 12, 28      # bytes per context hash table, log
 MIN_MATCH_BITS, MAX_MATCH_BITS = 10, 26      # entries in the match index, log2
 MIN_BLOCK_BITS, MAX_BLOCK_BITS = 10, 30      # block size, log2
 
-_MAGIC_VERSION = 1   # layout of the serialised preset (not the container's version)
+# Layout of the serialised preset (not the container's version). Layout 2 adds
+# the SSM fields; presets without an SSM are still written in layout 1, so files
+# made before the SSM existed and files made now at levels 1-6 are the same bytes.
+_LAYOUT_NO_SSM, _LAYOUT_SSM = 1, 2
+
+# SSM bounds (see ssm.py): a hostile header cannot ask for a huge network.
+MAX_SSM_DM, MAX_SSM_DI, MAX_SSM_DS, MAX_SSM_RANK, MAX_SSM_LAYERS = 256, 512, 64, 64, 8
+MIN_SSM_CHUNK, MAX_SSM_CHUNK = 4, 256
+MAX_SSM_NGRAM, MIN_SSM_NGRAM_BITS, MAX_SSM_NGRAM_BITS = 5, 8, 22
 
 
 @dataclass(frozen=True)
@@ -55,6 +63,18 @@ class Preset:
     apms: int                  # APM/SSE stages, 2 or 3
     apm_rate: int              # APM adaptation shift
     block_bits: int            # default block size = 1 << block_bits
+    # The online SSM (ssm.py); ssm_layers = 0: none. With contexts == () the
+    # SSM alone drives the coder (an ablation: no context models, mixer or APMs).
+    ssm_layers: int = 0
+    ssm_dm: int = 0            # model width
+    ssm_di: int = 0            # inner width (channels of the recurrence)
+    ssm_ds: int = 0            # states per channel
+    ssm_rank: int = 0          # rank of the step-size projection
+    ssm_chunk: int = 0         # bytes per training step (truncated BPTT length)
+    ssm_lr: int = 0            # Adam learning rate, in units of 1e-5
+    ssm_seed: int = 0          # initialisation seed
+    ssm_ngram: int = 0         # hashed n-gram input embeddings, orders 2 .. ssm_ngram + 1
+    ssm_ngram_bits: int = 0    # log2 rows of each n-gram embedding table
 
     def __post_init__(self):
         _validate(self)
@@ -63,17 +83,31 @@ class Preset:
     def block_size(self) -> int:
         return 1 << self.block_bits
 
+    @property
+    def has_ssm(self) -> bool:
+        return self.ssm_layers > 0
+
     def memory_estimate(self) -> int:
         """Bytes of model tables one block coder holds (not counting the block itself)."""
         per_ctx = (1 << self.table_bits) + ((1 << self.table_bits) >> 2 if self.runs else 0)
-        return len(self.contexts) * per_ctx + 4 * (1 << self.match_bits) + (4 << 20)
+        ssm = 0
+        if self.has_ssm:
+            ssm = self.ssm_shape().memory()
+        return len(self.contexts) * per_ctx + 4 * (1 << self.match_bits) + (4 << 20) + ssm
 
-    def _scalars(self):
-        return [getattr(self, f.name) for f in fields(self) if f.name not in ("level", "contexts")]
+    def ssm_shape(self):
+        from .ssm import Shape
+        return Shape(self.ssm_dm, self.ssm_di, self.ssm_ds, self.ssm_rank, self.ssm_layers, self.ssm_chunk,
+                     self.ssm_ngram, self.ssm_ngram_bits)
+
+    def _scalars(self, layout):
+        n = _N_SCALARS[layout]
+        return [getattr(self, f.name) for f in fields(self) if f.name not in ("level", "contexts")][:n]
 
     def to_bytes(self) -> bytes:
-        scal = self._scalars()
-        return (struct.pack("<BBB", _MAGIC_VERSION, self.level, len(self.contexts))
+        layout = _LAYOUT_SSM if self.has_ssm else _LAYOUT_NO_SSM
+        scal = self._scalars(layout)
+        return (struct.pack("<BBB", layout, self.level, len(self.contexts))
                 + bytes(self.contexts) + struct.pack(f"<{len(scal)}H", *scal))
 
     @classmethod
@@ -81,27 +115,36 @@ class Preset:
         """Parse and validate; raise ValueError with a one-line reason."""
         if len(data) < 3:
             raise ValueError("preset too short")
-        ver, level, n = struct.unpack_from("<BBB", data, 0)
-        if ver != _MAGIC_VERSION:
-            raise ValueError(f"unknown preset layout {ver}")
-        if len(data) != 3 + n + 2 * _N_SCALARS:
+        layout, level, n = struct.unpack_from("<BBB", data, 0)
+        if layout not in _N_SCALARS:
+            raise ValueError(f"unknown preset layout {layout}")
+        k = _N_SCALARS[layout]
+        if len(data) != 3 + n + 2 * k:
             raise ValueError("preset has the wrong length")
         contexts = tuple(data[3:3 + n])
-        vals = struct.unpack_from(f"<{_N_SCALARS}H", data, 3 + n)
+        vals = struct.unpack_from(f"<{k}H", data, 3 + n)
         try:
-            return cls(level, contexts, *vals)
+            p = cls(level, contexts, *vals)
         except TypeError as e:
             raise ValueError(str(e)) from None
+        if layout == _LAYOUT_SSM and not p.has_ssm:
+            raise ValueError("preset layout 2 without an SSM")
+        return p
 
     @classmethod
     def serialized_size(cls, data: bytes, offset: int = 0) -> int:
         """Length of the serialised preset starting at data[offset] (for parsers)."""
         if len(data) < offset + 3:
             raise ValueError("preset too short")
-        return 3 + data[offset + 2] + 2 * _N_SCALARS
+        layout = data[offset]
+        if layout not in _N_SCALARS:
+            raise ValueError(f"unknown preset layout {layout}")
+        return 3 + data[offset + 2] + 2 * _N_SCALARS[layout]
 
 
-_N_SCALARS = len(fields(Preset)) - 2
+_N_SSM_FIELDS = 10
+_N_SCALARS = {_LAYOUT_NO_SSM: len(fields(Preset)) - 2 - _N_SSM_FIELDS,
+              _LAYOUT_SSM: len(fields(Preset)) - 2}
 
 
 def _validate(p: Preset) -> None:
@@ -110,7 +153,7 @@ def _validate(p: Preset) -> None:
 
     if not 0 <= p.level <= 9:
         bad("level")
-    if not isinstance(p.contexts, tuple) or not 1 <= len(p.contexts) <= MAX_CONTEXTS:
+    if not isinstance(p.contexts, tuple) or not (0 if p.ssm_layers else 1) <= len(p.contexts) <= MAX_CONTEXTS:
         bad("context count")
     if any(not 0 <= c < N_CTX_KINDS for c in p.contexts) or len(set(p.contexts)) != len(p.contexts):
         bad("context kinds")
@@ -132,13 +175,33 @@ def _validate(p: Preset) -> None:
         bad("APM rate")
     if not MIN_BLOCK_BITS <= p.block_bits <= MAX_BLOCK_BITS:
         bad("block size")
+    if p.ssm_layers == 0:
+        if any((p.ssm_dm, p.ssm_di, p.ssm_ds, p.ssm_rank, p.ssm_chunk, p.ssm_lr, p.ssm_seed,
+                p.ssm_ngram, p.ssm_ngram_bits)):
+            bad("SSM fields without SSM layers")
+    elif not (1 <= p.ssm_layers <= MAX_SSM_LAYERS and 1 <= p.ssm_dm <= MAX_SSM_DM
+              and 1 <= p.ssm_di <= MAX_SSM_DI and 1 <= p.ssm_ds <= MAX_SSM_DS
+              and 1 <= p.ssm_rank <= MAX_SSM_RANK and MIN_SSM_CHUNK <= p.ssm_chunk <= MAX_SSM_CHUNK
+              and 1 <= p.ssm_lr <= 10000 and 0 <= p.ssm_ngram <= MAX_SSM_NGRAM
+              and (MIN_SSM_NGRAM_BITS <= p.ssm_ngram_bits <= MAX_SSM_NGRAM_BITS if p.ssm_ngram
+                   else p.ssm_ngram_bits == 0)):
+        bad("SSM sizes")
 
 
 _O = (CTX_ORDER1, CTX_ORDER2, CTX_ORDER3, CTX_ORDER4)
 
-def _level(level, contexts, table_bits, runs, match_min, match_bits, mixers, apms, block_bits):
+def _level(level, contexts, table_bits, runs, match_min, match_bits, mixers, apms, block_bits, ssm=None):
+    s = {} if ssm is None else dict(zip(("ssm_dm", "ssm_di", "ssm_ds", "ssm_rank", "ssm_layers",
+                                         "ssm_chunk", "ssm_lr", "ssm_seed", "ssm_ngram",
+                                         "ssm_ngram_bits"), ssm))
     return Preset(level, contexts, table_bits, runs, match_min, match_bits, mixers,
-                  mixer_lr=12, final_lr=16, apms=apms, apm_rate=7, block_bits=block_bits)
+                  mixer_lr=12, final_lr=16, apms=apms, apm_rate=7, block_bits=block_bits, **s)
+
+
+# SSM sizes: dm, di, ds, rank, layers, chunk, lr (1e-5), seed, n-gram inputs, their table bits
+_SSM_SMALL = (32, 64, 16, 4, 2, 16, 300, 1, 4, 18)
+_SSM_MEDIUM = (48, 96, 16, 6, 2, 16, 300, 1, 5, 17)
+_SSM_LARGE = (64, 128, 16, 8, 2, 16, 300, 1, 5, 17)
 
 
 _TEXT = (CTX_WORD, CTX_WORD2, CTX_SPARSE2, CTX_COLUMN, CTX_TAG)
@@ -151,14 +214,29 @@ LEVELS = {
     4: _level(4, _O + (CTX_ORDER6, CTX_WORD, CTX_TAG), 22, 0, 7, 20, 2, 2, 23),
     5: _level(5, _O + _HIGH + (CTX_WORD, CTX_SPARSE2, CTX_TAG), 22, 1, 7, 20, 2, 3, 24),
     6: _level(6, _O + _HIGH + _TEXT, 22, 1, 7, 21, 2, 3, 24),
-    7: _level(7, _O + _HIGH + (CTX_ORDER8,) + _TEXT + (CTX_INDIRECT1,), 23, 1, 7, 22, 3, 3, 24),
+    7: _level(7, _O + _HIGH + (CTX_ORDER8,) + _TEXT + (CTX_INDIRECT1,), 23, 1, 7, 22, 3, 3, 24,
+              _SSM_SMALL),
     8: _level(8, _O + _HIGH + (CTX_ORDER8,) + _TEXT + (CTX_INDIRECT1, CTX_INDIRECT2, CTX_WORDPOS),
-              24, 1, 7, 22, 3, 3, 25),
+              24, 1, 7, 22, 3, 3, 25, _SSM_MEDIUM),
     9: _level(9, _O + _HIGH + (CTX_ORDER8, CTX_ORDER12) + _TEXT
               + (CTX_INDIRECT1, CTX_INDIRECT2, CTX_WORDPOS, CTX_SPARSE23, CTX_SPARSE34),
-              24, 1, 7, 22, 3, 3, 25),
+              24, 1, 7, 22, 3, 3, 25, _SSM_LARGE),
 }
 DEFAULT_LEVEL = 6
+
+
+def without_ssm(preset: Preset) -> Preset:
+    """The same level with the SSM off (context models alone): an ablation."""
+    return replace(preset, ssm_layers=0, ssm_dm=0, ssm_di=0, ssm_ds=0, ssm_rank=0,
+                   ssm_chunk=0, ssm_lr=0, ssm_seed=0, ssm_ngram=0, ssm_ngram_bits=0)
+
+
+def ssm_only(preset: Preset) -> Preset:
+    """The same level's SSM with the context models, match model, mixers and APMs
+    off: its probability goes straight to the coder. An ablation."""
+    if not preset.has_ssm:
+        raise ValueError(f"level {preset.level} has no SSM")
+    return replace(preset, contexts=(), match_min=0)
 
 
 def preset_for_level(level: int) -> Preset:

@@ -1,4 +1,5 @@
-"""Write the golden files: small inputs and their .ssz files at levels 1, 6 and 9.
+"""Write the golden files: small inputs and their .ssz files at levels 1, 6 and 9
+(9 with the online SSM).
 
     python tests/golden/make_golden.py          # from the repository root
 
@@ -8,6 +9,10 @@ every .ssz here still decodes to its input and that compressing the input
 again reproduces it byte for byte. A change that breaks that is a format
 change: bump the container's format version and keep decoding old files.
 
+Files of an earlier format stay beside them and are never rewritten: NAME-9v1.ssz
+were made by level 9 before it had an SSM (preset layout 1); they must still
+decode and re-encode (with the preset stored in them) to the same bytes.
+
 The inputs come from a self-contained xorshift generator (no library RNG
 whose sequence could change), so running this again gives the same inputs.
 """
@@ -16,6 +21,7 @@ import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 LEVELS = (1, 6, 9)
+LEGACY = ("9v1",)        # suffixes of kept files of earlier formats (see above)
 BLOCK_SIZE = 4096        # so that the inputs span several blocks, the last one short
 
 

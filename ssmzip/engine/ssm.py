@@ -1,0 +1,765 @@
+"""The online SSM: a small Mamba-style network over bytes, trained while coding.
+
+Shape (per byte t, input = the previous byte and the hashed n-grams before it):
+
+    x = E[byte] + sum_k N_k[hash of the last k + 2 bytes]      DM
+    for each of NL blocks:
+        u = rmsnorm(x) * g                              DM
+        xb, z = u @ W_in                                DI each
+        xc = causal depthwise conv (width 4) of xb      DI
+        xs = silu(xc)
+        lo, B, C = xs @ W_x                             R, DS, DS  (input-dependent)
+        dt = exp(dtb + lo @ W_dt)                       DI, step sizes (pre-activation clamped)
+        a  = exp(-dt * exp(A_log))                      DI, one decay per channel (as Mamba-2)
+        h[s, i] = a[i] * h[s, i] + dt[i] * B[s] * xs[i] DS x DI states
+        y  = C @ h + D * xs                             DI
+        x  = x + (y * silu(z)) @ W_out                  residual, DM
+    f = rmsnorm(x) * gf
+
+Departures from DESIGN.md's sketch, each measured or forced:
+- RMSNorm instead of LayerNorm (no mean, one reduction less).
+- Output: instead of a 256-way softmax head (256 x DM products per byte and a
+  normaliser), a binary tree: node c0 (the partial byte, 1..255) has its own
+  logit  hb[c0] + f . Wh[c0].  The 8 node probabilities along a byte's path
+  multiply out to a proper byte distribution, the cross-entropy is the same
+  quantity the coder pays, and each bit costs one DM-long dot product -- 32x
+  less than the softmax head at the same DM. The logit is the stretch of the
+  bit probability, so it enters the integer mixer as round(logit * 256).
+- Hashed n-gram input embeddings N_k (orders 2..NG+1, 2^NGB rows each, start
+  at zero, updated sparsely: only the rows a chunk used). On enwik8 they took
+  the SSM alone from 2.84 to 2.15 bpb on the first 300 KB (small model); the
+  recurrence then models what follows those contexts, and what came earlier.
+- Adam without momentum (beta1 = 0): 2.84 against 2.97 bpb with 0.9.
+
+Training: after every chunk of T bytes, back-propagation through the chunk
+(the activations of the coding pass are kept, nothing is recomputed), the
+state at the chunk start taken as constant, then one optimizer step. The
+decoder runs the same forward passes and the same updates at the same bytes.
+
+Arithmetic strategy (DESIGN.md, determinism): float32 in one fixed order.
+- only +, -, *, /, sqrt on float32; every constant is a float32 (a Python
+  float literal would turn an expression into float64; a test reads the
+  compiled code for float64 arithmetic and FMAs);
+- every sum runs in a written-down order; vectorised loops are element-wise
+  (y[i] += w * x[i] over i), never reductions, so SIMD and scalar code
+  (host CPU or NUMBA_CPU_NAME=generic) round identically; numba without
+  fastmath does not contract a*b+c into an FMA;
+- exp is our own (range reduction by ln 2, a degree-6 polynomial, exact
+  powers of two), never libm's; sigmoid and silu are built on it; sqrt is
+  the IEEE operation (LLVM's intrinsic), correctly rounded everywhere;
+- parameters are initialised from an integer generator (splitmix64), not
+  from numpy's random streams, which may change between numpy versions.
+The SSM's output enters the mixer as an integer, so all that follows is
+integer again.
+"""
+from __future__ import annotations
+
+import numpy as np
+from llvmlite import ir as llvm_ir
+from numba import njit, types
+from numba.extending import intrinsic
+
+f32 = np.float32
+ZERO, ONE, HALF = f32(0.0), f32(1.0), f32(0.5)
+CONV = 4                                 # causal conv width
+RMS_EPS = f32(1e-5)
+DT_MIN_A, DT_MAX_A = f32(-12.0), f32(2.0)   # clamp of the step-size pre-activation
+LOGIT_LIMIT = f32(7.99)                  # |logit| * 256 stays inside the stretch domain
+ADAM_B2, ADAM_EPS = f32(0.999), f32(1e-6)      # Adam without momentum (beta1 = 0), see adam_step
+
+# error_model="numpy" on every kernel: numba's default checks each float division
+# for a zero divisor (to raise ZeroDivisionError), and that branch stops LLVM
+# from vectorising the loop; the division itself is the same IEEE operation.
+
+
+@intrinsic
+def sqrt32(typingctx, x):
+    """IEEE float32 square root as the LLVM intrinsic (correctly rounded on every
+    CPU, like +-*/). numba's np.sqrt calls libm's sqrtf instead, which LLVM does
+    not vectorise."""
+    if x not in (types.float32, types.float64):      # float64: the gradient test only
+        return None
+
+    def codegen(context, builder, signature, args):
+        ty = llvm_ir.FloatType() if x == types.float32 else llvm_ir.DoubleType()
+        fn = builder.module.declare_intrinsic("llvm.sqrt", [ty])
+        return builder.call(fn, args)
+    return x(x), codegen
+
+
+# --- deterministic exp --------------------------------------------------------
+_LOG2E = f32(1.4426950408889634)
+_LN2_HI = f32(0.693145751953125)         # exact in 16 bits: n * _LN2_HI is exact
+_LN2_LO = f32(1.4286067653302226e-06)
+_P2, _P3, _P4 = f32(1 / 2), f32(1 / 6), f32(1 / 24)
+_P5, _P6 = f32(1 / 120), f32(1 / 720)
+_EXP_MIN, _EXP_MAX = f32(-87.0), f32(88.0)
+_POW2 = np.array([2.0 ** k for k in range(-127, 128)], dtype=np.float32)   # exact; 2^-127 is subnormal
+
+
+@njit(cache=True, inline="always", error_model="numpy")
+def fexp(x):
+    """e^x for float32 x, within ~2 ulp, from basic operations only."""
+    if x < _EXP_MIN:
+        return ZERO
+    if x > _EXP_MAX:
+        x = _EXP_MAX
+    n = np.floor(x * _LOG2E + HALF)
+    r = (x - n * _LN2_HI) - n * _LN2_LO
+    p = ONE + r * (ONE + r * (_P2 + r * (_P3 + r * (_P4 + r * (_P5 + r * _P6)))))
+    return p * _POW2[np.int64(n) + 127]
+
+
+@njit(cache=True, inline="always", error_model="numpy")
+def sigmoid(x):
+    return ONE / (ONE + fexp(-x))
+
+
+@njit(cache=True, inline="always", error_model="numpy")
+def vexp(x, out, ib):
+    """out[i] = e^x[i], the same arithmetic as fexp (inputs clamped to [-87, 88]) in
+    two element-wise passes that LLVM vectorises; 2^n is built in the int32 buffer
+    ib and read back as float32. out may be x."""
+    n = x.shape[0]
+    for i in range(n):
+        v = min(max(x[i], _EXP_MIN), _EXP_MAX)
+        k = np.floor(v * _LOG2E + HALF)
+        r = (v - k * _LN2_HI) - k * _LN2_LO
+        out[i] = ONE + r * (ONE + r * (_P2 + r * (_P3 + r * (_P4 + r * (_P5 + r * _P6)))))
+        ib[i] = (np.int32(k) + np.int32(127)) << np.int32(23)
+    scale = ib[:n].view(np.float32)
+    for i in range(n):
+        out[i] *= scale[i]
+
+
+@njit(cache=True, inline="always", error_model="numpy")
+def vsigmoid(x, out, ib):
+    """out = 1 / (1 + e^-x), element-wise; out may be x."""
+    n = x.shape[0]
+    for i in range(n):
+        out[i] = -x[i]
+    vexp(out[:n], out, ib)
+    for i in range(n):
+        out[i] = ONE / (ONE + out[i])
+
+
+# --- layout -------------------------------------------------------------------
+# dims: model sizes, shared by every kernel
+D_DM, D_DI, D_DS, D_R, D_NL, D_T, D_NG, D_NGB = range(8)
+N_DIMS = 8
+# per-layer parameter blocks, in this order, at lay[l * N_LP + k]
+L_G, L_WIN, L_CW, L_CB, L_WX, L_WDT, L_DTB, L_ALOG, L_D, L_WOUT = range(10)
+N_LP = 10
+# per-layer activation blocks, at act_lay[l * N_LA + k]
+A_XIN, A_R, A_U, A_XB, A_Z, A_XC, A_XS, A_PJ, A_DT, A_DEC, A_H, A_Y, A_O = range(13)
+N_LA = 13
+# globals after the layers: parameters at lay[NL * N_LP + k], activations at act_lay[NL * N_LA + k]
+G_EMB, G_GF, G_WH, G_HB = range(4)
+G_XF, G_RF, G_F, G_LG = range(4)
+
+
+class Shape:
+    """Sizes and flat-array layouts of one SSM. Parameters, gradients, Adam's
+    second moments and activations each live in one preallocated float32 array."""
+
+    def __init__(self, dm, di, ds, rank, layers, chunk, ngram=0, ngram_bits=0):
+        self.dm, self.di, self.ds, self.rank, self.layers, self.chunk = dm, di, ds, rank, layers, chunk
+        self.ngram, self.ngram_bits = ngram, ngram_bits
+        self.dims = np.array([dm, di, ds, rank, layers, chunk, ngram, ngram_bits], dtype=np.int64)
+        # hashed n-gram input embeddings (orders 2 .. ngram + 1), kept apart from P:
+        # they are updated sparsely, only the rows a chunk used
+        self.n_ngram = (ngram << ngram_bits) * dm if ngram else 1
+        T, K = chunk, rank + 2 * ds
+        per_layer = [dm, dm * 2 * di, CONV * di, di, di * K, rank * di, di, di, di, di * dm]
+        glob = [256 * dm, dm, 256 * dm, 256]
+        self.lay, self.n_params = _offsets(per_layer, layers, glob)
+        act_layer = [T * dm, T, T * dm, (T + CONV - 1) * di, T * di, T * di, T * di, T * K, T * di, T * di,
+                     (T + 1) * ds * di, T * di, T * di]
+        act_glob = [T * dm, T, T * dm, T * 8]
+        self.act_lay, self.n_act = _offsets(act_layer, layers, act_glob)
+        w = max(2 * di, dm, K)
+        self.n_scratch = N_SBUF * (T + CONV) * w + ds * di + N_SVEC * di     # see scratch layout below
+
+    def memory(self) -> int:
+        return 4 * (3 * self.n_params + self.n_act + self.n_scratch + 2 * self.n_ngram)
+
+
+def _offsets(per_layer, layers, glob):
+    offs, o = [], 0
+    for _ in range(layers):
+        for n in per_layer:
+            offs.append(o)
+            o += n
+    for n in glob:
+        offs.append(o)
+        o += n
+    return np.array(offs, dtype=np.int64), o
+
+
+def _uniform(n, seed, scale):
+    """n float32 values uniform in [-scale, scale) from splitmix64 -- exact integer
+    arithmetic and exact float scaling, the same on every machine and numpy."""
+    with np.errstate(over="ignore"):
+        k = np.arange(1, n + 1, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15) + np.uint64(seed)
+        k = (k ^ (k >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        k = (k ^ (k >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        k = k ^ (k >> np.uint64(31))
+    u = (k >> np.uint64(40)).astype(np.float64) * 2.0 ** -24      # exact: 24-bit integer / 2^24
+    return ((u * 2.0 - 1.0) * float(f32(scale))).astype(np.float32)
+
+
+def init_params(shape: Shape, seed: int) -> np.ndarray:
+    """Initial parameters; only exactly rounded float operations (no log/exp)."""
+    dm, di, ds, r = shape.dm, shape.di, shape.ds, shape.rank
+    P = np.zeros(shape.n_params, dtype=np.float32)
+    lay = shape.lay
+    s = seed * 1000
+
+    def put(k, n, scale):
+        nonlocal s
+        s += 1
+        P[lay[k]:lay[k] + n] = _uniform(n, s, scale)
+
+    for l in range(shape.layers):
+        b = l * N_LP
+        P[lay[b + L_G]:lay[b + L_G] + dm] = 1.0
+        put(b + L_WIN, dm * 2 * di, 1.0 / dm ** 0.5)
+        put(b + L_CW, CONV * di, 0.5)
+        put(b + L_WX, di * (r + 2 * ds), 1.0 / di ** 0.5)
+        put(b + L_WDT, r * di, 0.5 / r ** 0.5)
+        # step sizes from e^-7 to e^-2 across channels, decay rates A = e^0 .. e^2.5
+        i = np.arange(di, dtype=np.float64)
+        P[lay[b + L_DTB]:lay[b + L_DTB] + di] = (-7.0 + 5.0 * i / max(di - 1, 1)).astype(np.float32)
+        P[lay[b + L_ALOG]:lay[b + L_ALOG] + di] = ((i % 8) * (2.5 / 7)).astype(np.float32)
+        P[lay[b + L_D]:lay[b + L_D] + di] = 1.0
+        put(b + L_WOUT, di * dm, 0.5 / di ** 0.5)
+    g = shape.layers * N_LP
+    put(g + G_EMB, 256 * dm, 1.0)
+    P[lay[g + G_GF]:lay[g + G_GF] + dm] = 1.0
+    # the head starts at zero: p = 1/2 everywhere until it has learned something
+    return P
+
+
+# --- forward ------------------------------------------------------------------
+# Hot loops index array views from 0 (x = A[o:o + n]; x[i]): numba then knows
+# the index is not negative, drops its wrap-around check, and LLVM vectorises
+# the loop -- 10x or more against A[o + i].
+
+@njit(cache=True, inline="always", error_model="numpy")
+def _rmsnorm_fwd(x, g, y):
+    """y = x * r * g with r = 1/sqrt(mean(x^2) + eps); returns r."""
+    n = x.shape[0]
+    acc = ZERO
+    for j in range(n):
+        acc += x[j] * x[j]
+    r = ONE / sqrt32(acc / f32(n) + RMS_EPS)
+    for j in range(n):
+        y[j] = x[j] * r * g[j]
+    return r
+
+
+@njit(cache=True, inline="always", error_model="numpy")
+def _matvec(x, W, y):
+    """y += x @ W, W row-major (len(x) x len(y)): element-wise over outputs, inputs in order."""
+    n = y.shape[0]
+    for j in range(x.shape[0]):
+        xv = x[j]
+        w = W[j * n:(j + 1) * n]
+        for i in range(n):
+            y[i] += xv * w[i]
+
+
+@njit(cache=True, inline="always", error_model="numpy")
+def _silu_into(src, dst, ib):
+    vsigmoid(src, dst, ib)
+    for i in range(src.shape[0]):
+        dst[i] *= src[i]
+
+
+@njit(cache=True, error_model="numpy")
+def ssm_forward(P, lay, A, alay, dims, t, byte, S, ib, NE, rows):
+    """Run byte `byte` (the previous byte) through the network at chunk row t.
+    Leaves the head input in A[G_F] row t and the layer states in A_H row t+1.
+    S, ib: scratch (float32, int32) as sized by Shape; NE, rows: the n-gram
+    embeddings and row t's hashed rows (ngram_rows)."""
+    dm, di, ds, rk, nl = dims[D_DM], dims[D_DI], dims[D_DS], dims[D_R], dims[D_NL]
+    o = N_SBUF * _sbuf_len(dims) + ds * di + 3 * di
+    t1 = S[o:o + di]
+    t2 = S[o + di:o + 2 * di]
+    K = rk + 2 * ds
+    gl = nl * N_LP
+    ga = nl * N_LA
+    emb = lay[gl + G_EMB] + byte * dm
+    # the residual stream lives in the next layer's A_XIN row (or G_XF after the last)
+    x0 = alay[A_XIN] + t * dm if nl > 0 else alay[ga + G_XF] + t * dm
+    A[x0:x0 + dm] = P[emb:emb + dm]
+    ng = dims[D_NG]
+    for k in range(ng):
+        e = ((k << dims[D_NGB]) + rows[t * ng + k]) * dm
+        x = A[x0:x0 + dm]
+        ne = NE[e:e + dm]
+        for j in range(dm):
+            x[j] += ne[j]
+    for l in range(nl):
+        pb = l * N_LP
+        ab = l * N_LA
+        o = alay[ab + A_XIN] + t * dm
+        xin = A[o:o + dm]
+        o = alay[(l + 1) * N_LA + A_XIN] + t * dm if l + 1 < nl else alay[ga + G_XF] + t * dm
+        xout = A[o:o + dm]
+        o = alay[ab + A_U] + t * dm
+        u = A[o:o + dm]
+        A[alay[ab + A_R] + t] = _rmsnorm_fwd(xin, P[lay[pb + L_G]:lay[pb + L_G] + dm], u)
+        # in-projection into the conv history row and z
+        o = alay[ab + A_XB] + (t + CONV - 1) * di
+        xb = A[o:o + di]
+        o = alay[ab + A_Z] + t * di
+        z = A[o:o + di]
+        xb[:] = ZERO
+        z[:] = ZERO
+        win = lay[pb + L_WIN]
+        for j in range(dm):
+            uv = u[j]
+            row = win + j * 2 * di
+            w1 = P[row:row + di]
+            w2 = P[row + di:row + 2 * di]
+            for i in range(di):
+                xb[i] += uv * w1[i]
+            for i in range(di):
+                z[i] += uv * w2[i]
+        # causal depthwise conv + silu
+        o = alay[ab + A_XC] + t * di
+        xc = A[o:o + di]
+        o = alay[ab + A_XS] + t * di
+        xs = A[o:o + di]
+        cw = lay[pb + L_CW]
+        xc[:] = P[lay[pb + L_CB]:lay[pb + L_CB] + di]
+        for k in range(CONV):                 # tap k reads the input k steps back
+            o = alay[ab + A_XB] + (t + CONV - 1 - k) * di
+            src = A[o:o + di]
+            w = P[cw + k * di:cw + (k + 1) * di]
+            for i in range(di):
+                xc[i] += w[i] * src[i]
+        _silu_into(xc, xs, ib)
+        # input-dependent low-rank step, B, C
+        o = alay[ab + A_PJ] + t * K
+        pj = A[o:o + K]
+        pj[:] = ZERO
+        _matvec(xs, P[lay[pb + L_WX]:lay[pb + L_WX] + di * K], pj)
+        o = alay[ab + A_DT] + t * di
+        dt = A[o:o + di]
+        o = alay[ab + A_DEC] + t * di
+        dec = A[o:o + di]
+        dt[:] = P[lay[pb + L_DTB]:lay[pb + L_DTB] + di]
+        _matvec(pj[:rk], P[lay[pb + L_WDT]:lay[pb + L_WDT] + rk * di], dt)
+        for i in range(di):
+            dt[i] = min(max(dt[i], DT_MIN_A), DT_MAX_A)
+        vexp(dt, dt, ib)
+        vexp(P[lay[pb + L_ALOG]:lay[pb + L_ALOG] + di], t2, ib)     # decay rates exp(A_log)
+        for i in range(di):
+            t1[i] = -dt[i] * t2[i]
+        vexp(t1, dec, ib)
+        # recurrence: h[s, :] = dec * h_prev[s, :] + dt * xs * B[s];  y = C . h + D * xs
+        o = alay[ab + A_H] + t * ds * di
+        hp = A[o:o + ds * di]
+        hn = A[o + ds * di:o + 2 * ds * di]
+        o = alay[ab + A_Y] + t * di
+        y = A[o:o + di]
+        dd = P[lay[pb + L_D]:lay[pb + L_D] + di]
+        for i in range(di):
+            y[i] = dd[i] * xs[i]
+        for s in range(ds):
+            bs = pj[rk + s]
+            cs = pj[rk + ds + s]
+            h1 = hp[s * di:(s + 1) * di]
+            h2 = hn[s * di:(s + 1) * di]
+            for i in range(di):
+                hv = dec[i] * h1[i] + dt[i] * xs[i] * bs
+                h2[i] = hv
+                y[i] += cs * hv
+        # gate, out-projection, residual
+        o = alay[ab + A_O] + t * di
+        og = A[o:o + di]
+        _silu_into(z, t1, ib)
+        for i in range(di):
+            og[i] = y[i] * t1[i]
+        xout[:] = xin
+        _matvec(og, P[lay[pb + L_WOUT]:lay[pb + L_WOUT] + di * dm], xout)
+    o = alay[ga + G_XF] + t * dm
+    o2 = alay[ga + G_F] + t * dm
+    A[alay[ga + G_RF] + t] = _rmsnorm_fwd(A[o:o + dm], P[lay[gl + G_GF]:lay[gl + G_GF] + dm],
+                                          A[o2:o2 + dm])
+
+
+@njit(cache=True, inline="always", error_model="numpy")
+def ssm_logit(P, lay, A, alay, dims, t, node):
+    """Logit of bit 1 at tree node `node` (the partial byte, 1..255) for chunk row t."""
+    dm, nl = dims[D_DM], dims[D_NL]
+    o = alay[nl * N_LA + G_F] + t * dm
+    f = A[o:o + dm]
+    o = lay[nl * N_LP + G_WH] + node * dm
+    w = P[o:o + dm]
+    acc = P[lay[nl * N_LP + G_HB] + node]
+    for j in range(dm):
+        acc += f[j] * w[j]
+    if acc > LOGIT_LIMIT:
+        acc = LOGIT_LIMIT
+    elif acc < -LOGIT_LIMIT:
+        acc = -LOGIT_LIMIT
+    return acc
+
+
+# --- backward -----------------------------------------------------------------
+# Scratch buffers of the backward pass, each (T + CONV) x W floats, row-major
+# with t first ("T-major"), then dH (DS x DI) and three per-channel vectors.
+S_DX, S_DO, S_DY, S_DZ, S_DXS, S_DPJ, S_DA, S_DXB, S_DXZ, S_DU, S_TA, S_TB = range(12)
+N_SBUF = 12
+N_SVEC = 6       # per-channel vectors after dH: 3 for the backward, 2 for the forward, 1 spare
+
+
+@njit(cache=True, inline="always", error_model="numpy")
+def _sbuf_len(dims):
+    w = max(2 * dims[D_DI], dims[D_DM], dims[D_R] + 2 * dims[D_DS])
+    return (dims[D_T] + CONV) * w
+
+
+@njit(cache=True, inline="always", error_model="numpy")
+def _acc_outer(X, xs, J, Y, ys, I, T, G):
+    """G[j, i] += sum_t X[t, j] * Y[t, i] (row strides xs, ys); t outer, element-wise over i."""
+    for t in range(T):
+        yr = Y[t * ys:t * ys + I]
+        for j in range(J):
+            xv = X[t * xs + j]
+            g = G[j * I:(j + 1) * I]
+            for i in range(I):
+                g[i] += xv * yr[i]
+
+
+@njit(cache=True, inline="always", error_model="numpy")
+def _back_mat(W, J, I, Y, ys, T, ta, tb, X, xs):
+    """X[t, j] += sum_i W[j, i] * Y[t, i] (W row-major J x I). Transposed through the
+    scratch views ta, tb so that the inner loop runs element-wise over t, i in order."""
+    for t in range(T):
+        for i in range(I):
+            ta[i * T + t] = Y[t * ys + i]
+    tb[:J * T] = ZERO
+    for j in range(J):
+        acc = tb[j * T:(j + 1) * T]
+        for i in range(I):
+            w = W[j * I + i]
+            src = ta[i * T:(i + 1) * T]
+            for t in range(T):
+                acc[t] += w * src[t]
+    for t in range(T):
+        for j in range(J):
+            X[t * xs + j] += tb[j * T + t]
+
+
+@njit(cache=True, inline="always", error_model="numpy")
+def _rmsnorm_back(x, r, g, dy, dg, dx):
+    """y = x * r * g: accumulate dg, and dx += d(loss)/dx, for one row."""
+    n = x.shape[0]
+    m = ZERO
+    for j in range(n):
+        m += dy[j] * g[j] * x[j] * r
+    m = m / f32(n)
+    for j in range(n):
+        xn = x[j] * r
+        dg[j] += dy[j] * xn
+        dx[j] += r * (dy[j] * g[j] - xn * m)
+
+
+@njit(cache=True, error_model="numpy")
+def ssm_backward(P, G, lay, A, alay, dims, S, ib, tokens, T):
+    """Accumulate into G the gradient of the chunk's coding cost (in nats) over
+    rows 0..T-1. tokens[t] is the input byte of row t, tokens[t + 1] its target."""
+    dm, di, ds, rk, nl = dims[D_DM], dims[D_DI], dims[D_DS], dims[D_R], dims[D_NL]
+    K = rk + 2 * ds
+    gl = nl * N_LP
+    ga = nl * N_LA
+    sl = _sbuf_len(dims)
+    dX, dO, dY, dZ = S[S_DX * sl:], S[S_DO * sl:], S[S_DY * sl:], S[S_DZ * sl:]
+    dXS, dPJ, dA, dXB = S[S_DXS * sl:], S[S_DPJ * sl:], S[S_DA * sl:], S[S_DXB * sl:]
+    dXZ, dU, ta, tb = S[S_DXZ * sl:], S[S_DU * sl:], S[S_TA * sl:], S[S_TB * sl:]
+    o = N_SBUF * sl
+    dH = S[o:o + ds * di]
+    o += ds * di
+    vq = S[o:o + di]             # per channel: sum_s dh * B
+    vdd = S[o + di:o + 2 * di]   # per channel: d(cost)/d(decay)
+    vae = S[o + 2 * di:o + 3 * di]   # exp(A_log)
+
+    # ---- head: d(cost)/d(logit) = p - bit at the 8 nodes of each target byte
+    F = A[alay[ga + G_F]:]
+    LG = A[alay[ga + G_LG]:]
+    wh = lay[gl + G_WH]
+    hb = lay[gl + G_HB]
+    dU[:T * dm] = ZERO
+    for t in range(T):
+        c = tokens[t + 1]
+        node = 1
+        f = F[t * dm:(t + 1) * dm]
+        df = dU[t * dm:(t + 1) * dm]
+        for b in range(8):
+            bit = (c >> (7 - b)) & 1
+            g = sigmoid(LG[t * 8 + b]) - f32(bit)
+            G[hb + node] += g
+            gw = G[wh + node * dm:wh + (node + 1) * dm]
+            w = P[wh + node * dm:wh + (node + 1) * dm]
+            for j in range(dm):
+                gw[j] += g * f[j]
+                df[j] += g * w[j]
+            node = node * 2 + bit
+    # ---- final norm
+    dX[:T * dm] = ZERO
+    xf = alay[ga + G_XF]
+    gf = lay[gl + G_GF]
+    for t in range(T):
+        _rmsnorm_back(A[xf + t * dm:xf + (t + 1) * dm], A[alay[ga + G_RF] + t], P[gf:gf + dm],
+                      dU[t * dm:(t + 1) * dm], G[gf:gf + dm], dX[t * dm:(t + 1) * dm])
+
+    for l in range(nl - 1, -1, -1):
+        pb = l * N_LP
+        ab = l * N_LA
+        wout = lay[pb + L_WOUT]
+        # ---- out-projection (dX is the gradient of this block's output = residual)
+        _acc_outer(A[alay[ab + A_O]:], di, di, dX, dm, dm, T, G[wout:wout + di * dm])
+        dO[:T * di] = ZERO
+        _back_mat(P[wout:wout + di * dm], di, dm, dX, dm, T, ta, tb, dO, di)
+        # ---- gate and the skip term of y
+        Z, Y, XS = A[alay[ab + A_Z]:], A[alay[ab + A_Y]:], A[alay[ab + A_XS]:]
+        dd = lay[pb + L_D]
+        pD = P[dd:dd + di]
+        gD = G[dd:dd + di]
+        for t in range(T):
+            z = Z[t * di:(t + 1) * di]
+            y = Y[t * di:(t + 1) * di]
+            xs = XS[t * di:(t + 1) * di]
+            do = dO[t * di:(t + 1) * di]
+            dy = dY[t * di:(t + 1) * di]
+            dz = dZ[t * di:(t + 1) * di]
+            dxs = dXS[t * di:(t + 1) * di]
+            vsigmoid(z, vq, ib)
+            for i in range(di):
+                zv = z[i]
+                sg = vq[i]
+                dy[i] = do[i] * (zv * sg)
+                dz[i] = do[i] * y[i] * (sg * (ONE + zv * (ONE - sg)))
+                gD[i] += xs[i] * dy[i]
+                dxs[i] = pD[i] * dy[i]
+        # ---- recurrence, backwards in time
+        PJ, DT, DEC, H = A[alay[ab + A_PJ]:], A[alay[ab + A_DT]:], A[alay[ab + A_DEC]:], A[alay[ab + A_H]:]
+        alog = lay[pb + L_ALOG]
+        gal = G[alog:alog + di]
+        vexp(P[alog:alog + di], vae, ib)
+        lo_dt, hi_dt = fexp(DT_MIN_A), fexp(DT_MAX_A)
+        dH[:] = ZERO
+        dPJ[:T * K] = ZERO
+        for t in range(T - 1, -1, -1):
+            hn = H[(t + 1) * ds * di:(t + 2) * ds * di]
+            hp = H[t * ds * di:(t + 1) * ds * di]
+            dy = dY[t * di:(t + 1) * di]
+            pj = PJ[t * K:(t + 1) * K]
+            dpj = dPJ[t * K:(t + 1) * K]
+            dtv = DT[t * di:(t + 1) * di]
+            dec = DEC[t * di:(t + 1) * di]
+            xs = XS[t * di:(t + 1) * di]
+            dxs = dXS[t * di:(t + 1) * di]
+            da = dA[t * di:(t + 1) * di]
+            # dC from y = C . h_t+1; dh gets C * dy
+            for s in range(ds):
+                h2 = hn[s * di:(s + 1) * di]
+                dh = dH[s * di:(s + 1) * di]
+                cs = pj[rk + ds + s]
+                acc = ZERO
+                for i in range(di):
+                    acc += h2[i] * dy[i]
+                dpj[rk + ds + s] = acc
+                for i in range(di):
+                    dh[i] += cs * dy[i]
+            vq[:] = ZERO
+            vdd[:] = ZERO
+            for s in range(ds):
+                h1 = hp[s * di:(s + 1) * di]
+                dh = dH[s * di:(s + 1) * di]
+                bs = pj[rk + s]
+                for i in range(di):
+                    vdd[i] += dh[i] * h1[i]
+                    vq[i] += dh[i] * bs
+                acc = ZERO
+                for i in range(di):
+                    acc += dh[i] * dtv[i] * xs[i]
+                dpj[rk + s] = acc
+            for i in range(di):
+                # dec = exp(-dt * ea), ea = exp(A_log); dt = exp(a) unless clamped
+                dxs[i] += dtv[i] * vq[i]
+                ddt = xs[i] * vq[i] - vdd[i] * vae[i] * dec[i]
+                gal[i] -= vdd[i] * dtv[i] * dec[i] * vae[i]
+                if dtv[i] <= lo_dt or dtv[i] >= hi_dt:
+                    da[i] = ZERO
+                else:
+                    da[i] = ddt * dtv[i]
+            for s in range(ds):
+                dh = dH[s * di:(s + 1) * di]
+                for i in range(di):
+                    dh[i] *= dec[i]
+        # ---- step sizes: a = dtb + lo @ W_dt
+        dtb = lay[pb + L_DTB]
+        gdtb = G[dtb:dtb + di]
+        for t in range(T):
+            da = dA[t * di:(t + 1) * di]
+            for i in range(di):
+                gdtb[i] += da[i]
+        wdt = lay[pb + L_WDT]
+        _acc_outer(PJ, K, rk, dA, di, di, T, G[wdt:wdt + rk * di])
+        _back_mat(P[wdt:wdt + rk * di], rk, di, dA, di, T, ta, tb, dPJ, K)
+        # ---- x-projection: [lo, B, C] = xs @ W_x
+        wx = lay[pb + L_WX]
+        _acc_outer(XS, di, di, dPJ, K, K, T, G[wx:wx + di * K])
+        _back_mat(P[wx:wx + di * K], di, K, dPJ, K, T, ta, tb, dXS, di)
+        # ---- silu and conv; dXB rows are the conv history (CONV - 1 rows from before the chunk)
+        XC, XB = A[alay[ab + A_XC]:], A[alay[ab + A_XB]:]
+        cw, cb = lay[pb + L_CW], lay[pb + L_CB]
+        gcb = G[cb:cb + di]
+        dXB[:(T + CONV - 1) * di] = ZERO
+        for t in range(T):
+            xc = XC[t * di:(t + 1) * di]
+            dxs = dXS[t * di:(t + 1) * di]
+            vsigmoid(xc, vq, ib)
+            for i in range(di):
+                sg = vq[i]
+                dxs[i] = dxs[i] * (sg * (ONE + xc[i] * (ONE - sg)))     # now d(cost)/d(xc)
+                gcb[i] += dxs[i]
+            for c in range(CONV):
+                r = (t + CONV - 1 - c) * di
+                xb = XB[r:r + di]
+                dxb = dXB[r:r + di]
+                gw = G[cw + c * di:cw + (c + 1) * di]
+                w = P[cw + c * di:cw + (c + 1) * di]
+                for i in range(di):
+                    gw[i] += dxs[i] * xb[i]
+                    dxb[i] += w[i] * dxs[i]
+        # ---- in-projection: [xb, z] = u @ W_in
+        for t in range(T):
+            dXZ[t * 2 * di:t * 2 * di + di] = dXB[(t + CONV - 1) * di:(t + CONV) * di]
+            dXZ[t * 2 * di + di:(t + 1) * 2 * di] = dZ[t * di:(t + 1) * di]
+        win = lay[pb + L_WIN]
+        _acc_outer(A[alay[ab + A_U]:], dm, dm, dXZ, 2 * di, 2 * di, T, G[win:win + dm * 2 * di])
+        dU[:T * dm] = ZERO
+        _back_mat(P[win:win + dm * 2 * di], dm, 2 * di, dXZ, 2 * di, T, ta, tb, dU, dm)
+        # ---- norm; the residual gradient passes through unchanged
+        xin = alay[ab + A_XIN]
+        gg = lay[pb + L_G]
+        for t in range(T):
+            _rmsnorm_back(A[xin + t * dm:xin + (t + 1) * dm], A[alay[ab + A_R] + t], P[gg:gg + dm],
+                          dU[t * dm:(t + 1) * dm], G[gg:gg + dm], dX[t * dm:(t + 1) * dm])
+    # ---- embedding
+    emb = lay[gl + G_EMB]
+    for t in range(T):
+        e = emb + tokens[t] * dm
+        ge = G[e:e + dm]
+        dx = dX[t * dm:(t + 1) * dm]
+        for j in range(dm):
+            ge[j] += dx[j]
+
+
+@njit(cache=True, error_model="numpy")
+def adam_step(P, G, V, opt, lr):
+    """One Adam step without momentum (beta1 = 0: measured better for online
+    learning, and no first-moment array) over all parameters; clears G.
+    opt[1] = beta2^k (float32), the bias correction."""
+    opt[1] *= ADAM_B2
+    step = lr * sqrt32(ONE - opt[1])
+    c2 = ONE - ADAM_B2
+    for k in range(P.shape[0]):
+        g = G[k]
+        v = ADAM_B2 * V[k] + c2 * g * g
+        V[k] = v
+        P[k] -= step * g / (sqrt32(v) + ADAM_EPS)
+    G[:] = ZERO
+
+
+@njit(cache=True, error_model="numpy")
+def ssm_carry(A, alay, dims, T):
+    """After a chunk of T rows: the last state and conv history become row 0's."""
+    di, ds, nl = dims[D_DI], dims[D_DS], dims[D_NL]
+    for l in range(nl):
+        h0 = alay[l * N_LA + A_H]
+        A[h0:h0 + ds * di] = A[h0 + T * ds * di:h0 + (T + 1) * ds * di]
+        xb0 = alay[l * N_LA + A_XB]
+        A[xb0:xb0 + (CONV - 1) * di] = A[xb0 + T * di:xb0 + (T + CONV - 1) * di]
+
+
+@njit(cache=True, error_model="numpy")
+def ssm_run_chunk(P, lay, A, alay, dims, S, ib, NE, rows, tokens, T):
+    """Forward T rows (teacher forcing on `tokens`) and store each target's 8
+    node logits in G_LG; the coder does this byte by byte, tests and tuning at once."""
+    nl = dims[D_NL]
+    lg = alay[nl * N_LA + G_LG]
+    for t in range(T):
+        ssm_forward(P, lay, A, alay, dims, t, tokens[t], S, ib, NE, rows)
+        c = tokens[t + 1]
+        node = 1
+        for b in range(8):
+            A[lg + t * 8 + b] = ssm_logit(P, lay, A, alay, dims, t, node)
+            node = node * 2 + ((c >> (7 - b)) & 1)
+
+
+# --- hashed n-gram inputs -------------------------------------------------------
+
+@njit(cache=True, inline="always", error_model="numpy")
+def ngram_rows(c4, c8, dims, rows, t):
+    """Rows of the n-gram embeddings for chunk row t: order k + 2 (k < ngram) hashed
+    from the last bytes (c4: last 4, newest lowest; c8: the 4 before) into ngram_bits."""
+    ng = dims[D_NG]
+    bits = dims[D_NGB]
+    for k in range(ng):
+        o = k + 2
+        if o <= 4:
+            v = c4 & ((1 << (8 * o)) - 1)
+            hi = 0
+        else:
+            v = c4
+            hi = c8 & ((1 << (8 * (o - 4))) - 1)
+        h = (v * 0x9E3779B1 + hi * 0x85EBCA77 + (k + 1) * 0x27D4EB2F) & 0xFFFFFFFF
+        h = ((h ^ (h >> 15)) * 0x2C1B3C6D) & 0xFFFFFFFF
+        rows[t * ng + k] = (h ^ (h >> 13)) >> (32 - bits)
+
+
+@njit(cache=True, error_model="numpy")
+def ngram_step(NE, NV, rows, S, dims, T, lr, opt):
+    """Sparse Adam (as adam_step) on the n-gram rows the chunk used,
+    from the input gradients ssm_backward left in its S_DX buffer. A row used
+    several times gets the sum of its gradients, once. Call after adam_step."""
+    ng = dims[D_NG]
+    if ng == 0:
+        return
+    dm = dims[D_DM]
+    bits = dims[D_NGB]
+    dX = S[S_DX * _sbuf_len(dims):]
+    step = lr * sqrt32(ONE - opt[1])
+    c2 = ONE - ADAM_B2
+    g = S[S_TA * _sbuf_len(dims):S_TA * _sbuf_len(dims) + dm]    # transpose scratch, free now
+    n = T * ng
+    for a in range(n):
+        k = a % ng
+        r = rows[a]
+        dup = False
+        for b in range(a):
+            if b % ng == k and rows[b] == r:
+                dup = True
+                break
+        if dup:
+            continue
+        g[:] = dX[(a // ng) * dm:(a // ng + 1) * dm]
+        for b in range(a + ng, n, ng):
+            if rows[b] == r:
+                src = dX[(b // ng) * dm:(b // ng + 1) * dm]
+                for j in range(dm):
+                    g[j] += src[j]
+        e = ((k << bits) + r) * dm
+        ne = NE[e:e + dm]
+        nv = NV[e:e + dm]
+        for j in range(dm):
+            v = ADAM_B2 * nv[j] + c2 * g[j] * g[j]
+            nv[j] = v
+            ne[j] -= step * g[j] / (sqrt32(v) + ADAM_EPS)

@@ -1,0 +1,172 @@
+"""The online SSM (ssmzip/engine/ssm.py): its arithmetic, its gradient, its
+place in the presets and the engine."""
+import dataclasses
+import math
+import re
+
+import numba
+import numpy as np
+import pytest
+
+from ssmzip.engine import LEVELS, Preset, decode_block, encode_block, ssm_only, without_ssm
+from ssmzip.engine import ssm as M
+
+SSM_LEVELS = [lv for lv, p in sorted(LEVELS.items()) if p.has_ssm]
+
+
+def test_fexp_is_accurate_and_vexp_is_the_same_arithmetic():
+    xs = np.linspace(-86, 87, 20001, dtype=np.float32)
+    ours = np.array([M.fexp(x) for x in xs[::50]], dtype=np.float64)
+    ref = np.exp(xs[::50].astype(np.float64))
+    assert np.max(np.abs(ours - ref) / ref) < 5e-7
+    out = np.empty_like(xs)
+    _vexp(xs, out, np.zeros(xs.shape[0], dtype=np.int32))
+    assert np.array_equal(out[::50], ours.astype(np.float32))
+
+
+@numba.njit
+def _vexp(x, out, ib):
+    M.vexp(x, out, ib)
+
+
+def _small_shape():
+    return M.Shape(8, 16, 4, 2, 2, 6, 2, 8)
+
+
+def test_backward_matches_finite_differences():
+    """Every parameter block's gradient against central differences of the chunk's
+    coding cost (float64 arrays, the same kernels), with a non-zero carried state."""
+    sh = _small_shape()
+    rng = np.random.default_rng(0)
+    P = M.init_params(sh, 3).astype(np.float64)
+    g0 = sh.layers * M.N_LP
+    for k in (M.G_WH, M.G_HB):                       # the head starts at zero: perturb it
+        o = sh.lay[g0 + k]
+        n = 256 * (sh.dm if k == M.G_WH else 1)
+        P[o:o + n] = rng.normal(0, 0.3, n)
+    tokens = rng.integers(0, 256, sh.chunk + 1).astype(np.int64)
+    A0 = rng.normal(0, 0.5, sh.n_act)
+    ib = np.zeros(sh.di, dtype=np.int32)
+    NE = rng.normal(0, 0.5, sh.n_ngram)
+    rows = rng.integers(0, 1 << sh.ngram_bits, sh.chunk * sh.ngram).astype(np.int64)
+    bits = np.array([[(tokens[t + 1] >> (7 - b)) & 1 for b in range(8)] for t in range(sh.chunk)])
+    lg0 = sh.act_lay[sh.layers * M.N_LA + M.G_LG]
+
+    def cost(p):
+        A = A0.copy()
+        M.ssm_run_chunk(p, sh.lay, A, sh.act_lay, sh.dims, np.zeros(sh.n_scratch), ib, NE, rows,
+                        tokens, sh.chunk)
+        lg = A[lg0:lg0 + 8 * sh.chunk].reshape(sh.chunk, 8)
+        return float(np.sum(np.log1p(np.exp(-(2 * bits - 1) * lg)))), A
+
+    _, A = cost(P)
+    G = np.zeros_like(P)
+    M.ssm_backward(P, G, sh.lay, A, sh.act_lay, sh.dims, np.zeros(sh.n_scratch), ib, tokens, sh.chunk)
+    bounds = list(sh.lay) + [sh.n_params]
+    checked = 0
+    for b in range(len(sh.lay)):
+        lo, hi = bounds[b], bounds[b + 1]
+        cand = np.arange(lo, hi)[G[lo:hi] != 0]
+        assert cand.size, f"parameter block {b} gets no gradient"
+        for i in rng.choice(cand, size=min(3, cand.size), replace=False):
+            e = 1e-5
+            Pp, Pm = P.copy(), P.copy()
+            Pp[i] += e
+            Pm[i] -= e
+            fd = (cost(Pp)[0] - cost(Pm)[0]) / (2 * e)
+            assert abs(fd - G[i]) <= 1e-3 * max(1.0, abs(fd)), (b, i, fd, G[i])
+            checked += 1
+    assert checked > 30
+
+
+def test_float32_kernels_do_no_float64_arithmetic():
+    """DESIGN.md: float32 only (a stray Python float would make float64 code,
+    which another backend would not reproduce) and no FMA contraction."""
+    sh = _small_shape()
+    P = M.init_params(sh, 1)
+    A = np.zeros(sh.n_act, np.float32)
+    S = np.zeros(sh.n_scratch, np.float32)
+    ib = np.zeros(sh.di, np.int32)
+    tok = np.arange(sh.chunk + 1, dtype=np.int64)
+    fresh = {f.__name__: numba.njit(f.py_func)
+             for f in (M.ssm_forward, M.ssm_backward, M.adam_step, M.ngram_step)}
+    fresh["ssm_forward"](P, sh.lay, A, sh.act_lay, sh.dims, 0, 65, S, ib,
+                         np.zeros(sh.n_ngram, np.float32), np.zeros(sh.ngram * sh.chunk, np.int64))
+    fresh["ssm_backward"](P, np.zeros_like(P), sh.lay, A, sh.act_lay, sh.dims, S, ib, tok, 1)
+    fresh["adam_step"](P, np.zeros_like(P), np.zeros_like(P), np.ones(2, np.float32), np.float32(1e-3))
+    fresh["ngram_step"](np.zeros(sh.n_ngram, np.float32), np.zeros(sh.n_ngram, np.float32),
+                        np.zeros(sh.ngram * sh.chunk, np.int64), S, sh.dims, 1, np.float32(1e-3),
+                        np.full(2, 0.5, np.float32))
+    pattern = re.compile(r"\b(fadd|fsub|fmul|fdiv|fpext|fcmp|frem)\b[^;]*\bdouble\b|llvm\.fma|llvm\.fmuladd")
+    for name, f in fresh.items():
+        for ir in f.inspect_llvm().values():
+            hits = [ln.strip() for ln in ir.splitlines() if pattern.search(ln)]
+            assert not hits, f"{name}: {hits[:3]}"
+
+
+def test_init_is_reproducible_and_seeded():
+    sh = _small_shape()
+    a, b, c = M.init_params(sh, 1), M.init_params(sh, 1), M.init_params(sh, 2)
+    assert a.dtype == np.float32 and np.array_equal(a, b) and not np.array_equal(a, c)
+    # a pinned value: the generator is exact integer arithmetic, so it never changes
+    assert M._uniform(3, 7, 1.0).tolist() == M._uniform(3, 7, 1.0).tolist()
+    assert np.all(np.abs(M._uniform(1000, 5, 0.5)) <= 0.5)
+
+
+def test_presets_serialise_the_ssm():
+    p = LEVELS[9]
+    assert p.has_ssm and p.to_bytes()[0] == 2
+    assert Preset.from_bytes(p.to_bytes()) == p
+    q = without_ssm(p)
+    assert not q.has_ssm and q.to_bytes()[0] == 1 and Preset.from_bytes(q.to_bytes()) == q
+    assert Preset.serialized_size(p.to_bytes() + b"xx") == len(p.to_bytes())
+    assert p.memory_estimate() > q.memory_estimate()
+    for lv in range(1, 7):
+        assert not LEVELS[lv].has_ssm, "levels 1-6 stay as fast as they are"
+
+
+@pytest.mark.parametrize("field,value", [("ssm_dm", 4096), ("ssm_di", 0), ("ssm_layers", 99),
+                                         ("ssm_chunk", 1), ("ssm_lr", 0), ("ssm_ds", 1000)])
+def test_hostile_ssm_sizes_are_refused(field, value):
+    with pytest.raises(ValueError):
+        dataclasses.replace(LEVELS[9], **{field: value})
+    raw = bytearray(LEVELS[9].to_bytes())
+    with pytest.raises(ValueError):
+        Preset.from_bytes(bytes(raw[:-1]))
+
+
+def test_ssm_fields_without_layers_are_refused():
+    with pytest.raises(ValueError):
+        dataclasses.replace(LEVELS[6], ssm_dm=32)
+
+
+def _inputs(T):
+    rng = np.random.default_rng(5)
+    text = (b"the online model learns the file while it codes it. " * 40)
+    return {
+        "empty": b"", "one": b"\x00", "equal": b"a" * 1000,
+        "random": rng.integers(0, 256, 3000, dtype=np.uint8).tobytes(),
+        "chunk-1": text[:T - 1], "chunk": text[:T], "chunk+1": text[:T + 1],
+        "text": text,
+    }
+
+
+@pytest.mark.parametrize("which", ["ssm_only", "full"])
+def test_ssm_round_trips(which):
+    p = LEVELS[SSM_LEVELS[0]]
+    if which == "ssm_only":
+        p = ssm_only(p)
+    for name, data in _inputs(p.ssm_chunk).items():
+        enc = encode_block(data, p)
+        assert decode_block(enc, len(data), p) == data, name
+        assert encode_block(data, p) == enc, f"{name}: not deterministic"
+
+
+def test_the_ssm_learns():
+    """Alone (no context models), the SSM must learn a repetitive text far below
+    8 bits per byte, and it must change what the full level codes."""
+    p = LEVELS[SSM_LEVELS[0]]
+    data = _inputs(p.ssm_chunk)["text"]
+    alone = len(encode_block(data, ssm_only(p)))
+    assert alone * 8 / len(data) < 3.0
+    assert encode_block(data, p) != encode_block(data, without_ssm(p))
