@@ -147,7 +147,7 @@ def _code_segment(mode, buf, start, end, io, regs, kinds, table_bits, use_runs, 
         h_apm3 = (hash2(c4 & 0xFFFF, 99) & 0xFF) << 8    # c0 in the low bits keeps one byte's rows together
         if use_ssm:
             stok[s_row] = c4 & 0xFF
-            ngram_rows(c4, c8, sdims, srows, s_row)
+            ngram_rows(c4, c8, word, sdims, srows, s_row)
             ssm_forward(sP, slay, sA, salay, sdims, s_row, c4 & 0xFF, sS, sib, sNE, srows)
 
         c0 = 1

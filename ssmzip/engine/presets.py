@@ -44,7 +44,7 @@ _LAYOUT_NO_SSM, _LAYOUT_SSM = 1, 2
 # SSM bounds (see ssm.py): a hostile header cannot ask for a huge network.
 MAX_SSM_DM, MAX_SSM_DI, MAX_SSM_DS, MAX_SSM_RANK, MAX_SSM_LAYERS = 256, 512, 64, 64, 8
 MIN_SSM_CHUNK, MAX_SSM_CHUNK = 4, 256
-MAX_SSM_NGRAM, MIN_SSM_NGRAM_BITS, MAX_SSM_NGRAM_BITS = 5, 8, 22
+MAX_SSM_NGRAM, MIN_SSM_NGRAM_BITS, MAX_SSM_NGRAM_BITS = 6, 8, 22
 
 
 @dataclass(frozen=True)
@@ -73,7 +73,7 @@ class Preset:
     ssm_chunk: int = 0         # bytes per training step (truncated BPTT length)
     ssm_lr: int = 0            # Adam learning rate, in units of 1e-5
     ssm_seed: int = 0          # initialisation seed
-    ssm_ngram: int = 0         # hashed n-gram input embeddings, orders 2 .. ssm_ngram + 1
+    ssm_ngram: int = 0         # hashed input embeddings: orders 2 .. ssm_ngram, and the word
     ssm_ngram_bits: int = 0    # log2 rows of each n-gram embedding table
 
     def __post_init__(self):
@@ -199,9 +199,9 @@ def _level(level, contexts, table_bits, runs, match_min, match_bits, mixers, apm
 
 
 # SSM sizes: dm, di, ds, rank, layers, chunk, lr (1e-5), seed, n-gram inputs, their table bits
-_SSM_SMALL = (32, 64, 16, 4, 2, 16, 300, 1, 4, 18)
-_SSM_MEDIUM = (48, 96, 16, 6, 2, 16, 300, 1, 5, 17)
-_SSM_LARGE = (64, 128, 16, 8, 2, 16, 300, 1, 5, 17)
+_SSM_SMALL = (32, 64, 8, 4, 2, 32, 300, 1, 6, 17)
+_SSM_MEDIUM = (48, 96, 8, 6, 2, 32, 300, 1, 6, 17)
+_SSM_LARGE = (64, 128, 8, 8, 2, 32, 300, 1, 6, 17)
 
 
 _TEXT = (CTX_WORD, CTX_WORD2, CTX_SPARSE2, CTX_COLUMN, CTX_TAG)
