@@ -177,6 +177,7 @@ def check_targets(results) -> list:
             if r1:
                 checks.append((f"{r['system']}: 3M bpb below 1M bpb ({r['bpb']:.3f} vs {r1['bpb']:.3f})",
                                r["bpb"] < r1["bpb"]))
+    checks += _ssm_checks(get, pq)
     # -T scaling: any input measured with -T1 and -T2 at the same level
     for r in results:
         if r["ok"] and r["system"].endswith(" -T2"):
@@ -187,6 +188,44 @@ def check_targets(results) -> list:
                                "needs an input of ≥ 4 blocks)", ratio >= 1.7))
                 checks.append((f"{r['input']}: {r['system']} gives the same bytes as -T1",
                                r["sha256"] == r1["sha256"]))
+    return checks
+
+
+STATESMIX_1M_BYTES = 265_370      # StateSMix's full system on enwik8_1M (issue 4)
+STATESMIX_KBS = 5.4               # its speed in ../shared/DESIGN.md (both cores), not measured here
+SSM_TARGET_BPB = {"enwik8_1M": 1.64, "enwik8_3M": 1.58}
+
+
+def _ssm_checks(get, pq) -> list:
+    """Issue 4's targets, from the ablation rows (--ablation LEVEL) present."""
+    checks = []
+    for inp, bpb_target in SSM_TARGET_BPB.items():
+        for level in range(1, 10):
+            full, cm = get(inp, f"ssmzip -{level} CM + SSM"), get(inp, f"ssmzip -{level} CM alone")
+            alone = get(inp, f"ssmzip -{level} SSM alone")
+            if not full:
+                continue
+            tag = f"[SSM] {inp} -{level}"
+            checks.append((f"{tag} ≤ {bpb_target} bpb ({full['bpb']:.3f})", full["bpb"] <= bpb_target))
+            if cm:
+                share = 1 - full["bytes"] / cm["bytes"]
+                checks.append((f"{tag}: the SSM's share ≥ 3 % of the size without it ({100 * share:.2f} %)",
+                               share >= 0.03))
+            if alone and inp == "enwik8_1M":
+                checks.append((f"{tag}: the SSM alone smaller than StateSMix ({alone['bytes']:,} vs "
+                               f"{STATESMIX_1M_BYTES:,} B)", alone["bytes"] < STATESMIX_1M_BYTES))
+            if pq and inp == "enwik8_1M":
+                checks.append((f"{tag} compresses ≥ 4x paq8px -8's speed, same run ({_speed(full['comp_mbs'])}"
+                               f" vs {_speed(pq['comp_mbs'])} MB/s, {full['comp_mbs'] / pq['comp_mbs']:.1f}x)",
+                               full["comp_mbs"] >= 4 * pq["comp_mbs"]))
+            kbs = full["comp_mbs"] * 1000
+            checks.append((f"{tag} compresses ≥ 3x StateSMix's {STATESMIX_KBS} KB/s (DESIGN.md figure, "
+                           f"not this run: {kbs:.1f} KB/s, {kbs / STATESMIX_KBS:.1f}x)",
+                           kbs >= 3 * STATESMIX_KBS))
+            checks.append((f"{tag} decompress within 15 % of compress ({_speed(full['decomp_mbs'])} vs "
+                           f"{_speed(full['comp_mbs'])} MB/s)", full["decomp_mbs"] >= 0.85 * full["comp_mbs"]))
+            checks.append((f"{tag} peak RSS ≤ 1.5 GB ({full['peak_rss'] / 2**20:.0f} MB)",
+                           full["peak_rss"] <= 1.5 * 2**30))
     return checks
 
 
@@ -205,7 +244,7 @@ def write_report(outdir, info, systems_notes, missing, results, checks, notes, a
         parts += [f"- **missing** (not on PATH or the peers path): {', '.join(missing)}"]
     parts += ["", "## Results", "", markdown_table(results), ""]
     if checks:
-        parts += ["## Targets (issue 3)", ""]
+        parts += ["## Targets (issue 3; [SSM]: issue 4)", ""]
         parts += [f"- [{'x' if ok else ' '}] {text}" for text, ok in checks]
         parts += [""]
     if notes:
