@@ -170,3 +170,16 @@ def test_the_ssm_learns():
     alone = len(encode_block(data, ssm_only(p)))
     assert alone * 8 / len(data) < 2.0
     assert encode_block(data, p) != encode_block(data, without_ssm(p))
+
+
+def test_ssm_level_across_blocks_and_threads():
+    """The SSM restarts with every block; several blocks and -T 2 give the same bytes."""
+    import io
+
+    import ssmzip
+
+    data = (b"blocks restart the online model; threads must not change a byte. " * 60)[:3500]
+    one = ssmzip.compress(data, level=SSM_LEVELS[0], block_size=1024)
+    assert len(ssmzip.info(io.BytesIO(one)).blocks) == 4
+    assert ssmzip.decompress(one) == data
+    assert ssmzip.compress(data, level=SSM_LEVELS[0], block_size=1024, threads=2) == one
