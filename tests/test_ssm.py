@@ -108,8 +108,8 @@ def test_init_is_reproducible_and_seeded():
     sh = _small_shape()
     a, b, c = M.init_params(sh, 1), M.init_params(sh, 1), M.init_params(sh, 2)
     assert a.dtype == np.float32 and np.array_equal(a, b) and not np.array_equal(a, c)
-    # a pinned value: the generator is exact integer arithmetic, so it never changes
-    assert M._uniform(3, 7, 1.0).tolist() == M._uniform(3, 7, 1.0).tolist()
+    # pinned values: the generator is exact integer arithmetic, so they never change
+    assert M._uniform(3, 7, 1.0).tolist() == [-0.22034060955047607, -0.966423511505127, 0.8015213012695312]
     assert np.all(np.abs(M._uniform(1000, 5, 0.5)) <= 0.5)
 
 
@@ -133,6 +133,32 @@ def test_hostile_ssm_sizes_are_refused(field, value):
     raw = bytearray(LEVELS[9].to_bytes())
     with pytest.raises(ValueError):
         Preset.from_bytes(bytes(raw[:-1]))
+
+
+def test_layout_2_without_an_ssm_is_refused():
+    names = [f.name for f in dataclasses.fields(Preset)][2:]     # the u16 fields after the contexts
+    p = without_ssm(LEVELS[9])
+    raw = bytearray(b"\x02" + p.to_bytes()[1:] + bytes(2 * (len(names) - names.index("ssm_layers"))))
+    assert Preset.serialized_size(bytes(raw)) == len(raw)
+    with pytest.raises(ValueError, match="without an SSM"):
+        Preset.from_bytes(bytes(raw))
+
+
+def test_corrupt_ssm_stream_is_a_clean_error():
+    import ssmzip
+    from golden.make_golden import text_input
+
+    data = text_input(3000, seed=9)
+    blob = bytearray(ssmzip.compress(data, level=SSM_LEVELS[0]))
+    assert len(blob) > 1000
+    for k in range(60, len(blob) - 40, 37):
+        bad = bytearray(blob)
+        bad[k] ^= 0x5A
+        try:
+            out = ssmzip.decompress(bytes(bad))
+        except ssmzip.SSMZipError:
+            continue
+        assert out == data
 
 
 def test_ssm_fields_without_layers_are_refused():

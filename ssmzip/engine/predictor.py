@@ -4,7 +4,9 @@ Per bit, every context model reads the bit-history state of its current node
 and maps it to a probability through its own adaptive state map; with `runs`
 on, each context but the first two (orders 1 and 2, rarely deterministic) also
 remembers the byte that last followed it (and how many times in a row), which
-predicts the next bits strongly in deterministic contexts. The match model and an order-0 counter add their own inputs.
+predicts the next bits strongly in deterministic contexts. The match model and
+an order-0 counter add their own inputs; at levels 7-9 the online SSM (ssm.py)
+adds one more, its logit for the bit.
 
 The stretched probabilities are mixed by up to three mixers whose weight sets
 are selected by different small contexts -- (how many contexts have been seen
@@ -29,7 +31,7 @@ from .contexts import context_value, find_slot, hash2, new_table
 from .match import LEN_BUCKETS, length_bucket, match_update
 from .mixer import apm_predict, apm_update, mix_dot, mix_update, new_apm, new_weights, WEIGHT_ONE
 from .presets import MAX_CONTEXTS
-from .ssm import (G_LG, N_DIMS, N_LA, adam_step, init_params, ngram_rows, ngram_step, ssm_backward,
+from .ssm import (D_NL, D_T, G_LG, N_DIMS, N_LA, adam_step, init_params, ngram_rows, ngram_step, ssm_backward,
                   ssm_carry, ssm_forward, ssm_logit)
 
 ENCODE, DECODE = 0, 1
@@ -82,8 +84,8 @@ def _code_segment(mode, buf, start, end, io, regs, kinds, table_bits, use_runs, 
     if use_ssm:
         n_in += 1
     ssm_alone = use_ssm and n_ctx == 0   # ablation: the SSM's probability goes straight to the coder
-    s_chunk = sdims[5]
-    s_lg = salay[sdims[4] * N_LA + G_LG]
+    s_chunk = sdims[D_T]
+    s_lg = salay[sdims[D_NL] * N_LA + G_LG]
     s_row = regs[R_SSM_ROW]
     nslots = (1 << table_bits) >> 4
     rbits = table_bits - 4
@@ -387,8 +389,9 @@ class _Model:
         self._init_ssm(preset)
 
     def _init_ssm(self, preset):
-        """The SSM's arrays (parameters, gradients, Adam moments, activations,
-        scratch); tiny placeholders when the preset has none."""
+        """The SSM's arrays (parameters, gradients, Adam's second moments,
+        activations, scratch, n-gram tables); tiny placeholders when the preset
+        has none (the kernel takes them either way)."""
         if preset.has_ssm:
             sh = preset.ssm_shape()
             self.sP = init_params(sh, preset.ssm_seed)
@@ -403,7 +406,7 @@ class _Model:
             self.slr = np.float32(preset.ssm_lr) / np.float32(100000.0)     # exact IEEE division
         else:
             self.sP = np.zeros(1, dtype=np.float32)
-            self.slay = self.salay = np.zeros(64, dtype=np.int64)
+            self.slay = self.salay = np.zeros(N_LA + G_LG + 1, dtype=np.int64)   # s_lg reads one
             self.sdims = np.zeros(N_DIMS, dtype=np.int64)
             self.srows = np.zeros(1, dtype=np.int64)
             self.sNE = np.zeros(1, dtype=np.float32)

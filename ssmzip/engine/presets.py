@@ -10,6 +10,8 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass, fields, replace
 
+from .ssm import Shape
+
 # Context kinds. The numbers are part of the file format: never renumber.
 CTX_ORDER1 = 0       # last byte
 CTX_ORDER2 = 1       # last 2 bytes
@@ -95,8 +97,7 @@ class Preset:
             ssm = self.ssm_shape().memory()
         return len(self.contexts) * per_ctx + 4 * (1 << self.match_bits) + (4 << 20) + ssm
 
-    def ssm_shape(self):
-        from .ssm import Shape
+    def ssm_shape(self) -> Shape:
         return Shape(self.ssm_dm, self.ssm_di, self.ssm_ds, self.ssm_rank, self.ssm_layers, self.ssm_chunk,
                      self.ssm_ngram, self.ssm_ngram_bits)
 

@@ -54,6 +54,8 @@ integer again.
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from llvmlite import ir as llvm_ir
 from numba import njit, types
@@ -95,7 +97,7 @@ _LN2_LO = f32(1.4286067653302226e-06)
 _P2, _P3, _P4 = f32(1 / 2), f32(1 / 6), f32(1 / 24)
 _P5, _P6 = f32(1 / 120), f32(1 / 720)
 _EXP_MIN, _EXP_MAX = f32(-87.0), f32(88.0)
-_POW2 = np.array([2.0 ** k for k in range(-127, 128)], dtype=np.float32)   # exact; 2^-127 is subnormal
+_POW2 = np.array([math.ldexp(1.0, k) for k in range(-127, 128)], dtype=np.float32)   # exact; 2^-127 subnormal
 
 
 @njit(cache=True, inline="always", error_model="numpy")
@@ -205,12 +207,13 @@ def _uniform(n, seed, scale):
         k = (k ^ (k >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
         k = (k ^ (k >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
         k = k ^ (k >> np.uint64(31))
-    u = (k >> np.uint64(40)).astype(np.float64) * 2.0 ** -24      # exact: 24-bit integer / 2^24
+    u = (k >> np.uint64(40)).astype(np.float64) * math.ldexp(1.0, -24)      # exact: 24-bit integer / 2^24
     return ((u * 2.0 - 1.0) * float(f32(scale))).astype(np.float32)
 
 
 def init_params(shape: Shape, seed: int) -> np.ndarray:
-    """Initial parameters; only exactly rounded float operations (no log/exp)."""
+    """Initial parameters; only exactly rounded float operations (no log/exp, and
+    sqrt rather than x ** 0.5, which goes through libm's pow)."""
     dm, di, ds, r = shape.dm, shape.di, shape.ds, shape.rank
     P = np.zeros(shape.n_params, dtype=np.float32)
     lay = shape.lay
@@ -224,16 +227,16 @@ def init_params(shape: Shape, seed: int) -> np.ndarray:
     for l in range(shape.layers):
         b = l * N_LP
         P[lay[b + L_G]:lay[b + L_G] + dm] = 1.0
-        put(b + L_WIN, dm * 2 * di, 1.0 / dm ** 0.5)
+        put(b + L_WIN, dm * 2 * di, 1.0 / math.sqrt(dm))
         put(b + L_CW, CONV * di, 0.5)
-        put(b + L_WX, di * (r + 2 * ds), 1.0 / di ** 0.5)
-        put(b + L_WDT, r * di, 0.5 / r ** 0.5)
+        put(b + L_WX, di * (r + 2 * ds), 1.0 / math.sqrt(di))
+        put(b + L_WDT, r * di, 0.5 / math.sqrt(r))
         # step sizes from e^-7 to e^-2 across channels, decay rates A = e^0 .. e^2.5
         i = np.arange(di, dtype=np.float64)
         P[lay[b + L_DTB]:lay[b + L_DTB] + di] = (-7.0 + 5.0 * i / max(di - 1, 1)).astype(np.float32)
         P[lay[b + L_ALOG]:lay[b + L_ALOG] + di] = ((i % 8) * (2.5 / 7)).astype(np.float32)
         P[lay[b + L_D]:lay[b + L_D] + di] = 1.0
-        put(b + L_WOUT, di * dm, 0.5 / di ** 0.5)
+        put(b + L_WOUT, di * dm, 0.5 / math.sqrt(di))
     g = shape.layers * N_LP
     put(g + G_EMB, 256 * dm, 1.0)
     P[lay[g + G_GF]:lay[g + G_GF] + dm] = 1.0
@@ -403,9 +406,12 @@ def ssm_logit(P, lay, A, alay, dims, t, node):
     acc = P[lay[nl * N_LP + G_HB] + node]
     for j in range(dm):
         acc += f[j] * w[j]
-    if acc > LOGIT_LIMIT:
+    # written so that a NaN (never seen; a garbage stream decoded for a long time
+    # could in principle drift there) maps to a limit: converting NaN to an integer
+    # has no defined result, and the caller turns this into a table index
+    if not acc <= LOGIT_LIMIT:
         acc = LOGIT_LIMIT
-    elif acc < -LOGIT_LIMIT:
+    elif not acc >= -LOGIT_LIMIT:
         acc = -LOGIT_LIMIT
     return acc
 
@@ -415,7 +421,7 @@ def ssm_logit(P, lay, A, alay, dims, t, node):
 # with t first ("T-major"), then dH (DS x DI) and three per-channel vectors.
 S_DX, S_DO, S_DY, S_DZ, S_DXS, S_DPJ, S_DA, S_DXB, S_DXZ, S_DU, S_TA, S_TB = range(12)
 N_SBUF = 12
-N_SVEC = 6       # per-channel vectors after dH: 3 for the backward, 2 for the forward, 1 spare
+N_SVEC = 5       # per-channel vectors after dH: 3 for the backward, 2 for the forward
 
 
 @njit(cache=True, inline="always", error_model="numpy")
