@@ -29,7 +29,8 @@ from . import counters as C
 from .coder import decode_bit, decode_start, encode_bit, encode_flush
 from .contexts import context_value, find_slot, hash2, new_table
 from .match import LEN_BUCKETS, length_bucket, match_update
-from .mixer import apm_predict, apm_update, mix_dot, mix_update, new_apm, new_weights, WEIGHT_ONE
+from .mixer import APM_POINTS, apm_predict, apm_update, mix_dot, mix_update, new_apm, new_weights, WEIGHT_ONE
+from .prefetch import prefetch
 from .presets import MAX_CONTEXTS
 from .ssm import (D_NL, D_T, G_LG, N_DIMS, N_LA, adam_step, init_params, ngram_rows, ngram_step, ssm_backward,
                   ssm_carry, ssm_forward, ssm_logit)
@@ -126,10 +127,15 @@ def _code_segment(mode, buf, start, end, io, regs, kinds, table_bits, use_runs, 
         c1 = c4 & 0xFF
         ind1 = ind[c1]
         ind2 = ind[256 + (c4 & 0xFFFF)]
-        for i in range(n_ctx):
+        for i in range(n_ctx):       # hash all first and prefetch, so that the misses overlap
             h = hash2(context_value(kinds[i], c4, c8, c12, word, word1, wordpre, above,
                                     ind1, ind2, tag), i)
             hashes[i] = h
+            prefetch(table, (i << table_bits) + (((h >> 8) & (nslots - 1) & ~3) << 4))
+            if use_runs and i >= RUN_FROM:
+                prefetch(runs, (i << rbits) + ((h >> 8) & (nslots - 1)))
+        for i in range(n_ctx):
+            h = hashes[i]
             slots[i] = find_slot(table, i << table_bits, nslots, h, priority)
             if use_runs and i >= RUN_FROM:
                 ri = (i << rbits) + ((h >> 8) & (nslots - 1))
@@ -158,6 +164,16 @@ def _code_segment(mode, buf, start, end, io, regs, kinds, table_bits, use_runs, 
         if mode == ENCODE:
             c = buf[pos]
         for bitpos in range(8):
+            # the APM rows this bit will read (3 lines each), fetched while the models work
+            ra2 = (c0 | (c1 << 8)) * APM_POINTS
+            prefetch(apm2, ra2)
+            prefetch(apm2, ra2 + 16)
+            prefetch(apm2, ra2 + 32)
+            if n_apms > 2:
+                ra3 = (h_apm3 | c0) * APM_POINTS
+                prefetch(apm3, ra3)
+                prefetch(apm3, ra3 + 16)
+                prefetch(apm3, ra3 + 32)
             # ---- predict: context models
             known = 0
             for i in range(n_ctx):
@@ -282,7 +298,11 @@ def _code_segment(mode, buf, start, end, io, regs, kinds, table_bits, use_runs, 
                 # second nibble: new slots keyed by the first nibble
                 node = 1
                 for i in range(n_ctx):
-                    slots[i] = find_slot(table, i << table_bits, nslots, hash2(hashes[i], c0), priority)
+                    h = hash2(hashes[i], c0)
+                    slots[i] = h
+                    prefetch(table, (i << table_bits) + (((h >> 8) & (nslots - 1) & ~3) << 4))
+                for i in range(n_ctx):
+                    slots[i] = find_slot(table, i << table_bits, nslots, slots[i], priority)
 
         # ---- byte known: update histories
         c = c0 & 0xFF
