@@ -550,6 +550,13 @@ class _XzCommand(click.Command):
         return code
 
 
+def _print_version(ctx) -> None:
+    from .engine import native
+    click.echo(f"{PROG} {__version__}")
+    click.echo(f"backend: {native.describe()}")
+    ctx.exit(EXIT_OK)
+
+
 def _level_options(f):
     # -1 .. -9 all set "level"; the last one given wins, as in xz.
     for n in range(9, 0, -1):
@@ -587,8 +594,9 @@ def _level_options(f):
               help="Suffix of compressed files.")
 @click.option("--block-size", type=_SizeType(), default=None,
               help="Block size, e.g. 1M (default: the level's). Blocks are coded independently.")
-@click.version_option(__version__, "-V", "--version", prog_name=PROG,
-                      message="%(prog)s %(version)s")
+@click.option("-V", "--version", is_flag=True, expose_value=False, is_eager=True,
+              callback=lambda ctx, _, value: _print_version(ctx) if value else None,
+              help="Show the version and the coding backend, and exit.")
 @click.argument("files", nargs=-1, type=click.Path(allow_dash=True), metavar="[FILE]...")
 def command(mode, to_stdout, keep, force, threads, level, verbose, quiet, suffix, block_size,
             files):

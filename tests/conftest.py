@@ -61,3 +61,20 @@ def small_stream(text):
     import ssmzip
 
     return ssmzip.compress(text[:2600], level=FAST, block_size=BS)
+
+
+@pytest.fixture(params=["native", "numba"])
+def backend(request, monkeypatch):
+    """Runs a test on each coding backend of levels 1-6: the C library (native/)
+    and the numba kernel. Where the library is not built the native run is
+    skipped, unless SSMZIP_EXPECT_NATIVE=1 (CI) makes that a failure."""
+    import os
+
+    from ssmzip.engine import native
+    if request.param == "numba":
+        monkeypatch.setattr(native, "cm_kernel", lambda: None)
+    elif native.cm_kernel() is None:
+        if os.environ.get("SSMZIP_EXPECT_NATIVE") == "1":
+            pytest.fail(f"the C library is expected but not in use: {native.describe()}")
+        pytest.skip(f"no C library here: {native.describe()}")
+    return request.param

@@ -224,7 +224,8 @@ def test_help_and_version():
     r = run("--help")
     assert r.exit_code == 0 and "--decompress" in r.stdout and "--block-size" in r.stdout
     r = run("--version")
-    assert r.exit_code == 0 and r.stdout.strip() == f"ssmzip {ssmzip.__version__}"
+    assert r.exit_code == 0 and r.stdout.splitlines()[0] == f"ssmzip {ssmzip.__version__}"
+    assert r.stdout.splitlines()[1].startswith("backend: ")
 
 
 def test_levels_and_combined_flags(sample):

@@ -24,12 +24,12 @@ def _input_for(path: Path) -> bytes:
 
 
 @pytest.mark.parametrize("path", FILES, ids=[p.name for p in FILES])
-def test_golden_decodes(path):
+def test_golden_decodes(path, backend):
     assert ssmzip.decompress(path.read_bytes()) == _input_for(path)
 
 
 @pytest.mark.parametrize("path", FILES, ids=[p.name for p in FILES])
-def test_golden_reencodes_identically(path):
+def test_golden_reencodes_identically(path, backend):
     blob = path.read_bytes()
     info = ssmzip.info(io.BytesIO(blob))
     # the preset stored in the file, not today's defaults for its level

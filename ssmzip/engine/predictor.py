@@ -26,6 +26,7 @@ import numpy as np
 from numba import njit
 
 from . import counters as C
+from . import native
 from .coder import decode_bit, decode_start, encode_bit, encode_flush
 from .contexts import context_value, find_slot, hash2, new_table
 from .match import LEN_BUCKETS, length_bucket, match_update
@@ -407,6 +408,7 @@ class _Model:
         self.apm2 = new_apm(1 << 16, C.SQUASH)
         self.apm3 = new_apm(1 << 16 if preset.apms > 2 else 1, C.SQUASH)
         self._init_ssm(preset)
+        self._native = None if preset.has_ssm else native.cm_kernel()
 
     def _init_ssm(self, preset):
         """The SSM's arrays (parameters, gradients, Adam's second moments,
@@ -441,6 +443,10 @@ class _Model:
         self.sopt = np.ones(2, dtype=np.float32)
 
     def run(self, mode, buf, start, end, io):
+        if self._native is not None:
+            native.run_segment(self._native, self, C.SQUASH, C.STRETCH, C.STATE_NEXT, C.STATE_PRIORITY,
+                               C.RECIPROCAL, mode, buf, start, end, io)
+            return
         p = self.preset
         _code_segment(mode, buf, start, end, io, self.regs, self.kinds, p.table_bits, p.runs,
                       p.match_min, p.mixers, p.mixer_lr, p.final_lr, p.apms, p.apm_rate,

@@ -1,0 +1,25 @@
+"""Builds the optional C kernels (native/) as ssmzip/_native*.so.
+
+The extension is optional: without a C compiler, or if the build fails, the
+install still succeeds and ssmzip runs on its numba kernels (same bytes).
+Flags: -O2, no fused multiply-add, never -ffast-math (see native/cm.c).
+"""
+from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
+
+
+class BuildNative(build_ext):
+    def build_extensions(self):
+        if self.compiler.compiler_type == "msvc":
+            flags = ["/O2", "/fp:precise"]
+        else:
+            flags = ["-O2", "-std=c11", "-ffp-contract=off", "-fno-fast-math"]
+        for ext in self.extensions:
+            ext.extra_compile_args = flags
+        super().build_extensions()
+
+
+setup(
+    ext_modules=[Extension("ssmzip._native", sources=["native/cm.c"], optional=True)],
+    cmdclass={"build_ext": BuildNative},
+)

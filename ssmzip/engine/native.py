@@ -1,0 +1,110 @@
+"""The optional C backend: native/cm.c, built by `pip install` as ssmzip/_native*.so.
+
+It codes a segment of a block with the same model as predictor._code_segment,
+bit for bit, for presets without the SSM (levels 1-6); SSM levels always run
+on numba. Python calls it once per segment (64 KiB) through ctypes, so the
+per-call cost does not matter; the kernel itself never calls back.
+
+SSMZIP_BACKEND=numba forces the numba kernels, SSMZIP_BACKEND=native makes a
+missing library an error instead of a silent fallback; unset (or "auto") uses
+the library when it is there.
+"""
+from __future__ import annotations
+
+import ctypes
+import importlib.machinery
+import os
+from pathlib import Path
+
+import numpy as np
+
+ENV = "SSMZIP_BACKEND"
+_c_i64 = ctypes.c_int64
+_ptr = ctypes.c_void_p
+
+# (name, ctypes type), in the order of the C struct `Segment` in native/cm.c.
+_SCALARS = ("mode", "start", "end", "io_len", "n_ctx", "table_bits", "use_runs", "match_min",
+            "n_mixers", "lr", "final_lr", "n_apms", "apm_rate", "match_mask", "n_states")
+_POINTERS = ("buf", "io", "regs", "kinds", "slots", "hashes", "run_state", "table", "sm_p", "sm_n",
+             "runs", "rsm_p", "rsm_n", "mindex", "o0", "ind", "w1", "w2", "w3", "wf", "x", "xf",
+             "apm1", "apm2", "apm3", "sq", "st", "state_next", "priority", "recip")
+
+
+class Segment(ctypes.Structure):
+    _fields_ = [(n, _c_i64) for n in _SCALARS] + [(n, _ptr) for n in _POINTERS]
+
+
+class BackendError(RuntimeError):
+    """SSMZIP_BACKEND asks for something this installation cannot give."""
+
+
+def _library_path() -> Path | None:
+    pkg = Path(__file__).resolve().parent.parent
+    for suffix in importlib.machinery.EXTENSION_SUFFIXES:
+        p = pkg / f"_native{suffix}"
+        if p.is_file():
+            return p
+    return None
+
+
+def _load():
+    choice = os.environ.get(ENV, "auto").strip().lower() or "auto"
+    if choice not in ("auto", "numba", "native"):
+        raise BackendError(f"{ENV} must be numba, native or auto, not {choice!r}")
+    if choice == "numba":
+        return None, "numba (forced by SSMZIP_BACKEND)"
+    path = _library_path()
+    err = "not built (no C compiler at install time?)"
+    if path is not None:
+        try:
+            lib = ctypes.CDLL(str(path))
+            fn = lib.ssmzip_cm_segment
+            fn.argtypes = [ctypes.POINTER(Segment)]
+            fn.restype = _c_i64
+            return fn, "native C (levels 1-6; numba for the SSM levels)"
+        except (OSError, AttributeError) as e:
+            err = f"cannot be loaded: {e}"
+    if choice == "native":
+        raise BackendError(f"{ENV}=native but the C library {err}")
+    return None, f"numba (the C library {err})"
+
+
+_FN, DESCRIPTION = None, ""
+_loaded = False
+
+
+def cm_kernel():
+    """The C segment function, or None when numba is to be used."""
+    global _FN, DESCRIPTION, _loaded
+    if not _loaded:
+        _FN, DESCRIPTION = _load()
+        _loaded = True
+    return _FN
+
+
+def describe() -> str:
+    """Which backend codes levels 1-6 here, in words (for --version)."""
+    try:
+        cm_kernel()
+    except BackendError as e:
+        return str(e)
+    return DESCRIPTION
+
+
+def _addr(a: np.ndarray) -> int:
+    assert a.flags.c_contiguous
+    return a.ctypes.data
+
+
+def run_segment(fn, model, sq, st, state_next, priority, recip, mode, buf, start, end, io) -> None:
+    """Code buf[start:end] with the C kernel; `model` is a predictor._Model without an SSM."""
+    p = model.preset
+    seg = Segment(mode=mode, start=start, end=end, io_len=io.shape[0], n_ctx=len(p.contexts),
+                  table_bits=p.table_bits, use_runs=p.runs, match_min=p.match_min, n_mixers=p.mixers,
+                  lr=p.mixer_lr, final_lr=p.final_lr, n_apms=p.apms, apm_rate=p.apm_rate,
+                  match_mask=model.mindex.shape[0] - 1, n_states=priority.shape[0],
+                  buf=_addr(buf), io=_addr(io), sq=_addr(sq), st=_addr(st), state_next=_addr(state_next),
+                  priority=_addr(priority), recip=_addr(recip),
+                  **{n: _addr(getattr(model, n)) for n in _POINTERS[2:25]})
+    if fn(ctypes.byref(seg)) != 0:
+        raise ValueError("the C kernel refused the preset")
