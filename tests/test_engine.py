@@ -155,3 +155,15 @@ def test_coder_round_trip_with_extreme_probabilities():
     back = np.zeros(n, dtype=np.int64)
     _decode_bits(out[:size].copy(), probs, back)
     assert np.array_equal(back, bits)
+
+
+def test_block_flush_and_start_match_the_coder():
+    """block.py opens and closes the coder in plain Python (no numba import on the
+    C backend); it must agree with coder.py's numba versions."""
+    from ssmzip.engine import block
+    out_a, out_b = np.zeros(4, np.uint8), np.zeros(4, np.uint8)
+    for x1 in (0, 1, 0x12345678, 0xFFFFFFFF):
+        assert block._encode_flush(x1, out_a, 1) == encode_flush(x1, out_b, 1) and (out_a == out_b).all()
+    for src in (b"", b"\x01", b"\x01\x02\x03", b"\x01\x02\x03\x04\x05"):
+        a = np.frombuffer(src, np.uint8)
+        assert block._decode_start(a) == decode_start(a)

@@ -9,7 +9,7 @@ import pytest
 
 from conftest import text_sample
 from ssmzip.engine import LEVELS, decode_block, encode_block, native
-from ssmzip.engine import predictor
+from ssmzip.engine import state
 
 pytestmark = pytest.mark.skipif(
     native.cm_kernel() is None and os.environ.get("SSMZIP_EXPECT_NATIVE") != "1",
@@ -28,7 +28,7 @@ def _inputs():
         "text": text,
         "markup": markup,
         "repeats": text[:3000] * 4,
-        "segments": text_sample(predictor.SEGMENT + 1234, seed=3),   # crosses a segment boundary
+        "segments": text_sample(state.SEGMENT + 1234, seed=3),   # crosses a segment boundary
     }
 
 

@@ -8,14 +8,23 @@ Pure functions over bytes; knows nothing of files, the CLI or progress bars.
 ``progress``, when given, is called with the number of bytes coded so far,
 a few times per block (never per byte).
 
+Layout: state.py holds a block coder's arrays and picks the kernel that runs
+them -- the C library (native.py, native/cm.c) for levels 1-6 when it is
+built, else the numba kernel (predictor.py with the models it inlines:
+coder, contexts, match, mixer, and ssm.py at levels 7-9). block.py drives a
+block through it segment by segment. Nothing imports numba until a numba
+kernel is needed.
+
 Developers: numba caches the coding kernel keyed on predictor.py alone, so
 after editing a helper that it inlines (coder, contexts, match, mixer) remove
 ``ssmzip/engine/__pycache__/*.nb[ic]`` or the old kernel keeps running. (An
 installed package rewrites every file, and CI checks the golden files with an
-empty cache, so this only bites a checkout being edited.)
+empty cache, so this only bites a checkout being edited.) After editing
+native/cm.c, rebuild it: ``pip install -e .`` (or ``python setup.py
+build_ext --inplace``).
 """
 from .presets import DEFAULT_LEVEL, LEVELS, Preset, preset_for_level, ssm_only, without_ssm
-from .predictor import decode_block, encode_block, warm_up
+from .block import decode_block, encode_block, warm_up
 
 __all__ = ["encode_block", "decode_block", "Preset", "LEVELS", "DEFAULT_LEVEL", "preset_for_level",
            "ssm_only", "without_ssm", "warm_up"]

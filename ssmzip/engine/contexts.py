@@ -11,7 +11,6 @@ A lookup probes three slots of the same 64-byte group; a check mismatch on all
 three replaces the slot whose first node has seen the fewest bits, so a
 collision starts from an empty history instead of sharing a wrong one.
 """
-import numpy as np
 from numba import njit
 
 from . import presets as P
@@ -97,14 +96,3 @@ def find_slot(table, base, nslots, key, priority):
         table[best + j] = 0
     table[best] = chk
     return best
-
-
-def new_table(n_contexts: int, table_bits: int) -> np.ndarray:
-    """Zeroed, and aligned to 64 bytes so that each 4-slot group is one cache line."""
-    return aligned_zeros(n_contexts << table_bits, np.uint8)
-
-
-def aligned_zeros(n: int, dtype, align: int = 64) -> np.ndarray:
-    raw = np.zeros(n * np.dtype(dtype).itemsize + align, dtype=np.uint8)
-    skip = -raw.ctypes.data % align
-    return raw[skip:skip + n * np.dtype(dtype).itemsize].view(dtype)

@@ -19,8 +19,7 @@ nearer point is updated.
 import numpy as np
 from numba import njit
 
-WEIGHT_ONE = 1 << 16
-APM_POINTS = 33
+from .state import APM_POINTS
 
 
 @njit(cache=True, inline="always")
@@ -56,16 +55,6 @@ def mix_update(w, wbase, x, n, err, lr):
     for i in range(n):
         v = np.int32(w[wbase + i] + (np.int32(x[i] * e + 32768) >> 16))
         w[wbase + i] = min(max(v, lo), hi)
-
-
-def new_weights(n_sets: int, n_inputs: int, init: int) -> np.ndarray:
-    return np.full(n_sets * n_inputs, init, dtype=np.int32)
-
-
-def new_apm(n_contexts: int, squash: np.ndarray) -> np.ndarray:
-    row = np.array([squash[min(4094, max(0, (j - 16) * 128 + 2047))] * 16 for j in range(APM_POINTS)],
-                   dtype=np.int32)
-    return np.tile(row, n_contexts)
 
 
 @njit(cache=True, inline="always")

@@ -97,7 +97,7 @@ def _addr(a: np.ndarray) -> int:
 
 
 def run_segment(fn, model, sq, st, state_next, priority, recip, mode, buf, start, end, io) -> None:
-    """Code buf[start:end] with the C kernel; `model` is a predictor._Model without an SSM."""
+    """Code buf[start:end] with the C kernel; `model` is a state.BlockState without an SSM."""
     p = model.preset
     seg = Segment(mode=mode, start=start, end=end, io_len=io.shape[0], n_ctx=len(p.contexts),
                   table_bits=p.table_bits, use_runs=p.runs, match_min=p.match_min, n_mixers=p.mixers,

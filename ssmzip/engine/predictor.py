@@ -25,38 +25,18 @@ depend on the CPU, the compiler or the numba version.
 import numpy as np
 from numba import njit
 
-from . import counters as C
-from . import native
-from .coder import decode_bit, decode_start, encode_bit, encode_flush
-from .contexts import context_value, find_slot, hash2, new_table
-from .match import LEN_BUCKETS, length_bucket, match_update
-from .mixer import APM_POINTS, apm_predict, apm_update, mix_dot, mix_update, new_apm, new_weights, WEIGHT_ONE
+from .coder import decode_bit, encode_bit
+from .contexts import context_value, find_slot, hash2
+from .match import length_bucket, match_update
+from .mixer import apm_predict, apm_update, mix_dot, mix_update
 from .prefetch import prefetch
-from .presets import MAX_CONTEXTS
-from .ssm import (D_NL, D_T, G_LG, N_DIMS, N_LA, adam_step, init_params, ngram_rows, ngram_step, ssm_backward,
-                  ssm_carry, ssm_forward, ssm_logit)
+from .ssm import (D_NL, D_T, G_LG, N_LA, adam_step, ngram_rows, ngram_step, ssm_backward, ssm_carry, ssm_forward,
+                  ssm_logit)
+from .state import (APM_POINTS, DECODE, ENCODE, R_C4, R_C8, R_C12, R_IO, R_LINE, R_MLEN, R_MPTR, R_PREVLINE, R_SSM_ROW,
+                    R_TAG, R_TAGPOS, R_WORD, R_WORD1, R_WORDPRE, R_X, R_X1, R_X2, RUN_COUNT_CLASSES, RUN_FROM)
 
-ENCODE, DECODE = 0, 1
-SEGMENT = 1 << 16            # bytes coded per call into numba (progress granularity)
-
-# Registers of the model state kept between segments (an int64 array).
-R_X1, R_X2, R_X, R_IO = 0, 1, 2, 3
-R_C4, R_C8, R_C12 = 4, 5, 6
-R_WORD, R_WORD1, R_WORDPRE = 7, 8, 9
-R_LINE, R_PREVLINE = 10, 11
-R_MPTR, R_MLEN = 12, 13
-R_TAG, R_TAGPOS = 14, 15
-R_SSM_ROW = 16               # the SSM's row in its current training chunk
-N_REGS = 17
-
-ORDER_CLASSES = MAX_CONTEXTS + 5     # contexts seen before (0..15), or 5 match-length classes
-MIXER1_SETS = ORDER_CLASSES * 8      # x top 3 bits of the last byte
-MIXER2_SETS = 256                    # partial byte
-MIXER3_SETS = 256 * 8                # last byte x bit position
 SM_LIMIT = 1023                      # state-map adaptation count limit
 MATCH_SM_LIMIT = 255
-RUN_COUNT_CLASSES = 32
-RUN_FROM = 2                         # orders 1 and 2 get no run input (too short to be deterministic)
 ORDER0_RATE = 5
 SSM_SCALE = np.float32(256.0)        # SSM logit (nats) -> stretch units
 
@@ -372,136 +352,3 @@ def _code_segment(mode, buf, start, end, io, regs, kinds, table_bits, use_runs, 
     regs[R_SSM_ROW] = s_row
 
 
-class _Model:
-    """All state of one block coder: preallocated arrays, sized by the preset only."""
-
-    def __init__(self, preset):
-        n = len(preset.contexts)
-        n_in = n + 3 + (n - RUN_FROM if preset.runs else 0) + (1 if preset.has_ssm else 0)
-        self.preset = preset
-        self.regs = np.zeros(N_REGS, dtype=np.int64)
-        self.regs[R_X2] = 0xFFFFFFFF
-        self.kinds = np.array(preset.contexts, dtype=np.int64)
-        self.table = new_table(n, preset.table_bits)
-        self.slots = np.zeros(n, dtype=np.int64)
-        self.hashes = np.zeros(n, dtype=np.int64)
-        init = C.state_map_init()
-        match_init = np.full(LEN_BUCKETS * 2 * 256, 1 << 21, dtype=np.int32)
-        self.sm_p = np.concatenate([np.tile(init, n), match_init]).astype(np.int32)
-        self.sm_n = np.zeros(self.sm_p.shape[0], dtype=np.int32)
-        run_entries = (n << (preset.table_bits - 4)) if preset.runs else 1
-        self.runs = np.zeros(run_entries, dtype=np.uint32)
-        self.rsm_p = np.full(n * RUN_COUNT_CLASSES * 2, 1 << 21, dtype=np.int32)
-        self.rsm_n = np.zeros(self.rsm_p.shape[0], dtype=np.int32)
-        self.run_state = np.zeros((5, n), dtype=np.int64)
-        self.mindex = np.zeros(1 << preset.match_bits, dtype=np.int32)
-        self.o0 = np.full(256, 1 << 15, dtype=np.int32)
-        self.ind = np.zeros(256 + 65536, dtype=np.int32)   # indirect: byte histories after 1 and 2 bytes
-        w0 = WEIGHT_ONE // 4
-        self.w1 = new_weights(MIXER1_SETS, n_in, w0)
-        self.w2 = new_weights(MIXER2_SETS if preset.mixers > 1 else 1, n_in, w0)
-        self.w3 = new_weights(MIXER3_SETS if preset.mixers > 2 else 1, n_in, w0)
-        self.wf = new_weights(256, preset.mixers + 1, WEIGHT_ONE // preset.mixers)
-        self.x = np.zeros(n_in, dtype=np.int32)
-        self.xf = np.zeros(4, dtype=np.int32)
-        self.apm1 = new_apm(256, C.SQUASH)
-        self.apm2 = new_apm(1 << 16, C.SQUASH)
-        self.apm3 = new_apm(1 << 16 if preset.apms > 2 else 1, C.SQUASH)
-        self._init_ssm(preset)
-        self._native = None if preset.has_ssm else native.cm_kernel()
-
-    def _init_ssm(self, preset):
-        """The SSM's arrays (parameters, gradients, Adam's second moments,
-        activations, scratch, n-gram tables); tiny placeholders when the preset
-        has none (the kernel takes them either way)."""
-        if preset.has_ssm:
-            sh = preset.ssm_shape()
-            self.sP = init_params(sh, preset.ssm_seed)
-            self.slay, self.salay, self.sdims = sh.lay, sh.act_lay, sh.dims
-            self.sA = np.zeros(sh.n_act, dtype=np.float32)
-            self.sS = np.zeros(sh.n_scratch, dtype=np.float32)
-            self.sib = np.zeros(sh.di, dtype=np.int32)
-            self.stok = np.zeros(sh.chunk + 1, dtype=np.int64)
-            self.srows = np.zeros(sh.chunk * max(sh.ngram, 1), dtype=np.int64)
-            self.sNE = np.zeros(sh.n_ngram, dtype=np.float32)      # n-gram embeddings start at zero
-            self.sNV = np.zeros(sh.n_ngram, dtype=np.float32)
-            self.slr = np.float32(preset.ssm_lr) / np.float32(100000.0)     # exact IEEE division
-        else:
-            self.sP = np.zeros(1, dtype=np.float32)
-            self.slay = self.salay = np.zeros(N_LA + G_LG + 1, dtype=np.int64)   # s_lg reads one
-            self.sdims = np.zeros(N_DIMS, dtype=np.int64)
-            self.srows = np.zeros(1, dtype=np.int64)
-            self.sNE = np.zeros(1, dtype=np.float32)
-            self.sNV = np.zeros(1, dtype=np.float32)
-            self.sA = np.zeros(1, dtype=np.float32)
-            self.sS = np.zeros(1, dtype=np.float32)
-            self.sib = np.zeros(1, dtype=np.int32)
-            self.stok = np.zeros(1, dtype=np.int64)
-            self.slr = np.float32(0.0)
-        self.sG = np.zeros_like(self.sP)
-        self.sV = np.zeros_like(self.sP)
-        self.sopt = np.ones(2, dtype=np.float32)
-
-    def run(self, mode, buf, start, end, io):
-        if self._native is not None:
-            native.run_segment(self._native, self, C.SQUASH, C.STRETCH, C.STATE_NEXT, C.STATE_PRIORITY,
-                               C.RECIPROCAL, mode, buf, start, end, io)
-            return
-        p = self.preset
-        _code_segment(mode, buf, start, end, io, self.regs, self.kinds, p.table_bits, p.runs,
-                      p.match_min, p.mixers, p.mixer_lr, p.final_lr, p.apms, p.apm_rate,
-                      self.table, self.slots, self.hashes, self.sm_p, self.sm_n,
-                      self.runs, self.rsm_p, self.rsm_n, self.run_state,
-                      self.mindex, self.o0, self.ind, self.w1, self.w2, self.w3, self.wf, self.x, self.xf,
-                      self.apm1, self.apm2, self.apm3,
-                      C.SQUASH, C.STRETCH, C.STATE_NEXT, C.STATE_PRIORITY, C.RECIPROCAL,
-                      p.has_ssm, self.sP, self.sG, self.sV, self.sopt, self.slay,
-                      self.sA, self.salay, self.sdims, self.sS, self.sib, self.stok, self.slr,
-                      self.sNE, self.sNV, self.srows)
-
-
-def encode_block(data, preset, progress=None) -> bytes:
-    """Compress one block with `preset`; the result decodes with decode_block."""
-    buf = np.frombuffer(data, dtype=np.uint8).copy()   # writable: one compiled variant serves both sides
-    model = _Model(preset)
-    out = np.empty(SEGMENT * 12 + 64, dtype=np.uint8)
-    for start in range(0, len(buf), SEGMENT):
-        end = min(start + SEGMENT, len(buf))
-        # Worst case the coder emits 12 bits per coded bit; keep that much room.
-        need = int(model.regs[R_IO]) + (end - start) * 12 + 64
-        if need > out.shape[0]:
-            grown = np.empty(need + out.shape[0] // 2, dtype=np.uint8)
-            grown[:out.shape[0]] = out
-            out = grown
-        model.run(ENCODE, buf, start, end, out)
-        if progress is not None:
-            progress(end)
-    op = int(model.regs[R_IO])
-    if len(buf):
-        op = encode_flush(model.regs[R_X1], out, op)
-    return out[:op].tobytes()
-
-
-def decode_block(payload, size, preset, progress=None) -> bytes:
-    """Decompress `size` bytes from `payload`. Garbage in gives garbage out of the
-    right size (never a crash or a hang): the container's checksum catches it."""
-    src = np.frombuffer(payload, dtype=np.uint8).copy()
-    buf = np.zeros(size, dtype=np.uint8)
-    model = _Model(preset)
-    if size:
-        xc, ip = decode_start(src)
-        model.regs[R_X] = xc
-        model.regs[R_IO] = ip
-    for start in range(0, size, SEGMENT):
-        end = min(start + SEGMENT, size)
-        model.run(DECODE, buf, start, end, src)
-        if progress is not None:
-            progress(end)
-    return buf.tobytes()
-
-
-def warm_up() -> None:
-    """Load (or compile) the coding kernel now rather than on the first block, e.g.
-    in a process that forks workers, so that each worker starts with it in memory."""
-    from .presets import LEVELS
-    encode_block(b"warm-up", LEVELS[1])

@@ -10,7 +10,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass, fields, replace
 
-from .ssm import Shape
+from .ssm_layout import Shape
 
 # Context kinds. The numbers are part of the file format: never renumber.
 CTX_ORDER1 = 0       # last byte

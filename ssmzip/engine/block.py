@@ -1,0 +1,69 @@
+"""encode_block / decode_block: one block through a BlockState, segment by segment.
+
+Segments bound how much output room is reserved at a time and give progress
+callbacks; the model's state carries over from one segment to the next.
+"""
+import numpy as np
+
+from .state import DECODE, ENCODE, R_IO, R_X, R_X1, SEGMENT, BlockState
+
+
+def _encode_flush(x1, out, op):
+    """The coder's last byte (coder.encode_flush): the top byte of x1 is enough."""
+    out[op] = x1 >> 24
+    return op + 1
+
+
+def _decode_start(src):
+    """The coder's first four bytes (coder.decode_start), 0xFF past the end."""
+    x = 0
+    for i in range(4):
+        x = (x << 8) | (int(src[i]) if i < src.shape[0] else 0xFF)
+    return x, 4
+
+
+def encode_block(data, preset, progress=None) -> bytes:
+    """Compress one block with `preset`; the result decodes with decode_block."""
+    buf = np.frombuffer(data, dtype=np.uint8).copy()   # writable: one compiled variant serves both sides
+    model = BlockState(preset)
+    out = np.empty(SEGMENT * 12 + 64, dtype=np.uint8)
+    for start in range(0, len(buf), SEGMENT):
+        end = min(start + SEGMENT, len(buf))
+        # Worst case the coder emits 12 bits per coded bit; keep that much room.
+        need = int(model.regs[R_IO]) + (end - start) * 12 + 64
+        if need > out.shape[0]:
+            grown = np.empty(need + out.shape[0] // 2, dtype=np.uint8)
+            grown[:out.shape[0]] = out
+            out = grown
+        model.run(ENCODE, buf, start, end, out)
+        if progress is not None:
+            progress(end)
+    op = int(model.regs[R_IO])
+    if len(buf):
+        op = _encode_flush(int(model.regs[R_X1]), out, op)
+    return out[:op].tobytes()
+
+
+def decode_block(payload, size, preset, progress=None) -> bytes:
+    """Decompress `size` bytes from `payload`. Garbage in gives garbage out of the
+    right size (never a crash or a hang): the container's checksum catches it."""
+    src = np.frombuffer(payload, dtype=np.uint8).copy()
+    buf = np.zeros(size, dtype=np.uint8)
+    model = BlockState(preset)
+    if size:
+        xc, ip = _decode_start(src)
+        model.regs[R_X] = xc
+        model.regs[R_IO] = ip
+    for start in range(0, size, SEGMENT):
+        end = min(start + SEGMENT, size)
+        model.run(DECODE, buf, start, end, src)
+        if progress is not None:
+            progress(end)
+    return buf.tobytes()
+
+
+def warm_up() -> None:
+    """Load (or compile) the coding kernel now rather than on the first block, e.g.
+    in a process that forks workers, so that each worker starts with it in memory."""
+    from .presets import LEVELS
+    encode_block(b"warm-up", LEVELS[1])
