@@ -178,6 +178,7 @@ def check_targets(results) -> list:
                 checks.append((f"{r['system']}: 3M bpb below 1M bpb ({r['bpb']:.3f} vs {r1['bpb']:.3f})",
                                r["bpb"] < r1["bpb"]))
     checks += _ssm_checks(get, pq)
+    checks += _native_checks(get, lp, pq)
     # -T scaling: any input measured with -T1 and -T2 at the same level
     for r in results:
         if r["ok"] and r["system"].endswith(" -T2"):
@@ -226,6 +227,29 @@ def _ssm_checks(get, pq) -> list:
                            f"{_speed(full['comp_mbs'])} MB/s)", full["decomp_mbs"] >= 0.85 * full["comp_mbs"]))
             checks.append((f"{tag} peak RSS ≤ 1.5 GB ({full['peak_rss'] / 2**20:.0f} MB)",
                            full["peak_rss"] <= 1.5 * 2**30))
+    return checks
+
+
+def _native_checks(get, lp, pq) -> list:
+    """Issue 7's targets, from rows forced to each backend (--backends native,numba)."""
+    checks = []
+    one = "enwik8_1M"
+    for level, factor in ((6, 2), (9, 3), (1, None)):
+        nat, nb = get(one, f"ssmzip -{level} (native)"), get(one, f"ssmzip -{level} (numba)")
+        if not (nat and nb):
+            continue
+        tag = f"[native] -{level}"
+        ratio = nat["comp_mbs"] / nb["comp_mbs"]
+        if factor:
+            checks.append((f"{tag} ≥ {factor}x numba ({ratio:.2f}x: {_speed(nat['comp_mbs'])} vs "
+                           f"{_speed(nb['comp_mbs'])} MB/s)", ratio >= factor))
+        checks.append((f"{tag}: the same bytes as numba", nat["sha256"] == nb["sha256"]))
+        if level == 6 and lp:
+            checks.append((f"{tag} ≥ 2x lpaq1 9's speed ({nat['comp_mbs'] / lp['comp_mbs']:.2f}x)",
+                           nat["comp_mbs"] >= 2 * lp["comp_mbs"]))
+        if level == 9 and pq:
+            checks.append((f"{tag} ≥ 10x paq8px -8's speed ({nat['comp_mbs'] / pq['comp_mbs']:.1f}x)",
+                           nat["comp_mbs"] >= 10 * pq["comp_mbs"]))
     return checks
 
 

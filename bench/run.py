@@ -38,6 +38,9 @@ def parse_args(argv=None):
     ap.add_argument("--threads", default="1",
                     help="ssmzip -T values, comma-separated (e.g. 1,2 to measure scaling)")
     ap.add_argument("--block-size", help="ssmzip --block-size (passed through to the CLI)")
+    ap.add_argument("--backends", default="auto",
+                    help="ssmzip coding backends, comma-separated: auto, native, numba "
+                         "(e.g. native,numba compares them in one run)"),
     ap.add_argument("--peers", default=",".join(systems.PEERS),
                     help=f"peers to run, comma-separated, or 'none' (default: all of "
                          f"{','.join(systems.PEERS)})")
@@ -79,7 +82,10 @@ def select_systems(args):
         raise SystemExit("bench: levels are 1..9")
     threads = [int(x) for x in _csv(args.threads)] or [1]
     mode = (systems.ssmzip_mode() if args.ssmzip_mode == "auto" else args.ssmzip_mode) if levels else ""
-    ours = systems.ssmzip_systems(levels, threads, args.block_size, mode) if mode else []
+    backends = _csv(args.backends) or ["auto"]
+    if any(b not in systems.BACKENDS for b in backends):
+        raise SystemExit(f"bench: --backends takes {', '.join(systems.BACKENDS)}")
+    ours = systems.ssmzip_systems(levels, threads, args.block_size, mode, backends) if mode else []
     if args.ablation is not None:
         if not 1 <= args.ablation <= 9:
             raise SystemExit("bench: --ablation takes a level, 1..9")

@@ -120,10 +120,14 @@ def ssmzip_env() -> dict:
     return env
 
 
-def ssmzip_systems(levels, threads=(1,), block_size=None, mode=None):
-    """One System per (level, thread count). Uses the CLI when it exists, else the
-    engine's encode_block/decode_block through bench/api_runner.py (one block,
-    no threads)."""
+BACKENDS = ("auto", "native", "numba")
+
+
+def ssmzip_systems(levels, threads=(1,), block_size=None, mode=None, backends=("auto",)):
+    """One System per (level, thread count, backend). Uses the CLI when it exists, else
+    the engine's encode_block/decode_block through bench/api_runner.py (one block,
+    no threads). A backend other than "auto" is forced with SSMZIP_BACKEND and
+    named in the row: "ssmzip -6 (numba)"."""
     mode = mode or ssmzip_mode()
     if not mode:
         return []
@@ -131,22 +135,23 @@ def ssmzip_systems(levels, threads=(1,), block_size=None, mode=None):
     if mode == "api":
         threads = (1,)
     out = []
-    for level in levels:
-        for t in threads:
-            name = f"ssmzip -{level}" + (f" -T{t}" if len(threads) > 1 or t != 1 else "")
-            if mode == "cli":
-                opts = [f"-{level}", "-T", str(t)]
-                if block_size:
-                    opts += ["--block-size", str(block_size)]
-                comp = [sys.executable, "-m", "ssmzip"] + opts + ["-c", "{in}"]
-                decomp = [sys.executable, "-m", "ssmzip", "-d", "-T", str(t), "-c", "{in}"]
-                notes = "python -m ssmzip (CLI)"
-            else:
-                name += " (api)"
-                comp = [sys.executable, "-m", "bench.api_runner", "compress", str(level), "{in}"]
-                decomp = [sys.executable, "-m", "bench.api_runner", "decompress", "0", "{in}"]
-                notes = "engine API through bench/api_runner.py (no CLI yet): one block, no -T"
-            out.append(System(name, comp, decomp, "ssmzip", env=env, notes=notes))
+    for level, t, backend in ((lv, t, b) for lv in levels for t in threads for b in backends):
+        name = f"ssmzip -{level}" + (f" -T{t}" if len(threads) > 1 or t != 1 else "")
+        name += f" ({backend})" if backend != "auto" else ""
+        env_b = dict(env, SSMZIP_BACKEND=backend) if backend != "auto" else env
+        if mode == "cli":
+            opts = [f"-{level}", "-T", str(t)]
+            if block_size:
+                opts += ["--block-size", str(block_size)]
+            comp = [sys.executable, "-m", "ssmzip"] + opts + ["-c", "{in}"]
+            decomp = [sys.executable, "-m", "ssmzip", "-d", "-T", str(t), "-c", "{in}"]
+            notes = "python -m ssmzip (CLI)"
+        else:
+            name += " (api)"
+            comp = [sys.executable, "-m", "bench.api_runner", "compress", str(level), "{in}"]
+            decomp = [sys.executable, "-m", "bench.api_runner", "decompress", "0", "{in}"]
+            notes = "engine API through bench/api_runner.py (no CLI yet): one block, no -T"
+        out.append(System(name, comp, decomp, "ssmzip", env=env_b, notes=notes))
     return out
 
 

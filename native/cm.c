@@ -195,9 +195,14 @@ static inline int64_t split(int64_t x1, int64_t x2, int64_t p)
     return x1 + (r >> 12) * p + (((r & 0xFFF) * p) >> 12);
 }
 
-/* match.py match_update: extend the match or look up a new one after byte buf[pos]. */
-static inline void match_update(const uint8_t *buf, int64_t pos, int32_t *index, int64_t mask,
-                                int64_t minlen, int64_t *mptr, int64_t *mlen)
+/* match.py match_update, in two halves with the same result. After byte
+ * buf[pos]: extend the match, hash the last minlen bytes and prefetch their
+ * index entry (match_hash; returns the slot, or -1 when too few bytes). The
+ * index is read and written only at the next byte boundary, once the
+ * context tables' lookups have been issued too (match_lookup), so the two
+ * cache misses overlap instead of one waiting for the other. */
+static inline int64_t match_hash(const uint8_t *buf, int64_t pos, const int32_t *index, int64_t mask,
+                                 int64_t minlen, int64_t *mptr, int64_t *mlen)
 {
     if (*mlen > 0 && *mptr <= pos && buf[*mptr] == buf[pos]) {
         *mlen += 1;
@@ -208,13 +213,20 @@ static inline void match_update(const uint8_t *buf, int64_t pos, int32_t *index,
         *mlen = 0;
     }
     if (pos + 1 < minlen)
-        return;
+        return -1;
     uint64_t h = 0;
     for (int64_t k = 0; k < minlen; k++) {
         h = (h << 8) | buf[pos - k];
         h = hash32(h);
     }
     int64_t slot = (int64_t)(h & (uint64_t)mask);
+    __builtin_prefetch(index + slot);
+    return slot;
+}
+
+static inline void match_lookup(const uint8_t *buf, int64_t pos, int32_t *index, int64_t slot,
+                                int64_t minlen, int64_t *mptr, int64_t *mlen)
+{
     if (*mlen == 0) {
         int64_t cand = index[slot];
         if (cand > 0) {
@@ -258,6 +270,7 @@ int64_t ssmzip_cm_segment(const Segment *a)
     const int32_t *sq = a->sq, *st = a->st, *priority = a->priority, *recip = a->recip;
     const uint8_t *state_next = a->state_next;
     int64_t sm_idx[MAX_CTX + 1];
+    uint64_t nib[2][MAX_CTX];                /* second-nibble keys for either last bit */
 
     int64_t x1 = regs[R_X1], x2 = regs[R_X2], xc = regs[R_X], iop = regs[R_IO];
     uint64_t c4 = (uint64_t)regs[R_C4], c8 = (uint64_t)regs[R_C8], c12 = (uint64_t)regs[R_C12];
@@ -267,6 +280,7 @@ int64_t ssmzip_cm_segment(const Segment *a)
     int64_t mptr = regs[R_MPTR], mlen = regs[R_MLEN];
     uint64_t tag = (uint64_t)regs[R_TAG];
     int64_t tagpos = regs[R_TAGPOS];
+    int64_t mslot = -1;
 
     for (int64_t pos = a->start; pos < a->end; pos++) {
         /* byte boundary: hash every context and prefetch, then find the slots */
@@ -301,6 +315,10 @@ int64_t ssmzip_cm_segment(const Segment *a)
                 }
                 r_live[i] = r_byte[i];
             }
+        }
+        if (mslot >= 0) {                 /* the previous byte's match lookup, deferred */
+            match_lookup(buf, pos - 1, a->mindex, mslot, a->match_min, &mptr, &mlen);
+            mslot = -1;
         }
         int64_t expected = -1;
         if (mlen > 0)
@@ -459,16 +477,23 @@ int64_t ssmzip_cm_segment(const Segment *a)
 
             c0 = c0 * 2 + bit;
             node = node * 2 + bit;
-            if (bitpos == 3) {               /* second nibble: new slots keyed by the first */
-                node = 1;
+            if (bitpos == 2) {
+                /* the second nibble's slots are keyed by the first: with one bit of it
+                 * to go, hash both candidates and prefetch their groups, so that the
+                 * lookups after the next bit find them in cache */
                 for (int64_t i = 0; i < n_ctx; i++) {
-                    uint64_t h = hash2((uint64_t)hashes[i], (uint64_t)c0);
-                    slots[i] = (int64_t)h;
-                    int64_t g = (int64_t)((h >> 8) & (uint64_t)(nslots - 1));
-                    __builtin_prefetch(table + (i << a->table_bits) + ((g & ~3) << 4));
+                    const uint64_t hi = hash32((uint64_t)hashes[i]) * 0x3C6EF372ull;   /* hash2's first half */
+                    for (int64_t b = 0; b < 2; b++) {
+                        uint64_t h = hash32((hi + (uint64_t)(c0 * 2 + b) + 1) & 0xFFFFFFFFFFFFull);
+                        nib[b][i] = h;
+                        int64_t g = (int64_t)((h >> 8) & (uint64_t)(nslots - 1));
+                        __builtin_prefetch(table + (i << a->table_bits) + ((g & ~3) << 4));
+                    }
                 }
+            } else if (bitpos == 3) {        /* second nibble: new slots keyed by the first */
+                node = 1;
                 for (int64_t i = 0; i < n_ctx; i++)
-                    slots[i] = find_slot(table, i << a->table_bits, nslots, (uint64_t)slots[i], priority);
+                    slots[i] = find_slot(table, i << a->table_bits, nslots, nib[bit][i], priority);
             }
         }
 
@@ -513,8 +538,10 @@ int64_t ssmzip_cm_segment(const Segment *a)
             line = pos + 1;
         }
         if (a->match_min > 0)
-            match_update(buf, pos, a->mindex, a->match_mask, a->match_min, &mptr, &mlen);
+            mslot = match_hash(buf, pos, a->mindex, a->match_mask, a->match_min, &mptr, &mlen);
     }
+    if (mslot >= 0)                        /* leave the registers as the numba kernel does */
+        match_lookup(buf, a->end - 1, a->mindex, mslot, a->match_min, &mptr, &mlen);
 
     regs[R_X1] = x1;
     regs[R_X2] = x2;
