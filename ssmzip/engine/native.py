@@ -54,7 +54,7 @@ def _load():
     if choice == "numba":
         return None, "numba (forced by SSMZIP_BACKEND)"
     path = _library_path()
-    err = "not built (no C compiler at install time?)"
+    err = "was not built at install time (no C compiler?)"
     if path is not None:
         try:
             lib = ctypes.CDLL(str(path))
@@ -66,7 +66,7 @@ def _load():
             err = f"cannot be loaded: {e}"
     if choice == "native":
         raise BackendError(f"{ENV}=native but the C library {err}")
-    return None, f"numba (the C library {err})"
+    return None, f"numba: the C library {err}"
 
 
 _FN, DESCRIPTION = None, ""
