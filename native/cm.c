@@ -261,7 +261,7 @@ int64_t ssmzip_cm_segment(const Segment *a)
     uint8_t *buf = a->buf, *io = a->io, *table = a->table;
     int64_t *regs = a->regs, *slots = a->slots, *hashes = a->hashes;
     int64_t *r_idx = a->run_state, *r_byte = r_idx + n_ctx, *r_cnt = r_byte + n_ctx;
-    int64_t *r_live = r_cnt + n_ctx, *r_k = r_live + n_ctx;
+    int64_t *r_k = r_cnt + 2 * n_ctx;        /* row 3 (the numba kernel's live bytes) unused here */
     int32_t *sm_p = a->sm_p, *sm_n = a->sm_n, *rsm_p = a->rsm_p, *rsm_n = a->rsm_n;
     uint32_t *runs = a->runs;
     int32_t *x = a->x, *xf = a->xf, *o0 = a->o0, *ind = a->ind;
@@ -271,6 +271,7 @@ int64_t ssmzip_cm_segment(const Segment *a)
     const uint8_t *state_next = a->state_next;
     int64_t sm_idx[MAX_CTX + 1];
     uint64_t nib[2][MAX_CTX];                /* second-nibble keys for either last bit */
+    int64_t live[MAX_CTX];                   /* contexts whose run still agrees, this byte */
 
     int64_t x1 = regs[R_X1], x2 = regs[R_X2], xc = regs[R_X], iop = regs[R_IO];
     uint64_t c4 = (uint64_t)regs[R_C4], c8 = (uint64_t)regs[R_C8], c12 = (uint64_t)regs[R_C12];
@@ -313,7 +314,16 @@ int64_t ssmzip_cm_segment(const Segment *a)
                 } else {
                     r_byte[i] = -1;
                 }
-                r_live[i] = r_byte[i];
+            }
+        }
+        /* the contexts whose remembered byte still agrees with the bits so far */
+        int64_t n_live = 0;
+        if (use_runs) {
+            for (int64_t i = RUN_FROM; i < n_ctx; i++) {
+                r_k[i] = -1;
+                x[n_ctx + 3 + i - RUN_FROM] = 0;
+                if (r_byte[i] >= 0)
+                    live[n_live++] = i;
             }
         }
         if (mslot >= 0) {                 /* the previous byte's match lookup, deferred */
@@ -340,30 +350,31 @@ int64_t ssmzip_cm_segment(const Segment *a)
                 __builtin_prefetch(apm3 + ra3 + 16);
                 __builtin_prefetch(apm3 + ra3 + 32);
             }
-            /* predict: context models, their runs */
+            /* predict: context models */
             int64_t known = 0;
             for (int64_t i = 0; i < n_ctx; i++) {
                 int64_t s = table[slots[i] + node];
                 int64_t k = i * n_states + s;
                 sm_idx[i] = k;
                 x[i] = st[sm_p[k] >> 10];
-                if (s != 0 && i > 0)
-                    known++;
-                if (use_runs && i >= RUN_FROM) {
-                    int64_t rb = r_live[i];
-                    int64_t xi = n_ctx + 3 + i - RUN_FROM;
-                    r_k[i] = -1;
-                    x[xi] = 0;
-                    if (rb >= 0) {
-                        if ((rb >> (8 - bitpos)) == c0) {
-                            k = (i * RUN_COUNT_CLASSES + r_cnt[i]) * 2 + ((rb >> (7 - bitpos)) & 1);
-                            r_k[i] = k;
-                            x[xi] = st[rsm_p[k] >> 10];
-                        } else {
-                            r_live[i] = -1;
-                        }
+                known += (s != 0) & (i > 0);
+            }
+            /* their runs: a live one predicts its byte's next bit, a dead one stays 0 */
+            {
+                int64_t m = 0;
+                for (int64_t j = 0; j < n_live; j++) {
+                    const int64_t i = live[j], rb = r_byte[i], xi = n_ctx + 3 + i - RUN_FROM;
+                    if ((rb >> (8 - bitpos)) == c0) {
+                        const int64_t k = (i * RUN_COUNT_CLASSES + r_cnt[i]) * 2 + ((rb >> (7 - bitpos)) & 1);
+                        r_k[i] = k;
+                        x[xi] = st[rsm_p[k] >> 10];
+                        live[m++] = i;
+                    } else {
+                        r_k[i] = -1;
+                        x[xi] = 0;
                     }
                 }
+                n_live = m;
             }
             /* match model, order 0, bias */
             int64_t ebit = -1, msel = 0;
@@ -450,9 +461,9 @@ int64_t ssmzip_cm_segment(const Segment *a)
                 sm_update(sm_p, sm_n, sm_idx[i], bit, SM_LIMIT, recip);
                 int64_t o = slots[i] + node;
                 table[o] = state_next[table[o] * 2 + bit];
-                if (use_runs && i >= RUN_FROM && r_k[i] >= 0)
-                    sm_update(rsm_p, rsm_n, r_k[i], bit, SM_LIMIT, recip);
             }
+            for (int64_t j = 0; j < n_live; j++)      /* the runs that predicted this bit */
+                sm_update(rsm_p, rsm_n, r_k[live[j]], bit, SM_LIMIT, recip);
             if (ebit >= 0) {
                 sm_update(sm_p, sm_n, sm_idx[n_ctx], bit, MATCH_SM_LIMIT, recip);
                 if (ebit != bit)
