@@ -20,6 +20,7 @@ from typing import BinaryIO, Optional
 import click
 
 from . import __version__
+from . import container
 from .api import SSMZipFile, info
 from .container import MAX_BLOCK_SIZE, MIN_BLOCK_SIZE
 from .engine import DEFAULT_LEVEL
@@ -295,6 +296,16 @@ class _NullWriter:
 def _is_tensor_stream(opts: _Options, src) -> bool:
     """A seekable input that the tensor codec handles: a .safetensors file to compress
     (recognised by its header, not its name), or a tensor archive to decompress."""
+    pos = src.tell()
+    head = src.read(16)
+    src.seek(pos)
+    # A look at the first bytes rules most files out without loading the tensor
+    # codec (it imports numba: a third of a second): a safetensors file has '{'
+    # after its 8-byte header length, a .ssz file is no tensor archive.
+    if opts.mode == "compress" and head[8:9] != b"{":
+        return False
+    if opts.mode != "compress" and head.startswith(container.MAGIC):
+        return False
     from .kv import safetensors as kvst
 
     if opts.mode == "compress":
