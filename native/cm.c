@@ -1,5 +1,6 @@
 /* The context-mixing coding kernel in C: the same model, bit for bit, as
- * ssmzip/engine/predictor.py's _code_segment for presets without the SSM.
+ * ssmzip/engine/predictor.py's _code_segment. At levels 7-9 the SSM's part
+ * (forward pass, per-bit logit, training) is called back into numba.
  *
  * predictor.py is the reference: every model, table and rounding here follows
  * it line by line (read its docstrings for the why). All arithmetic is on
@@ -61,6 +62,12 @@ typedef struct {
     const int32_t *sq, *st;
     const uint8_t *state_next;                             /* [state][bit] */
     const int32_t *priority, *recip;
+    /* levels 7-9: the SSM, run by numba through these (ssmzip/engine/ssm_callbacks.py) */
+    int64_t use_ssm;
+    int64_t *ssm_ctx;
+    void (*ssm_byte)(int64_t *ctx, int64_t row, int64_t c4, int64_t c8, int64_t word);
+    float (*ssm_bit)(int64_t *ctx, int64_t row, int64_t c0, int64_t bitpos);
+    int64_t (*ssm_end)(int64_t *ctx, int64_t row, int64_t byte);
 } Segment;
 
 static inline uint64_t hash32(uint64_t x)
@@ -250,9 +257,12 @@ int64_t ssmzip_cm_segment(const Segment *a)
     const int64_t n_ctx = a->n_ctx, use_runs = a->use_runs, n_mixers = a->n_mixers, n_apms = a->n_apms;
     if (n_ctx < 1 || n_ctx > MAX_CTX)
         return -1;
+    const int64_t use_ssm = a->use_ssm;
     int64_t n_in = n_ctx + 3;
     if (use_runs)
         n_in += n_ctx - RUN_FROM;
+    if (use_ssm)
+        n_in += 1;                           /* the SSM's logit, last */
     const int64_t nslots = ((int64_t)1 << a->table_bits) >> 4;
     const int64_t rbits = a->table_bits - 4;
     const int64_t n_states = a->n_states;
@@ -281,6 +291,7 @@ int64_t ssmzip_cm_segment(const Segment *a)
     int64_t mptr = regs[R_MPTR], mlen = regs[R_MLEN];
     uint64_t tag = (uint64_t)regs[R_TAG];
     int64_t tagpos = regs[R_TAGPOS];
+    int64_t s_row = regs[R_SSM_ROW];
     int64_t mslot = -1;
 
     for (int64_t pos = a->start; pos < a->end; pos++) {
@@ -335,6 +346,8 @@ int64_t ssmzip_cm_segment(const Segment *a)
             expected = buf[mptr] | 256;
         const int64_t mbucket = length_bucket(mlen);
         const int64_t h_apm3 = (int64_t)((hash2(c4 & 0xFFFF, 99) & 0xFF) << 8);
+        if (use_ssm)
+            a->ssm_byte(a->ssm_ctx, s_row, (int64_t)c4, (int64_t)c8, (int64_t)word);
 
         int64_t c0 = 1, node = 1, c = 0;
         if (a->mode == ENCODE)
@@ -388,6 +401,10 @@ int64_t ssmzip_cm_segment(const Segment *a)
             }
             x[n_ctx + 1] = st[o0[c0] >> 4];
             x[n_ctx + 2] = 256;
+            if (use_ssm) {                   /* |logit| < 8: inside the stretch domain */
+                const float lg = a->ssm_bit(a->ssm_ctx, s_row, c0, bitpos);
+                x[n_in - 1] = (int32_t)(int64_t)(lg * 256.0f);
+            }
 
             /* mix */
             int64_t order = msel > 0 ? n_ctx + (msel >> 2) : known;
@@ -512,6 +529,8 @@ int64_t ssmzip_cm_segment(const Segment *a)
         c = c0 & 0xFF;
         if (a->mode != ENCODE)
             buf[pos] = (uint8_t)c;
+        if (use_ssm)                         /* a full chunk: the SSM learns from it */
+            s_row = a->ssm_end(a->ssm_ctx, s_row, c);
         if (use_runs) {
             for (int64_t i = RUN_FROM; i < n_ctx; i++) {
                 int64_t cnt = 1;
@@ -570,6 +589,7 @@ int64_t ssmzip_cm_segment(const Segment *a)
     regs[R_MLEN] = mlen;
     regs[R_TAG] = (int64_t)tag;
     regs[R_TAGPOS] = tagpos;
+    regs[R_SSM_ROW] = s_row;
     return 0;
 }
 

@@ -9,11 +9,11 @@ Pure functions over bytes; knows nothing of files, the CLI or progress bars.
 a few times per block (never per byte).
 
 Layout: state.py holds a block coder's arrays and picks the kernel that runs
-them -- the C library (native.py, native/cm.c) for levels 1-6 when it is
-built, else the numba kernel (predictor.py with the models it inlines:
-coder, contexts, match, mixer, and ssm.py at levels 7-9). block.py drives a
-block through it segment by segment. Nothing imports numba until a numba
-kernel is needed.
+them: the C library (native.py, native/cm.c) when it is built -- at levels 7-9
+it calls the SSM back in numba (ssm_callbacks.py) -- else the numba kernel
+(predictor.py with the models it inlines: coder, contexts, match, mixer, and
+ssm.py at levels 7-9). block.py drives a block through it segment by segment.
+Nothing imports numba until a numba kernel is needed.
 
 Developers: numba caches the coding kernel keyed on predictor.py alone, so
 after editing a helper that it inlines (coder, contexts, match, mixer) remove

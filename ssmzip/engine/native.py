@@ -1,8 +1,8 @@
 """The optional C backend: native/cm.c, built by `pip install` as ssmzip/_native*.so.
 
 It codes a segment of a block with the same model as predictor._code_segment,
-bit for bit, for presets without the SSM (levels 1-6); SSM levels always run
-on numba. Python calls it once per segment (64 KiB) through ctypes, so the
+bit for bit; at levels 7-9 it calls the SSM (still numba) back through
+ssm_callbacks.py. The SSM-only ablation (no context models) runs on numba. Python calls it once per segment (64 KiB) through ctypes, so the
 per-call cost does not matter; the kernel itself never calls back.
 
 SSMZIP_BACKEND=numba forces the numba kernels, SSMZIP_BACKEND=native makes a
@@ -31,7 +31,9 @@ _POINTERS = ("buf", "io", "regs", "kinds", "slots", "hashes", "run_state", "tabl
 
 
 class Segment(ctypes.Structure):
-    _fields_ = [(n, _c_i64) for n in _SCALARS] + [(n, _ptr) for n in _POINTERS]
+    _fields_ = ([(n, _c_i64) for n in _SCALARS] + [(n, _ptr) for n in _POINTERS]
+                + [("use_ssm", _c_i64), ("ssm_ctx", _ptr), ("ssm_byte", _ptr), ("ssm_bit", _ptr),
+                   ("ssm_end", _ptr)])
 
 
 class BackendError(RuntimeError):
@@ -61,7 +63,7 @@ def _load():
             fn = lib.ssmzip_cm_segment
             fn.argtypes = [ctypes.POINTER(Segment)]
             fn.restype = _c_i64
-            return fn, "native C (levels 1-6; numba for the SSM levels)"
+            return fn, "native C (the context models; the SSM of levels 7-9 on numba)"
         except (OSError, AttributeError) as e:
             err = f"cannot be loaded: {e}"
     if choice == "native":
@@ -83,7 +85,7 @@ def cm_kernel():
 
 
 def describe() -> str:
-    """Which backend codes levels 1-6 here, in words (for --version)."""
+    """Which backend codes here, in words (for --version)."""
     try:
         cm_kernel()
     except BackendError as e:
@@ -97,7 +99,7 @@ def _addr(a: np.ndarray) -> int:
 
 
 def run_segment(fn, model, sq, st, state_next, priority, recip, mode, buf, start, end, io) -> None:
-    """Code buf[start:end] with the C kernel; `model` is a state.BlockState without an SSM."""
+    """Code buf[start:end] with the C kernel; `model` is a state.BlockState."""
     p = model.preset
     seg = Segment(mode=mode, start=start, end=end, io_len=io.shape[0], n_ctx=len(p.contexts),
                   table_bits=p.table_bits, use_runs=p.runs, match_min=p.match_min, n_mixers=p.mixers,
@@ -106,5 +108,10 @@ def run_segment(fn, model, sq, st, state_next, priority, recip, mode, buf, start
                   buf=_addr(buf), io=_addr(io), sq=_addr(sq), st=_addr(st), state_next=_addr(state_next),
                   priority=_addr(priority), recip=_addr(recip),
                   **{n: _addr(getattr(model, n)) for n in _POINTERS[2:25]})
+    if p.has_ssm:
+        cb = model.ssm_callbacks
+        seg.use_ssm = 1
+        seg.ssm_ctx = _addr(model.ssm_ctx)
+        seg.ssm_byte, seg.ssm_bit, seg.ssm_end = cb.ssm_byte.address, cb.ssm_bit.address, cb.ssm_end.address
     if fn(ctypes.byref(seg)) != 0:
         raise ValueError("the C kernel refused the preset")

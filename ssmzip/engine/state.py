@@ -94,7 +94,11 @@ class BlockState:
         self.apm2 = new_apm(1 << 16, C.SQUASH)
         self.apm3 = new_apm(1 << 16 if preset.apms > 2 else 1, C.SQUASH)
         self._init_ssm(preset)
-        self._native = None if preset.has_ssm else native.cm_kernel()
+        self._native = native.cm_kernel() if preset.contexts else None   # the SSM alone: numba
+        if self._native is not None and preset.has_ssm:
+            from . import ssm_callbacks                    # numba: the SSM itself
+            self.ssm_callbacks = ssm_callbacks
+            self.ssm_ctx = ssm_callbacks.make_context(self)
 
     def _init_ssm(self, preset):
         """The SSM's arrays (parameters, gradients, Adam's second moments,
@@ -124,6 +128,7 @@ class BlockState:
             self.sib = np.zeros(1, dtype=np.int32)
             self.stok = np.zeros(1, dtype=np.int64)
             self.slr = np.float32(0.0)
+        self.slr_arr = np.array([self.slr], dtype=np.float32)
         self.sG = np.zeros_like(self.sP)
         self.sV = np.zeros_like(self.sP)
         self.sopt = np.ones(2, dtype=np.float32)
