@@ -54,7 +54,10 @@ def main(level: int, size: int, file) -> None:
     data = file.read() if file is not None else sample_text(size)
     what = file.name if file is not None else "generated English-like text"
     click.echo(f"input:        {what}, {len(data):,} bytes")
-    click.echo("(the first run compiles the engine, which takes a while; it is cached after)")
+    from .engine import native
+    click.echo(f"backend:      {native.describe()}")
+    if native.cm_kernel() is None or level >= 7:
+        click.echo("(the first run compiles the numba engine, which takes a while; it is cached after)")
 
     t0 = time.perf_counter()
     blob = compress(data, level=level)

@@ -341,3 +341,11 @@ def test_interrupt_cleans_up(tmp_path):
     assert proc.returncode == 130
     assert b"Traceback" not in err
     assert sorted(q.name for q in tmp_path.iterdir()) == ["big"]
+
+
+def test_demo_round_trips():
+    """The README's first command ends in `python -m ssmzip.demo`."""
+    r = subprocess.run([sys.executable, "-m", "ssmzip.demo", "--size", "20000", "--level", "1"],
+                       capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL)
+    assert r.returncode == 0, r.stderr
+    assert "backend:" in r.stdout and "round trip:   OK" in r.stdout
