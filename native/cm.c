@@ -18,6 +18,10 @@
 #include <stdint.h>
 #include <string.h>
 
+#if !defined(__GNUC__) && !defined(__clang__)
+#define __builtin_prefetch(p) ((void)(p))      /* a hint only: nothing is lost without it */
+#endif
+
 #define M32 0xFFFFFFFFull
 
 /* Context kinds: presets.py CTX_* (part of the file format). */
@@ -249,7 +253,9 @@ static inline void match_lookup(const uint8_t *buf, int64_t pos, int32_t *index,
     index[slot] = (int32_t)(pos + 1);
 }
 
-#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__)) && !defined(SSMZIP_NO_CLONES)
+/* One build per CPU level, chosen when the library loads (an ELF ifunc: Linux and the BSDs). */
+#if defined(__GNUC__) && defined(__ELF__) && (defined(__x86_64__) || defined(__i386__)) \
+    && !defined(SSMZIP_NO_CLONES)
 __attribute__((target_clones("avx2", "default")))
 #endif
 int64_t ssmzip_cm_segment(const Segment *a)
