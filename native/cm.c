@@ -51,7 +51,9 @@ enum {
 #define LEN_BUCKETS 32
 #define MAX_CTX 20
 
-/* Everything one call needs. Mirrored field for field by native.py's Segment. */
+/* Everything one call needs. Mirrored field for field by native.py's Segment;
+ * SSMZIP_ABI changes whenever it does, so that a stale library is refused. */
+#define SSMZIP_ABI 2
 typedef struct {
     int64_t mode, start, end, io_len;
     int64_t n_ctx, table_bits, use_runs, match_min, n_mixers, lr, final_lr, n_apms, apm_rate;
@@ -598,6 +600,8 @@ int64_t ssmzip_cm_segment(const Segment *a)
     regs[R_SSM_ROW] = s_row;
     return 0;
 }
+
+int64_t ssmzip_native_abi(void) { return SSMZIP_ABI; }
 
 /* So that setuptools can build this as an extension module on every platform
  * (Windows exports PyInit_<name>). It is loaded with ctypes, never imported. */

@@ -81,3 +81,12 @@ def test_backend_env(monkeypatch):
         native._load()
     monkeypatch.setenv(native.ENV, "native")
     assert native._load()[0] is not None
+
+
+def test_library_matches_this_version():
+    """A library whose Segment layout differs from native.py's is refused, not called."""
+    import ctypes
+    lib = ctypes.CDLL(str(native._library_path()))
+    lib.ssmzip_native_abi.restype = ctypes.c_int64
+    assert lib.ssmzip_native_abi() == native.ABI
+    assert ctypes.sizeof(native.Segment) == 8 * (len(native._SCALARS) + len(native._POINTERS) + 5)

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 ENV = "SSMZIP_BACKEND"
+ABI = 2                    # native/cm.c's SSMZIP_ABI: the layout of Segment below
 _c_i64 = ctypes.c_int64
 _ptr = ctypes.c_void_p
 
@@ -60,12 +61,15 @@ def _load():
     if path is not None:
         try:
             lib = ctypes.CDLL(str(path))
+            lib.ssmzip_native_abi.restype = _c_i64
+            if lib.ssmzip_native_abi() != ABI:
+                raise AttributeError("it is out of date (rebuild it: pip install .)")
             fn = lib.ssmzip_cm_segment
             fn.argtypes = [ctypes.POINTER(Segment)]
             fn.restype = _c_i64
             return fn, "native C (the context models; the SSM of levels 7-9 on numba)"
         except (OSError, AttributeError) as e:
-            err = f"cannot be loaded: {e}"
+            err = f"cannot be used: {e}"
     if choice == "native":
         raise BackendError(f"{ENV}=native but the C library {err}")
     return None, f"numba: the C library {err}"
