@@ -141,8 +141,10 @@ def check_targets(results) -> list:
         return by.get((inp, system))
 
     def ours(inp, level):
-        """The single-process row of a level: 'ssmzip -6', 'ssmzip -6 -T1' or 'ssmzip -6 (api)'."""
-        for name in (f"ssmzip -{level}", f"ssmzip -{level} -T1", f"ssmzip -{level} (api)"):
+        """The single-process row of a level: 'ssmzip -6', 'ssmzip -6 -T1', 'ssmzip -6 (api)', or
+        with --backends the default backend's row, 'ssmzip -6 (native)'."""
+        for name in (f"ssmzip -{level}", f"ssmzip -{level} -T1", f"ssmzip -{level} (api)",
+                     f"ssmzip -{level} (native)"):
             if get(inp, name):
                 return get(inp, name)
         return None
