@@ -55,8 +55,12 @@ def main(level: int, size: int, file) -> None:
     what = file.name if file is not None else "generated English-like text"
     click.echo(f"input:        {what}, {len(data):,} bytes")
     from .engine import native
+    try:
+        native.cm_kernel()
+    except native.BackendError as e:
+        raise click.ClickException(str(e)) from None
     click.echo(f"backend:      {native.describe()}")
-    if native.cm_kernel() is None or level >= 7:
+    if level >= 7 or not native.describe().startswith("native"):
         click.echo("(the first run compiles the numba engine, which takes a while; it is cached after)")
 
     t0 = time.perf_counter()

@@ -352,3 +352,11 @@ def test_demo_round_trips():
                        capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL)
     assert r.returncode == 0, r.stderr
     assert "backend:" in r.stdout and "round trip:   OK" in r.stdout
+
+
+def test_bad_backend_setting_is_one_line():
+    env = dict(os.environ, SSMZIP_BACKEND="bogus")
+    for cmd in ([sys.executable, "-m", "ssmzip", "-c"], [sys.executable, "-m", "ssmzip.demo", "--size", "100"]):
+        r = subprocess.run(cmd, input=b"abc", capture_output=True, timeout=300, env=env)
+        assert r.returncode == 1 and b"Traceback" not in r.stderr
+        assert b"SSMZIP_BACKEND" in r.stderr and len(r.stderr.strip().splitlines()) == 1

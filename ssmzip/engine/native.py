@@ -2,8 +2,9 @@
 
 It codes a segment of a block with the same model as predictor._code_segment,
 bit for bit; at levels 7-9 it calls the SSM (still numba) back through
-ssm_callbacks.py. The SSM-only ablation (no context models) runs on numba. Python calls it once per segment (64 KiB) through ctypes, so the
-per-call cost does not matter; the kernel itself never calls back.
+ssm_callbacks.py. The SSM-only ablation (no context models) runs on numba.
+Python calls it once per segment (64 KiB) through ctypes, so the per-call
+cost does not matter.
 
 SSMZIP_BACKEND=numba forces the numba kernels, SSMZIP_BACKEND=native makes a
 missing library an error instead of a silent fallback; unset (or "auto") uses

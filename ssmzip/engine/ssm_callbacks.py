@@ -13,7 +13,7 @@ bytes:
 is CTX_ARRAYS), built by `make_context`; the arrays must outlive the calls.
 """
 import numpy as np
-from numba import carray, cfunc, float32, int32, int64, types, void
+from numba import carray, cfunc, float32, int32, int64, njit, types, void
 from numba.extending import intrinsic
 
 from .ssm import (D_NL, D_T, G_LG, N_LA, adam_step, ngram_rows, ngram_step, ssm_backward, ssm_carry,
@@ -23,7 +23,7 @@ from .ssm import (D_NL, D_T, G_LG, N_LA, adam_step, ngram_rows, ngram_step, ssm_
 CTX_ARRAYS = (("sP", np.float32), ("sG", np.float32), ("sV", np.float32), ("sopt", np.float32),
               ("slay", np.int64), ("sA", np.float32), ("salay", np.int64), ("sdims", np.int64),
               ("sS", np.float32), ("sib", np.int32), ("stok", np.int64), ("sNE", np.float32),
-              ("sNV", np.float32), ("srows", np.int64), ("slr_arr", np.float32))
+              ("sNV", np.float32), ("srows", np.int64), ("slr", np.float32))
 
 
 @intrinsic
@@ -47,53 +47,52 @@ def make_context(state) -> np.ndarray:
 
 
 _ctx_t = types.CPointer(int64)
+# offsets of each array's [address, length] in ctx (numba folds them as constants)
+(O_P, O_G, O_V, O_OPT, O_LAY, O_A, O_ALAY, O_DIMS, O_S, O_IB, O_TOK, O_NE, O_NV, O_ROWS,
+ O_LR) = range(0, 2 * len(CTX_ARRAYS), 2)
+
+
+@njit(inline="always")
+def _f32(ctx, o):
+    return carray(_pointer(ctx[o], float32), ctx[o + 1])
+
+
+@njit(inline="always")
+def _i64(ctx, o):
+    return carray(_pointer(ctx[o], int64), ctx[o + 1])
 
 
 @cfunc(void(_ctx_t, int64, int64, int64, int64), cache=True, error_model="numpy")
 def ssm_byte(ctx, row, c4, c8, word):
-    A = carray(_pointer(ctx[10], float32), ctx[11])
-    stok = carray(_pointer(ctx[20], int64), ctx[21])
-    dims = carray(_pointer(ctx[14], int64), ctx[15])
-    rows = carray(_pointer(ctx[26], int64), ctx[27])
-    stok[row] = c4 & 0xFF
+    dims, rows = _i64(ctx, O_DIMS), _i64(ctx, O_ROWS)
+    _i64(ctx, O_TOK)[row] = c4 & 0xFF
     ngram_rows(c4, c8, word, dims, rows, row)
-    ssm_forward(carray(_pointer(ctx[0], float32), ctx[1]), carray(_pointer(ctx[8], int64), ctx[9]), A,
-                carray(_pointer(ctx[12], int64), ctx[13]), dims, row, c4 & 0xFF,
-                carray(_pointer(ctx[16], float32), ctx[17]), carray(_pointer(ctx[18], int32), ctx[19]),
-                carray(_pointer(ctx[22], float32), ctx[23]), rows)
+    ssm_forward(_f32(ctx, O_P), _i64(ctx, O_LAY), _f32(ctx, O_A), _i64(ctx, O_ALAY), dims, row, c4 & 0xFF,
+                _f32(ctx, O_S), carray(_pointer(ctx[O_IB], int32), ctx[O_IB + 1]), _f32(ctx, O_NE), rows)
 
 
 @cfunc(float32(_ctx_t, int64, int64, int64), cache=True, error_model="numpy")
 def ssm_bit(ctx, row, c0, bitpos):
-    A = carray(_pointer(ctx[10], float32), ctx[11])
-    alay = carray(_pointer(ctx[12], int64), ctx[13])
-    dims = carray(_pointer(ctx[14], int64), ctx[15])
-    lg = ssm_logit(carray(_pointer(ctx[0], float32), ctx[1]), carray(_pointer(ctx[8], int64), ctx[9]), A,
-                   alay, dims, row, c0)
+    A, alay, dims = _f32(ctx, O_A), _i64(ctx, O_ALAY), _i64(ctx, O_DIMS)
+    lg = ssm_logit(_f32(ctx, O_P), _i64(ctx, O_LAY), A, alay, dims, row, c0)
     A[alay[dims[D_NL] * N_LA + G_LG] + row * 8 + bitpos] = lg
     return lg
 
 
 @cfunc(int64(_ctx_t, int64, int64), cache=True, error_model="numpy")
 def ssm_end(ctx, row, byte):
-    stok = carray(_pointer(ctx[20], int64), ctx[21])
-    dims = carray(_pointer(ctx[14], int64), ctx[15])
+    stok, dims = _i64(ctx, O_TOK), _i64(ctx, O_DIMS)
     stok[row + 1] = byte
     row += 1
     chunk = dims[D_T]
     if row == chunk:
-        P = carray(_pointer(ctx[0], float32), ctx[1])
-        G = carray(_pointer(ctx[2], float32), ctx[3])
-        opt = carray(_pointer(ctx[6], float32), ctx[7])
-        lay = carray(_pointer(ctx[8], int64), ctx[9])
-        A = carray(_pointer(ctx[10], float32), ctx[11])
-        alay = carray(_pointer(ctx[12], int64), ctx[13])
-        S = carray(_pointer(ctx[16], float32), ctx[17])
-        lr = carray(_pointer(ctx[28], float32), ctx[29])[0]
-        ssm_backward(P, G, lay, A, alay, dims, S, carray(_pointer(ctx[18], int32), ctx[19]), stok, chunk)
-        adam_step(P, G, carray(_pointer(ctx[4], float32), ctx[5]), opt, lr)
-        ngram_step(carray(_pointer(ctx[22], float32), ctx[23]), carray(_pointer(ctx[24], float32), ctx[25]),
-                   carray(_pointer(ctx[26], int64), ctx[27]), S, dims, chunk, lr, opt)
+        P, G, opt, A, alay, S = (_f32(ctx, O_P), _f32(ctx, O_G), _f32(ctx, O_OPT), _f32(ctx, O_A),
+                                 _i64(ctx, O_ALAY), _f32(ctx, O_S))
+        lr = _f32(ctx, O_LR)[0]
+        ssm_backward(P, G, _i64(ctx, O_LAY), A, alay, dims, S, carray(_pointer(ctx[O_IB], int32), ctx[O_IB + 1]),
+                     stok, chunk)
+        adam_step(P, G, _f32(ctx, O_V), opt, lr)
+        ngram_step(_f32(ctx, O_NE), _f32(ctx, O_NV), _i64(ctx, O_ROWS), S, dims, chunk, lr, opt)
         ssm_carry(A, alay, dims, chunk)
         row = 0
     return row

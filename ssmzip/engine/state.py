@@ -13,7 +13,7 @@ from .presets import MAX_CONTEXTS
 from .ssm_layout import G_LG, N_DIMS, N_LA, init_params
 
 ENCODE, DECODE = 0, 1
-SEGMENT = 1 << 16            # bytes coded per call into numba (progress granularity)
+SEGMENT = 1 << 16            # bytes coded per call into a kernel (progress granularity)
 
 # Registers of the model state kept between segments (an int64 array).
 R_X1, R_X2, R_X, R_IO = 0, 1, 2, 3
@@ -115,7 +115,7 @@ class BlockState:
             self.srows = np.zeros(sh.chunk * max(sh.ngram, 1), dtype=np.int64)
             self.sNE = np.zeros(sh.n_ngram, dtype=np.float32)      # n-gram embeddings start at zero
             self.sNV = np.zeros(sh.n_ngram, dtype=np.float32)
-            self.slr = np.float32(preset.ssm_lr) / np.float32(100000.0)     # exact IEEE division
+            lr = np.float32(preset.ssm_lr) / np.float32(100000.0)     # exact IEEE division
         else:
             self.sP = np.zeros(1, dtype=np.float32)
             self.slay = self.salay = np.zeros(N_LA + G_LG + 1, dtype=np.int64)   # s_lg reads one
@@ -127,8 +127,8 @@ class BlockState:
             self.sS = np.zeros(1, dtype=np.float32)
             self.sib = np.zeros(1, dtype=np.int32)
             self.stok = np.zeros(1, dtype=np.int64)
-            self.slr = np.float32(0.0)
-        self.slr_arr = np.array([self.slr], dtype=np.float32)
+            lr = np.float32(0.0)
+        self.slr = np.array([lr], dtype=np.float32)    # an array: the C kernel's callbacks read it
         self.sG = np.zeros_like(self.sP)
         self.sV = np.zeros_like(self.sP)
         self.sopt = np.ones(2, dtype=np.float32)
@@ -150,7 +150,7 @@ class BlockState:
                       self.apm1, self.apm2, self.apm3,
                       C.SQUASH, C.STRETCH, C.STATE_NEXT, C.STATE_PRIORITY, C.RECIPROCAL,
                       p.has_ssm, self.sP, self.sG, self.sV, self.sopt, self.slay,
-                      self.sA, self.salay, self.sdims, self.sS, self.sib, self.stok, self.slr,
+                      self.sA, self.salay, self.sdims, self.sS, self.sib, self.stok, self.slr[0],
                       self.sNE, self.sNV, self.srows)
 
 
