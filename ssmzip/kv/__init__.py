@@ -26,10 +26,12 @@ from ssmzip.kv.archive import (
     ArchiveWriter,
     is_archive,
 )
+from ssmzip.kv.cache import append_cache, cache_info, decode_cache, encode_cache, to_dynamic_cache
 
 __all__ = [
     "encode", "decode", "encode_dict", "decode_dict", "inspect", "open_archive",
     "is_archive", "MAGIC", "SSMZipError",
+    "encode_cache", "decode_cache", "append_cache", "to_dynamic_cache",
 ]
 
 _SINGLE = ""  # the name of the tensor written by encode()
@@ -37,7 +39,7 @@ _SINGLE = ""  # the name of the tensor written by encode()
 
 def _check_mode(mode):
     if mode != "lossless":
-        raise ValueError(f"mode {mode!r} is not available (only 'lossless')")
+        raise ValueError(f"mode {mode!r} is for whole KV caches (encode_cache); tensors are coded losslessly")
 
 
 def encode_dict(tensors, *, mode="lossless", dtypes=None, threads=1, chunk_bytes=DEFAULT_CHUNK_BYTES):
@@ -93,4 +95,8 @@ def inspect(data):
     """Archive information without decoding: version, and per tensor its
     name, dtype, shape, original and compressed size, ratio, chunk methods."""
     with ArchiveReader(data) as r:
-        return r.info()
+        info = r.info()
+        cache = cache_info(r)
+        if cache is not None:
+            info["cache"] = cache
+        return info

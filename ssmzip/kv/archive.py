@@ -29,7 +29,9 @@ from ssmzip.kv.floatsplit import FLOAT_SPECS, decode_split, encode_split
 
 MAGIC = b"\xfdSSKV\x00\r\n"
 END_MAGIC = b"SSKVEND\x00"
-VERSION = 1
+VERSION = 1                 # files with lossless chunks only (methods 0-2)
+VERSION_LOSSY = 2           # files that may also hold lossy chunks (methods 3-4)
+READ_VERSIONS = (VERSION, VERSION_LOSSY)
 _HEAD = struct.Struct("<8sHHI")
 _TRAIL = struct.Struct("<QII8s")
 HEADER_SIZE = _HEAD.size    # 16
@@ -41,7 +43,12 @@ KNOWN_FLAGS = FLAG_FILE_IMAGE
 METHOD_RAW = 0
 METHOD_SPLIT = 1
 METHOD_ZLIB = 2
-METHOD_NAMES = {METHOD_RAW: "raw", METHOD_SPLIT: "split", METHOD_ZLIB: "zlib"}
+METHOD_ECSQ = 3             # lossy: quantised rows, entropy coded (ecsq.py)
+METHOD_SPARSE = 4           # pruned rows: bitmap + kept values (sparse.py)
+METHOD_NAMES = {METHOD_RAW: "raw", METHOD_SPLIT: "split", METHOD_ZLIB: "zlib",
+                METHOD_ECSQ: "ecsq", METHOD_SPARSE: "sparse"}
+LOSSY_METHODS = (METHOD_ECSQ, METHOD_SPARSE)
+LOSSY_CODES = (1, 2, 3)     # float32, float16, bfloat16
 
 DEFAULT_CHUNK_BYTES = 1 << 20   # 1 MiB of original data per chunk
 MAX_CHUNK_BYTES = 1 << 22       # the most original bytes one chunk may hold
@@ -77,6 +84,14 @@ class Entry:
         self.code = code
         self.shape = shape
         self.chunks = chunks
+
+    @property
+    def row(self):
+        """Words per row (one index of the first axis): lossy chunks hold whole rows."""
+        r = 1
+        for d in self.shape[1:]:
+            r *= d
+        return r
 
     @property
     def dtype(self):
@@ -125,8 +140,9 @@ def encode_chunk(words, code, C=1, zlevel=6):
     return METHOD_RAW, [words.tobytes()], csum
 
 
-def decode_chunk(chunk, payload, code, out, where):
-    """Decode one chunk's payload into out (a word array of chunk.n) and verify it."""
+def decode_chunk(chunk, payload, code, out, where, row=1):
+    """Decode one chunk's payload into out (a word array of chunk.n) and verify it.
+    row: words per row of the tensor (lossy chunks hold whole rows)."""
     m = chunk.method
     if m == METHOD_RAW:
         if len(payload) != out.nbytes:
@@ -144,6 +160,12 @@ def decode_chunk(chunk, payload, code, out, where):
         if len(data) != out.nbytes or not d.eof or d.unused_data or d.unconsumed_tail:
             raise SSMZipError(f"corrupt data: deflate size mismatch in {where}")
         out.view(np.uint8)[:] = np.frombuffer(data, np.uint8)
+    elif m == METHOD_ECSQ:
+        from ssmzip.kv import ecsq
+        out[:] = ecsq.to_words(ecsq.decode(payload, chunk.n // row, row, where).reshape(-1), code)
+    elif m == METHOD_SPARSE:
+        from ssmzip.kv import sparse
+        sparse.decode(payload, code, out, where)
     else:  # validated when the index was read
         raise SSMZipError(f"corrupt data: unknown chunk method {m} in {where}")
     if _rans.checksum(out) != chunk.checksum:
@@ -200,7 +222,11 @@ class ArchiveWriter:
     coded in parallel, at most 2 * threads at a time, and written in order.
     """
 
-    def __init__(self, f, *, flags=0, threads=1, chunk_bytes=DEFAULT_CHUNK_BYTES, progress=None):
+    def __init__(self, f, *, flags=0, threads=1, chunk_bytes=DEFAULT_CHUNK_BYTES, progress=None,
+                 version=VERSION, resume=None):
+        """resume=(entries, pos): continue an archive whose chunks end at pos
+        (the old index offset) with f positioned there; nothing is rewritten
+        before pos and no header is written."""
         if flags & ~KNOWN_FLAGS:
             raise ValueError("unknown flags")
         if not 1 <= chunk_bytes <= MAX_CHUNK_BYTES:
@@ -210,12 +236,19 @@ class ArchiveWriter:
         self.threads = max(1, int(threads))
         self.chunk_bytes = int(chunk_bytes)
         self.progress = progress
+        if version not in READ_VERSIONS:
+            raise ValueError(f"unknown archive version {version}")
+        self.version = version
         self.entries = []
         self._names = set()
         self._pending = deque()
         self._pool = ThreadPoolExecutor(self.threads) if self.threads > 1 else None
-        self.pos = HEADER_SIZE
-        f.write(_HEAD.pack(MAGIC, VERSION, flags, 0))
+        if resume is None:
+            self.pos = HEADER_SIZE
+            f.write(_HEAD.pack(MAGIC, version, flags, 0))
+        else:
+            self.entries, self.pos = list(resume[0]), int(resume[1])
+            self._names = {e.name for e in self.entries}
 
     def _check_name(self, name):
         if not isinstance(name, str):
@@ -251,12 +284,24 @@ class ArchiveWriter:
                 yield np.frombuffer(b, wdt)
         self._add(name, code, shape, C, chunks())
 
-    def _add(self, name, code, shape, C, chunk_iter):
+    def add_entry(self, name, code, shape):
+        """A new, empty entry; its chunks come from add_chunk (in order)."""
         self._check_name(name)
         if len(shape) > MAX_NDIM:
             raise SSMZipError(f"tensor {name!r} has more than {MAX_NDIM} dimensions")
         entry = Entry(name, code, tuple(int(d) for d in shape), [])
         self.entries.append(entry)
+        return entry
+
+    def add_chunk(self, entry, method, pieces, checksum, n, nbytes):
+        """Write one chunk coded by the caller (e.g. a lossy one) to entry."""
+        if method in LOSSY_METHODS and self.version < VERSION_LOSSY:
+            raise ValueError("lossy chunks need an archive of version 2")
+        self._drain()
+        self._store(entry, (method, pieces, checksum, n, nbytes))
+
+    def _add(self, name, code, shape, C, chunk_iter):
+        entry = self.add_entry(name, code, shape)
 
         def work(words):
             return encode_chunk(np.ascontiguousarray(words), code, C) + (words.shape[0], words.nbytes)
@@ -387,8 +432,10 @@ class ArchiveReader:
         magic, version, flags, reserved = _HEAD.unpack(bytes(self._read(0, HEADER_SIZE)))
         if magic != MAGIC:
             raise SSMZipError("not an ssmzip tensor archive (bad magic)")
-        if version != VERSION:
-            raise SSMZipError(f"unsupported tensor archive version {version} (this ssmzip reads {VERSION})")
+        if version not in READ_VERSIONS:
+            raise SSMZipError(f"unsupported tensor archive version {version} "
+                              f"(this ssmzip reads {', '.join(map(str, READ_VERSIONS))})")
+        self.version = version
         if flags & ~KNOWN_FLAGS or reserved:
             raise SSMZipError(f"unsupported tensor archive flags {flags:#x}")
         self.flags = flags
@@ -402,6 +449,7 @@ class ArchiveReader:
         idx = bytes(self._read(ioff, ilen))
         if zlib.crc32(idx) != icrc:
             raise SSMZipError("corrupt data: index checksum mismatch")
+        self.index_offset = ioff
         self.entries = self._parse_index(idx, ioff)
         self._by_name = {e.name: e for e in self.entries}
 
@@ -431,6 +479,9 @@ class ArchiveReader:
             for d in shape:
                 count *= d
             unit = itemsize(code) if is_float(code) else 1
+            row = 1
+            for d in shape[1:]:
+                row *= d
             want = count * (1 if is_float(code) else itemsize(code))  # words: elements, or bytes
             nch = r.varint(r.remaining())
             chunks = []
@@ -449,6 +500,8 @@ class ArchiveReader:
                     ok = is_float(code) and n * unit <= SPLIT_MAX_RATIO * clen
                 elif method == METHOD_ZLIB:
                     ok = not is_float(code) and n <= ZLIB_MAX_RATIO * clen + 64
+                elif method in LOSSY_METHODS and self.version >= VERSION_LOSSY:
+                    ok = code in LOSSY_CODES and row > 0 and n % row == 0 and n * unit <= SPLIT_MAX_RATIO * clen
                 else:
                     raise SSMZipError(f"corrupt data: unknown method {method} in {where}")
                 if not ok:
@@ -481,7 +534,8 @@ class ArchiveReader:
 
     def _decode_one(self, entry, j, out):
         c = entry.chunks[j]
-        decode_chunk(c, self._read(c.offset, c.clen), entry.code, out, f"chunk {j} of tensor {entry.name!r}")
+        decode_chunk(c, self._read(c.offset, c.clen), entry.code, out, f"chunk {j} of tensor {entry.name!r}",
+                     entry.row)
 
     def read_many(self, entries, threads=1):
         """{name: 1-D word array} for the entries; all their chunks decoded in parallel threads."""
@@ -497,6 +551,29 @@ class ArchiveReader:
         for _ in ordered_map(lambda job: self._decode_one(*job), jobs, threads):
             pass
         return outs
+
+    def read_rows(self, entry, r0, r1, threads=1):
+        """Words of rows [r0, r1) of the entry (1-D); only the chunks that hold them are decoded."""
+        row = entry.row
+        out = np.empty((r1 - r0) * row, word_dtype(entry.code))
+        jobs = []
+        s = 0
+        for j, c in enumerate(entry.chunks):
+            a, b = s, s + c.n                    # words of this chunk
+            s = b
+            lo, hi = max(a, r0 * row), min(b, r1 * row)
+            if lo < hi:
+                jobs.append((j, a, lo, hi))
+
+        def one(job):
+            j, a, lo, hi = job
+            c = entry.chunks[j]
+            buf = np.empty(c.n, word_dtype(entry.code))
+            self._decode_one(entry, j, buf)
+            out[lo - r0 * row:hi - r0 * row] = buf[lo - a:hi - a]
+        for _ in ordered_map(one, jobs, threads):
+            pass
+        return out
 
     def read_words(self, name_or_entry, threads=1):
         """The tensor's words (1-D numpy array), chunks decoded in parallel threads."""
@@ -520,7 +597,7 @@ class ArchiveReader:
     def info(self):
         return {
             "format": "ssmzip tensor archive",
-            "version": VERSION,
+            "version": self.version,
             "file_image": bool(self.flags & FLAG_FILE_IMAGE),
             "size": self.size,
             "tensors": [e.info() for e in self.entries],
