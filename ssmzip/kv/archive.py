@@ -162,7 +162,7 @@ def decode_chunk(chunk, payload, code, out, where, row=1):
         out.view(np.uint8)[:] = np.frombuffer(data, np.uint8)
     elif m == METHOD_ECSQ:
         from ssmzip.kv import ecsq
-        out[:] = ecsq.to_words(ecsq.decode(payload, chunk.n // row, row, where).reshape(-1), code)
+        out[:] = ecsq.decode_words(payload, chunk.n // row, row, code, out.dtype, where).reshape(-1)
     elif m == METHOD_SPARSE:
         from ssmzip.kv import sparse
         sparse.decode(payload, code, out, where)

@@ -143,18 +143,14 @@ def _code_block(tens, i, t0, t1, exact, mode, step, sparsity):
     if exact or mode == "lossless":
         method, pieces, csum = encode_chunk(flat, tens.code, words.shape[1])
         return method, pieces, csum, flat.shape[0], flat.nbytes, 0.0, 0.0
-    x = tens.f32(i)[t0:t1]
     if mode == "lossy":
-        pieces, rec = ecsq.encode(x, step)
-        rw = ecsq.to_words(rec.reshape(-1), tens.code)
-        method = METHOD_ECSQ
-    else:
-        mask = sparse.prune_mask(x.reshape(t1 - t0, tens.H, tens.D), sparsity).reshape(-1)
-        pieces, rw = sparse.encode(flat, tens.code, mask, step)
-        method = METHOD_SPARSE
-    err = ecsq.from_words(rw, tens.code) - x.reshape(-1)
-    return (method, pieces, checksum(rw), flat.shape[0], flat.nbytes,
-            float(np.dot(err.astype(np.float64), err.astype(np.float64))), float(np.abs(err).max()))
+        pieces, rw, (se, mx, _) = ecsq.encode_words(words, tens.code, step)
+        return METHOD_ECSQ, pieces, checksum(rw), flat.shape[0], flat.nbytes, se, mx
+    x = tens.f32(i)[t0:t1]
+    mask = sparse.prune_mask(x.reshape(t1 - t0, tens.H, tens.D), sparsity).reshape(-1)
+    pieces, rw = sparse.encode(flat, tens.code, mask, step)
+    se, mx, _ = ecsq.err_stats(x, ecsq.from_words(rw, tens.code))
+    return METHOD_SPARSE, pieces, checksum(rw), flat.shape[0], flat.nbytes, se, mx
 
 
 def _nbytes(pieces):
@@ -162,8 +158,7 @@ def _nbytes(pieces):
 
 
 def _rms(x):
-    x = x.astype(np.float64).reshape(-1)
-    return math.sqrt(float(np.dot(x, x)) / x.shape[0]) if x.shape[0] else 0.0
+    return math.sqrt(ecsq.sumsq(x) / x.size) if x.size else 0.0
 
 
 class _Plan:
@@ -193,8 +188,7 @@ def _error_stats(tens, results, nblocks):
         mx = max(mx, r[6])
     nrm = [0.0, 0.0]
     for i in range(tens.n):
-        x = tens.f32(i).astype(np.float64).reshape(-1)
-        nrm[i % 2] += float(np.dot(x, x))
+        nrm[i % 2] += ecsq.sumsq(tens.f32(i))
     rel = lambda e, n: math.sqrt(e / n) if n > 0 else 0.0  # noqa: E731
     return {"rel_error": rel(se[0] + se[1], nrm[0] + nrm[1]), "rel_error_k": rel(se[0], nrm[0]),
             "rel_error_v": rel(se[1], nrm[1]), "max_abs": mx}
@@ -206,15 +200,13 @@ def _quant_error(tens, steps, blocks):
     for i in range(tens.n):
         x = tens.f32(i)
         for t0, t1, exact in blocks:
-            xb = x[t0:t1].reshape(-1)
-            x64 = xb.astype(np.float64)
-            nrm += float(np.dot(x64, x64))
             if exact:
+                nrm += ecsq.sumsq(x[t0:t1])
                 continue
-            rec = ecsq.quantize(xb, steps[i]).astype(np.float32) * np.float32(steps[i])
-            e = (ecsq.from_words(ecsq.to_words(rec, tens.code), tens.code) - xb).astype(np.float64)
-            se += float(np.dot(e, e))
-            mx = max(mx, float(np.abs(e).max()) if e.size else 0.0)
+            e2, m, n2 = ecsq.quantize(tens.words[i][t0:t1], tens.code, steps[i])[3]
+            se += e2
+            nrm += n2
+            mx = max(mx, m)
     return (math.sqrt(se / nrm) if nrm > 0 else 0.0), mx
 
 

@@ -42,7 +42,7 @@ NFRAC = 8                   # mean fraction in eighths
 NKEYS = NSIG * NFRAC
 ESC_FREQ = 4                # of 4096: an escape costs 10 bits plus its varint
 MAX_SHIFT = 31
-MAX_ABS_Q = 1 << 40         # |q| beyond this is refused (step far too small for the data)
+MAX_ABS_Q = 1 << 30         # |q| beyond this is refused (step far too small for the data)
 _U = np.uint64
 
 
@@ -127,17 +127,96 @@ def tables():
 # ---------------------------------------------------------------- encoder
 
 @njit(cache=True, nogil=True)
-def _choose_keys(sym, s0, frac, W, cost, width, keys):
+def _quantize(words, code, inv, step, qT, recw, sums, stats):
+    """For stored words [T, C] of dtype code: qT[c, t] = round(x * inv)
+    (channel-major), recw[t, c] = the stored word of float32(q) * step,
+    sums[c] = (sum q, sum q^2), stats = (squared error, largest error, sum
+    x^2) of the reconstruction. False if a value is not finite or its symbol
+    too large."""
+    T, C = words.shape
+    ub = np.empty(1, np.uint32)
+    fb = ub.view(np.float32)
+    se = 0.0
+    mx = 0.0
+    nrm = 0.0
+    for t0 in range(0, T, 32):
+        t1 = min(t0 + 32, T)
+        for c in range(C):
+            s1 = np.int64(0)
+            s2 = 0.0
+            for t in range(t0, t1):
+                ub[0] = np.uint32(_word_to_bits(words[t, c], code))
+                x = fb[0]
+                v = np.float64(x * inv)
+                if not abs(v) <= MAX_ABS_Q:
+                    return False
+                q = np.int64(math.floor(v + 0.5))
+                qT[c, t] = q
+                fb[0] = np.float32(q) * step
+                rw = _bits_to_word(np.int64(ub[0]), code)
+                recw[t, c] = rw
+                ub[0] = np.uint32(_word_to_bits(rw, code))
+                e = np.float64(fb[0]) - np.float64(x)
+                se += e * e
+                nrm += np.float64(x) * np.float64(x)
+                if abs(e) > mx:
+                    mx = abs(e)
+                s1 += q
+                s2 += np.float64(q) * np.float64(q)
+            sums[c, 0] += s1
+            sums[c, 1] += s2
+    stats[0] = se
+    stats[1] = mx
+    stats[2] = nrm
+    return True
+
+
+@njit(cache=True, nogil=True)
+def err_stats(x, y):
+    """(sum of squared errors, largest absolute error, sum of squares of x), in float64."""
+    se = 0.0
+    mx = 0.0
+    nrm = 0.0
+    xf = x.reshape(-1)
+    yf = y.reshape(-1)
+    for i in range(xf.shape[0]):
+        a = np.float64(xf[i])
+        e = np.float64(yf[i]) - a
+        se += e * e
+        nrm += a * a
+        if abs(e) > mx:
+            mx = abs(e)
+    return se, mx, nrm
+
+
+@njit(cache=True, nogil=True)
+def sumsq(x):
+    """Sum of squares in float64."""
+    a = 0.0
+    xf = x.reshape(-1)
+    for i in range(xf.shape[0]):
+        v = np.float64(xf[i])
+        a += v * v
+    return a
+
+
+@njit(cache=True, nogil=True)
+def _sym(q, b0, k, b2):
+    return ((np.int64(q) - b0) >> k) - b2
+
+
+@njit(cache=True, nogil=True)
+def _choose_keys(qT, b0, k, b2, s0, frac, W, cost, width, keys):
     """Per channel, the sigma index near s0 whose table codes the channel's
-    symbols (sym: int64 [C, T], relative to the base) in the fewest bits."""
-    C, T = sym.shape
+    symbols in the fewest bits."""
+    C, T = qT.shape
     maxw = (width - 3) // 2
     hist = np.zeros(2 * maxw + 2, np.int64)
     for c in range(C):
         hist[:] = 0
         outside = 0
         for t in range(T):
-            v = sym[c, t] + maxw
+            v = _sym(qT[c, t], b0[c], k[c], b2[c]) + maxw
             if 0 <= v < hist.shape[0]:
                 hist[v] += 1
             else:
@@ -165,35 +244,36 @@ def _choose_keys(sym, s0, frac, W, cost, width, keys):
 
 
 @njit(cache=True, nogil=True)
-def _encode_symbols(sym, keys, W, width, enc0, enc1, out, esc):
-    """rANS-code sym (int64 [C, T], channel-major order) with table keys[c];
-    out (uint16) is filled from its end. Returns (words used, escapes written
-    to esc in element order)."""
-    C, T = sym.shape
-    n = C * T
+def _encode_symbols(qT, b0, k, b2, keys, W, width, enc0, enc1, out, esc):
+    """rANS-code the symbols (channel-major order) with table keys[c]; out
+    (uint16) is filled from its end. Returns (words used, escapes written to
+    esc in element order)."""
+    C, T = qT.shape
     pos = out.shape[0]
     st = np.full(LANES, RANS_L, np.int64)
     nesc = 0
-    for i in range(n - 1, -1, -1):
-        c = i // T
-        t = i - c * T
+    for c in range(C - 1, -1, -1):
         key = keys[c]
         w = W[key]
-        j = sym[c, t] + w
-        if j < 0 or j > 2 * w + 1:
-            esc[nesc] = sym[c, t]
-            nesc += 1
-            j = 2 * w + 2
-        e = key * width + j
-        e0 = np.int64(enc0[e])
-        e1 = np.int64(enc1[e])
-        x = st[i & 7]
-        if x >= (e0 & 0xFFFFFFFF):
-            pos -= 1
-            out[pos] = np.uint16(x & 0xFFFF)
-            x >>= 16
-        q = ((x * (e1 & 0xFFFFFFFF)) >> 32) >> (e1 >> 48)
-        st[i & 7] = x + (e0 >> 32) + q * ((e1 >> 32) & 0xFFFF)
+        kb = key * width + w
+        bc, kc, b2c = b0[c], k[c], b2[c]
+        for t in range(T - 1, -1, -1):
+            lane = (c * T + t) & 7
+            sv = _sym(qT[c, t], bc, kc, b2c)
+            j = sv + w
+            if j < 0 or j > 2 * w + 1:
+                esc[nesc] = sv
+                nesc += 1
+                j = 2 * w + 2
+            e0 = np.int64(enc0[kb - w + j])
+            e1 = np.int64(enc1[kb - w + j])
+            x = st[lane]
+            if x >= (e0 & 0xFFFFFFFF):
+                pos -= 1
+                out[pos] = np.uint16(x & 0xFFFF)
+                x >>= 16
+            q = ((x * (e1 & 0xFFFFFFFF)) >> 32) >> (e1 >> 48)
+            st[lane] = x + (e0 >> 32) + q * ((e1 >> 32) & 0xFFFF)
     for lane in range(LANES - 1, -1, -1):
         x = st[lane]
         pos -= 1
@@ -205,9 +285,9 @@ def _encode_symbols(sym, keys, W, width, enc0, enc1, out, esc):
 
 
 @njit(cache=True, nogil=True)
-def _pack_low(low, k, out):
-    """Bit-pack low[c, t] (k[c] bits each), channel after channel, LSB first."""
-    C, T = low.shape
+def _pack_low(qT, b0, k, out):
+    """Bit-pack the k[c] low bits of q - b0[c], channel after channel, LSB first."""
+    C, T = qT.shape
     acc = np.int64(0)
     nb = 0
     o = 0
@@ -215,8 +295,9 @@ def _pack_low(low, k, out):
         kc = k[c]
         if kc == 0:
             continue
+        mask = (np.int64(1) << kc) - 1
         for t in range(T):
-            acc |= low[c, t] << nb
+            acc |= ((np.int64(qT[c, t]) - b0[c]) & mask) << nb
             nb += kc
             while nb >= 8:
                 out[o] = np.uint8(acc & 0xFF)
@@ -240,45 +321,65 @@ def _varints(vals):
     return buf[:_rans.pack_varints(vals, buf)].tobytes()
 
 
-def quantize(x, step):
-    """Integer symbols round(x / step) of a float32 array (encoder side only)."""
-    q = np.rint(x * np.float32(1.0 / step)) if step >= 1e-30 else None
-    if q is None or not np.all(np.isfinite(q)) or (q.size and float(np.abs(q).max()) > MAX_ABS_Q):
-        raise SSMZipError("lossy coding needs finite values and a step that is not vanishingly small")
-    return q.astype(np.int64)
-
-
-def encode(x, step):
-    """Payload (list of bytes pieces) coding x (float32 [T, C]) with one step.
-    Returns (pieces, reconstruction as float32 [T, C])."""
+def _check_step(step):
     step = float(np.float32(step))
     if not (math.isfinite(step) and step > 0):
         raise SSMZipError(f"bad quantisation step {step}")
+    return np.float32(step)
+
+
+def quantize(words, code, step):
+    """(qT int32 [C, T], reconstructed words [T, C], sums [C, 2], (se, max, sum x^2))
+    for stored words [T, C] of dtype code."""
+    step = _check_step(step)
+    words = np.ascontiguousarray(words)
+    T, C = words.shape
+    qT = np.empty((C, T), np.int32)
+    recw = np.empty((T, C), words.dtype)
+    sums = np.zeros((C, 2), np.float64)
+    stats = np.zeros(3, np.float64)
+    if not _quantize(words, code, np.float32(1.0) / step, step, qT, recw, sums, stats):
+        raise SSMZipError("lossy coding needs finite values and a step that is not vanishingly small")
+    return qT, recw, sums, stats
+
+
+def encode(x, step):
+    """encode_words for float32 values x [T, C]: (pieces, reconstruction float32 [T, C])."""
+    x = np.ascontiguousarray(x, np.float32)
+    pieces, recw, _ = encode_words(x.view(np.uint32), 1, step)
+    return pieces, recw.view(np.float32)
+
+
+def encode_words(words, code, step):
+    """Payload (list of bytes pieces) coding stored words [T, C] of dtype code
+    (1 float32, 2 float16, 3 bfloat16) with one step. Returns (pieces,
+    reconstructed words [T, C], (squared error, largest error, sum x^2))."""
+    step = _check_step(step)
     tb = tables()
-    T, C = x.shape
-    q = quantize(x, step).T.copy()                       # [C, T], channel-major
-    mean = q.mean(axis=1)
-    var = np.maximum(q.var(axis=1) - 1.0 / 12, 1.0 / 1024)
+    T, C = words.shape
+    qT, recw, sums, stats = quantize(words, code, step)
+    mean = sums[:, 0] / T
+    var = np.maximum(sums[:, 1] / T - mean * mean - 1.0 / 12, 1.0 / 1024)
+
     sd = np.sqrt(var)
     # channels wider than the grid: code floor((q - b) / 2^k), k low bits raw
     k = np.zeros(C, np.int64)
     wide = sd > 8.0
     k[wide] = np.minimum(np.ceil(np.log2(sd[wide] / 6.0)), MAX_SHIFT).astype(np.int64)
-    b0 = np.where(k > 0, np.rint(mean), 0).astype(np.int64)
-    r = q - b0[:, None]
-    low = r & ((np.int64(1) << k) - 1)[:, None]
-    d = r >> k[:, None]
-    m8 = np.rint(d.mean(axis=1) * 8).astype(np.int64)
+    b0 = np.where(wide, np.rint(mean), 0).astype(np.int64)
+    dmean = mean.copy()
+    if wide.any():
+        dmean[wide] = ((qT[wide].astype(np.int64) - b0[wide, None]) >> k[wide, None]).mean(axis=1)
+    m8 = np.rint(dmean * 8).astype(np.int64)
     b2 = m8 >> 3
     frac = m8 & 7
-    sym = d - b2[:, None]
     sdk = np.maximum(sd / (2.0 ** k), 1.0 / 64)
     s0 = np.argmin(np.abs(np.log(tb.sigmas)[None, :] - np.log(sdk)[:, None]), axis=1).astype(np.int64)
     keys = np.empty(C, np.int64)
-    _choose_keys(sym, s0, frac, tb.W, tb.cost, tb.width, keys)
+    _choose_keys(qT, b0, k, b2, s0, frac, tb.W, tb.cost, tb.width, keys)
     out = np.empty(C * T + STATE_WORDS + 1, np.uint16)
     esc = np.empty(C * T, np.int64)
-    nwords, nesc = _encode_symbols(sym, keys, tb.W, tb.width, tb.enc0, tb.enc1, out, esc)
+    nwords, nesc = _encode_symbols(qT, b0, k, b2, keys, tb.W, tb.width, tb.enc0, tb.enc1, out, esc)
     base = b0 + (b2 << k)
     head = bytearray(np.float32(step).tobytes())
     params = np.empty(C * 12, np.uint8)
@@ -299,21 +400,23 @@ def encode(x, step):
     lowbytes = b""
     if wide.any():
         buf = np.empty((int(k.sum()) * T + 7) // 8 + 1, np.uint8)
-        lowbytes = buf[:_pack_low(low, k, buf)].tobytes()
+        lowbytes = buf[:_pack_low(qT, b0, k, buf)].tobytes()
     head += varint(len(lowbytes)) + lowbytes
     head += varint(nwords)
     if len(head) & 1:
         head += b"\0"
-    recon = (q.T.astype(np.float32) * np.float32(step))
-    return [bytes(head), out[out.shape[0] - nwords:]], recon
+    return [bytes(head), out[out.shape[0] - nwords:]], recw, stats
 
 
 # ---------------------------------------------------------------- decoder
 
 @njit(cache=True, nogil=True)
-def _decode_symbols(stream, nwords, base, keys, k, W, dec, esc, low, lowlen, step, T, out):
-    """Decode C * T symbols (channel-major) into out (float32, [T, C] row-major):
-    out[t, c] = float32(q) * step. Returns 0, or -1 if the data is inconsistent."""
+def _decode_symbols(stream, nwords, base, keys, k, W, dec, esc, low, lowlen, step, T, code, out):
+    """Decode C * T symbols (channel-major) into out (stored words [T, C] of
+    dtype code): out[t, c] = word of float32(q) * step. Returns 0, or -1 if
+    the data is inconsistent."""
+    ub = np.empty(1, np.uint32)
+    fb = ub.view(np.float32)
     C = keys.shape[0]
     if nwords < STATE_WORDS:
         return -1
@@ -362,7 +465,8 @@ def _decode_symbols(stream, nwords, base, keys, k, W, dec, esc, low, lowlen, ste
                 qv = bc + (s << kc) + v
             else:
                 qv = bc + s
-            out[t, c] = np.float32(qv) * step
+            fb[0] = np.float32(qv) * step
+            out[t, c] = _bits_to_word(np.int64(ub[0]), code)
     if p != nwords or ne != esc.shape[0] or (lb + 7) // 8 != lowlen:
         return -1
     for lane in range(LANES):
@@ -401,6 +505,11 @@ def _read_params(buf, pos, end, C, base, keys, k):
 
 def decode(payload, T, C, where):
     """float32 [T, C] reconstruction from a payload made by encode()."""
+    return decode_words(payload, T, C, 1, np.uint32, where).view(np.float32)
+
+
+def decode_words(payload, T, C, code, wdtype, where):
+    """Stored words [T, C] (dtype code, numpy dtype wdtype) from a payload made by encode_words()."""
     tb = tables()
     buf = np.frombuffer(payload, np.uint8)
     r = Reader(payload, where)
@@ -430,8 +539,9 @@ def decode(payload, T, C, where):
     raw = r.take(2 * nwords)
     r.done()
     stream = np.frombuffer(raw, np.uint16)
-    out = np.empty((T, C), np.float32)
-    if _decode_symbols(stream, nwords, base, keys, k, tb.W, tb.dec, esc, low, lowlen, np.float32(step), T, out) < 0:
+    out = np.empty((T, C), wdtype)
+    if _decode_symbols(stream, nwords, base, keys, k, tb.W, tb.dec, esc, low, lowlen, np.float32(step), T,
+                       code, out) < 0:
         raise SSMZipError(f"corrupt data: inconsistent symbol stream in {where}")
     return out
 
@@ -461,3 +571,68 @@ def from_words(words, code):
     if code == 3:
         return (words.astype(np.uint32) << np.uint32(16)).view(np.float32)
     raise SSMZipError(f"lossy coding is for float32, float16 and bfloat16 tensors (dtype code {code})")
+
+
+# ---------------------------------------------------------------- the same conversions inside kernels
+
+@njit(cache=True, nogil=True, inline="always")
+def _f32_to_f16(u):
+    """float32 bits -> float16 bits, round to nearest even (IEEE, as numpy's astype)."""
+    s = (u >> 16) & 0x8000
+    a = u & 0x7FFFFFFF
+    if a >= 0x7F800000:
+        return s | 0x7C00 | (0x200 if a > 0x7F800000 else 0)
+    if a >= 0x477FF000:
+        return s | 0x7C00
+    if a >= 0x38800000:
+        h = a - 0x38000000
+        h = h + 0x0FFF + ((h >> 13) & 1)
+        return s | (h >> 13)
+    if a <= 0x33000000:
+        return s
+    e = a >> 23
+    m = (a & 0x7FFFFF) | 0x800000
+    sh = 126 - e
+    r = m >> sh
+    rem = m & ((np.int64(1) << sh) - 1)
+    half = np.int64(1) << (sh - 1)
+    if rem > half or (rem == half and (r & 1) == 1):
+        r += 1
+    return s | r
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _f16_to_f32(h):
+    """float16 bits -> float32 bits (exact)."""
+    s = (h & 0x8000) << 16
+    e = (h >> 10) & 0x1F
+    m = h & 0x3FF
+    if e == 0:
+        if m == 0:
+            return s
+        e = 113
+        while (m & 0x400) == 0:
+            m <<= 1
+            e -= 1
+        return s | (e << 23) | ((m & 0x3FF) << 13)
+    if e == 31:
+        return s | 0x7F800000 | (m << 13)
+    return s | ((e + 112) << 23) | (m << 13)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _word_to_bits(w, code):
+    if code == 2:
+        return _f16_to_f32(np.int64(w))
+    if code == 3:
+        return np.int64(w) << 16
+    return np.int64(w)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _bits_to_word(u, code):
+    if code == 2:
+        return _f32_to_f16(u)
+    if code == 3:
+        return ((u + 0x7FFF + ((u >> 16) & 1)) >> 16) & 0xFFFF
+    return u
