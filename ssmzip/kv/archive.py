@@ -160,9 +160,13 @@ def decode_chunk(chunk, payload, code, out, where, row=1):
         if len(data) != out.nbytes or not d.eof or d.unused_data or d.unconsumed_tail:
             raise SSMZipError(f"corrupt data: deflate size mismatch in {where}")
         out.view(np.uint8)[:] = np.frombuffer(data, np.uint8)
-    elif m == METHOD_ECSQ:
+    elif m == METHOD_ECSQ:     # its checksum covers the words in channel-major order
         from ssmzip.kv import ecsq
-        out[:] = ecsq.decode_words(payload, chunk.n // row, row, code, out.dtype, where).reshape(-1)
+        recT = ecsq.decode_words(payload, chunk.n // row, row, code, out.dtype, where)
+        if _rans.checksum(recT) != chunk.checksum:
+            raise SSMZipError(f"corrupt data: checksum mismatch in {where}")
+        out.reshape(-1, row)[:] = recT.T
+        return
     elif m == METHOD_SPARSE:
         from ssmzip.kv import sparse
         sparse.decode(payload, code, out, where)

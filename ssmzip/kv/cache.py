@@ -288,7 +288,7 @@ def _write(f, tens, plan, results, header, resume=None, seg_name=""):
 
 def encode_cache(cache, *, mode="lossy", bits=None, rel_error=None, max_abs=None, step=None,
                  sinks=4, recent=0, sparsity=None, values="exact", block_tokens=DEFAULT_BLOCK_TOKENS,
-                 threads=1, dtype=None):
+                 threads=1, dtype=None, step_weights=None):
     """Encode a whole KV cache to bytes.
 
     mode="lossy": give exactly one of bits (per element, everything included),
@@ -298,6 +298,8 @@ def encode_cache(cache, *, mode="lossy", bits=None, rel_error=None, max_abs=None
     "exact" or a relative step (float) to quantise the kept values.
     mode="lossless": bit-exact. sinks / recent: tokens at the start / end kept exact.
     dtype="bfloat16": the numpy input is uint16 words holding bf16 bits.
+    step_weights: optional [layers, 2] multipliers of the steps (K, V of each
+    layer) for bit allocation; the targets apply to the weighted steps.
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
@@ -333,6 +335,11 @@ def encode_cache(cache, *, mode="lossy", bits=None, rel_error=None, max_abs=None
         raise SSMZipError("lossy and sparse coding need finite values (the cache holds inf or NaN)")
     plan = _Plan(tens, mode, sinks, recent, block, sparsity)
     rms = [_rms(tens.f32(i)[min(sinks, tens.T):]) or 1.0 for i in range(tens.n)] if mode != "lossless" else None
+    if step_weights is not None and rms is not None:
+        sw = np.asarray(step_weights, np.float64).reshape(-1)
+        if sw.shape[0] != tens.n or not np.all(np.isfinite(sw)) or not np.all(sw > 0):
+            raise ValueError(f"step_weights must be {tens.L} x 2 positive numbers")
+        rms = [r * float(w) for r, w in zip(rms, sw)]
     steps = None
     rel = None
     target = None

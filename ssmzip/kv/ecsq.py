@@ -42,7 +42,7 @@ NFRAC = 8                   # mean fraction in eighths
 NKEYS = NSIG * NFRAC
 ESC_FREQ = 4                # of 4096: an escape costs 10 bits plus its varint
 MAX_SHIFT = 31
-MAX_ABS_Q = 1 << 30         # |q| beyond this is refused (step far too small for the data)
+MAX_ABS_Q = 1 << 20         # |q| beyond this is refused (a step this small: use mode="lossless")
 _U = np.uint64
 
 
@@ -124,51 +124,127 @@ def tables():
     return _tables
 
 
+# ---------------------------------------------------------------- float conversions inside kernels
+
+@njit(cache=True, nogil=True, inline="always")
+def _f32_to_f16(u):
+    """float32 bits -> float16 bits, round to nearest even (IEEE, as numpy's astype)."""
+    s = (u >> 16) & 0x8000
+    a = u & 0x7FFFFFFF
+    if a >= 0x7F800000:
+        return s | 0x7C00 | (0x200 if a > 0x7F800000 else 0)
+    if a >= 0x477FF000:
+        return s | 0x7C00
+    if a >= 0x38800000:
+        h = a - 0x38000000
+        h = h + 0x0FFF + ((h >> 13) & 1)
+        return s | (h >> 13)
+    if a <= 0x33000000:
+        return s
+    e = a >> 23
+    m = (a & 0x7FFFFF) | 0x800000
+    sh = 126 - e
+    r = m >> sh
+    rem = m & ((np.int64(1) << sh) - 1)
+    half = np.int64(1) << (sh - 1)
+    if rem > half or (rem == half and (r & 1) == 1):
+        r += 1
+    return s | r
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _f16_to_f32(h):
+    """float16 bits -> float32 bits (exact)."""
+    s = (h & 0x8000) << 16
+    e = (h >> 10) & 0x1F
+    m = h & 0x3FF
+    if e == 0:
+        if m == 0:
+            return s
+        e = 113
+        while (m & 0x400) == 0:
+            m <<= 1
+            e -= 1
+        return s | (e << 23) | ((m & 0x3FF) << 13)
+    if e == 31:
+        return s | 0x7F800000 | (m << 13)
+    return s | ((e + 112) << 23) | (m << 13)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _word_to_f32(w, code):
+    """A stored word (dtype code 1 float32, 2 float16, 3 bfloat16) as float32."""
+    if code == 2:
+        h = np.int64(w)
+        if 0x0400 <= (h & 0x7FFF) < 0x7C00:       # normal: rebias the exponent
+            u = ((h & 0x8000) << 16) | (((h & 0x7FFF) + 0x1C000) << 13)
+        else:
+            u = _f16_to_f32(h)
+    elif code == 3:
+        u = np.int64(w) << 16
+    else:
+        u = np.int64(w)
+    return np.uint32(u).view(np.float32)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _f32_to_word(x, code):
+    """float32 -> the stored word of dtype code (round to nearest even)."""
+    u = np.int64(np.float32(x).view(np.uint32))
+    if code == 2:
+        a = u & 0x7FFFFFFF
+        if 0x38800000 <= a < 0x477FF000:           # a normal float16
+            return ((u >> 16) & 0x8000) | ((a - 0x38000000 + 0x0FFF + ((a >> 13) & 1)) >> 13)
+        return _f32_to_f16(u)
+    if code == 3:
+        return ((u + 0x7FFF + ((u >> 16) & 1)) >> 16) & 0xFFFF
+    return u
+
+
 # ---------------------------------------------------------------- encoder
 
 @njit(cache=True, nogil=True)
-def _quantize(words, code, inv, step, qT, recw, sums, stats):
-    """For stored words [T, C] of dtype code: qT[c, t] = round(x * inv)
-    (channel-major), recw[t, c] = the stored word of float32(q) * step,
+def _quantize(words, code, inv, step, qT, recT, sums, stats):
+    """For stored words [T, C] of dtype code: qT[c, t] = round(x * inv),
+    recT[c, t] = the stored word of float32(q) * step (both channel-major),
     sums[c] = (sum q, sum q^2), stats = (squared error, largest error, sum
     x^2) of the reconstruction. False if a value is not finite or its symbol
     too large."""
     T, C = words.shape
-    ub = np.empty(1, np.uint32)
-    fb = ub.view(np.float32)
     se = 0.0
-    mx = 0.0
+    mx = np.float32(0.0)
     nrm = 0.0
+    bad = False
+    lim = np.float32(MAX_ABS_Q)
     for t0 in range(0, T, 32):
         t1 = min(t0 + 32, T)
         for c in range(C):
             s1 = np.int64(0)
-            s2 = 0.0
+            s2 = np.int64(0)
+            e2 = np.float32(0.0)
+            x2 = np.float32(0.0)
             for t in range(t0, t1):
-                ub[0] = np.uint32(_word_to_bits(words[t, c], code))
-                x = fb[0]
-                v = np.float64(x * inv)
-                if not abs(v) <= MAX_ABS_Q:
-                    return False
-                q = np.int64(math.floor(v + 0.5))
+                x = _word_to_f32(words[t, c], code)
+                v = x * inv
+                bad |= not (abs(v) <= lim)
+                q = np.int64(math.floor(v + np.float32(0.5))) if not bad else np.int64(0)
                 qT[c, t] = q
-                fb[0] = np.float32(q) * step
-                rw = _bits_to_word(np.int64(ub[0]), code)
-                recw[t, c] = rw
-                ub[0] = np.uint32(_word_to_bits(rw, code))
-                e = np.float64(fb[0]) - np.float64(x)
-                se += e * e
-                nrm += np.float64(x) * np.float64(x)
-                if abs(e) > mx:
-                    mx = abs(e)
+                rw = _f32_to_word(np.float32(q) * step, code)
+                recT[c, t] = rw
+                e = _word_to_f32(rw, code) - x
+                e2 += e * e
+                x2 += x * x
+                mx = max(mx, abs(e))
                 s1 += q
-                s2 += np.float64(q) * np.float64(q)
+                s2 += q * q
             sums[c, 0] += s1
             sums[c, 1] += s2
+            se += e2
+            nrm += x2
     stats[0] = se
     stats[1] = mx
     stats[2] = nrm
-    return True
+    return not bad
 
 
 @njit(cache=True, nogil=True)
@@ -200,7 +276,7 @@ def sumsq(x):
     return a
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, inline="always")
 def _sym(q, b0, k, b2):
     return ((np.int64(q) - b0) >> k) - b2
 
@@ -211,36 +287,54 @@ def _choose_keys(qT, b0, k, b2, s0, frac, W, cost, width, keys):
     symbols in the fewest bits."""
     C, T = qT.shape
     maxw = (width - 3) // 2
-    hist = np.zeros(2 * maxw + 2, np.int64)
+    nb = 2 * maxw + 3                      # the last bin: outside every table
+    hist = np.zeros((4, nb), np.int64)     # 4 interleaved histograms: no store-to-load chains
     for c in range(C):
-        hist[:] = 0
-        outside = 0
+        hist[:, :] = 0
+        bc, kc, b2c = b0[c], k[c], b2[c]
         for t in range(T):
-            v = _sym(qT[c, t], b0[c], k[c], b2[c]) + maxw
-            if 0 <= v < hist.shape[0]:
-                hist[v] += 1
-            else:
-                outside += 1
+            v = _sym(qT[c, t], bc, kc, b2c) + maxw
+            v = v if 0 <= v < nb - 1 else nb - 1
+            hist[t & 3, v] += 1
         best = 1e300
         bk = 0
         for s in range(max(0, s0[c] - 3), min(NSIG, s0[c] + 4)):
             key = s * NFRAC + frac[c]
             w = W[key]
             bits = 0.0
-            esc = outside
-            for v in range(2 * maxw + 2):
-                d = v - maxw
-                if hist[v] == 0:
+            esc = 0
+            for v in range(nb):
+                h = hist[0, v] + hist[1, v] + hist[2, v] + hist[3, v]
+                if h == 0:
                     continue
-                if -w <= d <= w + 1:
-                    bits += hist[v] * cost[key, d + w]
+                d = v - maxw
+                if v < nb - 1 and -w <= d <= w + 1:
+                    bits += h * cost[key, d + w]
                 else:
-                    esc += hist[v]
+                    esc += h
             bits += esc * (cost[key, 2 * w + 2] + 12.0)
             if bits < best:
                 best = bits
                 bk = key
         keys[c] = bk
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _estep(x, sv, w, kb, enc0, enc1, out, pos, esc, nesc):
+    """One rANS encode step of symbol sv (relative to the base) with the table at kb."""
+    j = sv + w
+    if j < 0 or j > 2 * w + 1:
+        esc[nesc] = sv
+        nesc += 1
+        j = 2 * w + 2
+    e0 = np.int64(enc0[kb + j])
+    e1 = np.int64(enc1[kb + j])
+    if x >= (e0 & 0xFFFFFFFF):      # a branch: the position is shared by the lanes (see _dstep)
+        pos -= 1
+        out[pos] = np.uint16(x & 0xFFFF)
+        x >>= 16
+    q = ((x * (e1 & 0xFFFFFFFF)) >> 32) >> (e1 >> 48)
+    return x + (e0 >> 32) + q * ((e1 >> 32) & 0xFFFF), pos, nesc
 
 
 @njit(cache=True, nogil=True)
@@ -255,25 +349,25 @@ def _encode_symbols(qT, b0, k, b2, keys, W, width, enc0, enc1, out, esc):
     for c in range(C - 1, -1, -1):
         key = keys[c]
         w = W[key]
-        kb = key * width + w
+        kb = key * width
         bc, kc, b2c = b0[c], k[c], b2[c]
-        for t in range(T - 1, -1, -1):
-            lane = (c * T + t) & 7
-            sv = _sym(qT[c, t], bc, kc, b2c)
-            j = sv + w
-            if j < 0 or j > 2 * w + 1:
-                esc[nesc] = sv
-                nesc += 1
-                j = 2 * w + 2
-            e0 = np.int64(enc0[kb - w + j])
-            e1 = np.int64(enc1[kb - w + j])
-            x = st[lane]
-            if x >= (e0 & 0xFFFFFFFF):
-                pos -= 1
-                out[pos] = np.uint16(x & 0xFFFF)
-                x >>= 16
-            q = ((x * (e1 & 0xFFFFFFFF)) >> 32) >> (e1 >> 48)
-            st[lane] = x + (e0 >> 32) + q * ((e1 >> 32) & 0xFFFF)
+        if (T & 7) == 0:         # every channel starts on lane 0: eight states in registers
+            x0, x1, x2, x3, x4, x5, x6, x7 = st[0], st[1], st[2], st[3], st[4], st[5], st[6], st[7]
+            for t in range(T - 8, -1, -8):
+                x7, pos, nesc = _estep(x7, _sym(qT[c, t + 7], bc, kc, b2c), w, kb, enc0, enc1, out, pos, esc, nesc)
+                x6, pos, nesc = _estep(x6, _sym(qT[c, t + 6], bc, kc, b2c), w, kb, enc0, enc1, out, pos, esc, nesc)
+                x5, pos, nesc = _estep(x5, _sym(qT[c, t + 5], bc, kc, b2c), w, kb, enc0, enc1, out, pos, esc, nesc)
+                x4, pos, nesc = _estep(x4, _sym(qT[c, t + 4], bc, kc, b2c), w, kb, enc0, enc1, out, pos, esc, nesc)
+                x3, pos, nesc = _estep(x3, _sym(qT[c, t + 3], bc, kc, b2c), w, kb, enc0, enc1, out, pos, esc, nesc)
+                x2, pos, nesc = _estep(x2, _sym(qT[c, t + 2], bc, kc, b2c), w, kb, enc0, enc1, out, pos, esc, nesc)
+                x1, pos, nesc = _estep(x1, _sym(qT[c, t + 1], bc, kc, b2c), w, kb, enc0, enc1, out, pos, esc, nesc)
+                x0, pos, nesc = _estep(x0, _sym(qT[c, t], bc, kc, b2c), w, kb, enc0, enc1, out, pos, esc, nesc)
+            st[0], st[1], st[2], st[3], st[4], st[5], st[6], st[7] = x0, x1, x2, x3, x4, x5, x6, x7
+        else:
+            for t in range(T - 1, -1, -1):
+                lane = (c * T + t) & 7
+                st[lane], pos, nesc = _estep(st[lane], _sym(qT[c, t], bc, kc, b2c), w, kb, enc0, enc1,
+                                             out, pos, esc, nesc)
     for lane in range(LANES - 1, -1, -1):
         x = st[lane]
         pos -= 1
@@ -329,35 +423,36 @@ def _check_step(step):
 
 
 def quantize(words, code, step):
-    """(qT int32 [C, T], reconstructed words [T, C], sums [C, 2], (se, max, sum x^2))
-    for stored words [T, C] of dtype code."""
+    """(qT int32 [C, T], reconstructed words [C, T] (channel-major), sums [C, 2],
+    (squared error, largest error, sum x^2)) for stored words [T, C] of dtype code."""
     step = _check_step(step)
     words = np.ascontiguousarray(words)
     T, C = words.shape
     qT = np.empty((C, T), np.int32)
-    recw = np.empty((T, C), words.dtype)
-    sums = np.zeros((C, 2), np.float64)
+    recT = np.empty((C, T), words.dtype)
+    sums = np.zeros((C, 2), np.int64)
     stats = np.zeros(3, np.float64)
-    if not _quantize(words, code, np.float32(1.0) / step, step, qT, recw, sums, stats):
+    if not _quantize(words, code, np.float32(1.0) / step, step, qT, recT, sums, stats):
         raise SSMZipError("lossy coding needs finite values and a step that is not vanishingly small")
-    return qT, recw, sums, stats
+    return qT, recT, sums, stats
 
 
 def encode(x, step):
     """encode_words for float32 values x [T, C]: (pieces, reconstruction float32 [T, C])."""
     x = np.ascontiguousarray(x, np.float32)
-    pieces, recw, _ = encode_words(x.view(np.uint32), 1, step)
-    return pieces, recw.view(np.float32)
+    pieces, recT, _ = encode_words(x.view(np.uint32), 1, step)
+    return pieces, recT.T.view(np.float32)
 
 
 def encode_words(words, code, step):
     """Payload (list of bytes pieces) coding stored words [T, C] of dtype code
     (1 float32, 2 float16, 3 bfloat16) with one step. Returns (pieces,
-    reconstructed words [T, C], (squared error, largest error, sum x^2))."""
+    reconstructed words [C, T] (channel-major: what the chunk checksum covers),
+    (squared error, largest error, sum x^2))."""
     step = _check_step(step)
     tb = tables()
     T, C = words.shape
-    qT, recw, sums, stats = quantize(words, code, step)
+    qT, recT, sums, stats = quantize(words, code, step)
     mean = sums[:, 0] / T
     var = np.maximum(sums[:, 1] / T - mean * mean - 1.0 / 12, 1.0 / 1024)
 
@@ -405,19 +500,44 @@ def encode_words(words, code, step):
     head += varint(nwords)
     if len(head) & 1:
         head += b"\0"
-    return [bytes(head), out[out.shape[0] - nwords:]], recw, stats
+    return [bytes(head), out[out.shape[0] - nwords:]], recT, stats
 
 
 # ---------------------------------------------------------------- decoder
 
+@njit(cache=True, nogil=True, inline="always")
+def _dstep(x, dec, tb, stream, p):
+    """One rANS decode step: (new state, new stream position, table index j).
+    A branch, not a select: the read position is shared by the eight lanes,
+    and a data dependency through it would serialise them; the predicted
+    branch lets them run in parallel. The stream is padded (no bounds test)."""
+    e = np.int64(dec[tb + (x & PROB_MASK)])
+    x = ((e >> 16) & 0xFFFF) * (x >> PROB_BITS) + (e & 0xFFFF)
+    if x < RANS_L:
+        x = (x << 16) | np.int64(stream[p])
+        p += 1
+    return x, p, e >> 32
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _value(j, w, esc, ne, bc, step, code):
+    """(stored word, escapes used) of table index j in a channel with base bc, no shift."""
+    if j == 2 * w + 2:
+        s = esc[min(ne, esc.shape[0] - 1)]     # esc is padded by one; the count is checked at the end
+        ne += 1
+    else:
+        s = j - w
+    return _f32_to_word(np.float32(bc + s) * step, code), ne
+
+
 @njit(cache=True, nogil=True)
 def _decode_symbols(stream, nwords, base, keys, k, W, dec, esc, low, lowlen, step, T, code, out):
-    """Decode C * T symbols (channel-major) into out (stored words [T, C] of
-    dtype code): out[t, c] = word of float32(q) * step. Returns 0, or -1 if
-    the data is inconsistent."""
-    ub = np.empty(1, np.uint32)
-    fb = ub.view(np.float32)
+    """Decode C * T symbols (channel-major) into out (stored words [C, T] of
+    dtype code): out[c, t] = word of float32(q) * step. stream has at least
+    8 words of padding after nwords; esc one entry. Returns 0, or -1 if the
+    data is inconsistent."""
     C = keys.shape[0]
+    nesc = esc.shape[0] - 1
     if nwords < STATE_WORDS:
         return -1
     st = np.empty(LANES, np.int64)
@@ -426,35 +546,50 @@ def _decode_symbols(stream, nwords, base, keys, k, W, dec, esc, low, lowlen, ste
         if x < RANS_L or x >= (np.int64(1) << 31):
             return -1
         st[lane] = x
-    p = STATE_WORDS
+    p = np.int64(STATE_WORDS)
     ne = 0
     lb = 0          # bit position in low
     for c in range(C):
         key = keys[c]
         tb = key << PROB_BITS
         w = W[key]
-        escj = 2 * w + 2
         kc = k[c]
         bc = base[c]
+        if kc == 0 and (T & 7) == 0:     # every channel starts on lane 0: eight states in registers
+            x0, x1, x2, x3, x4, x5, x6, x7 = st[0], st[1], st[2], st[3], st[4], st[5], st[6], st[7]
+            for t in range(0, T, 8):
+                x0, p, j0 = _dstep(x0, dec, tb, stream, p)
+                x1, p, j1 = _dstep(x1, dec, tb, stream, p)
+                x2, p, j2 = _dstep(x2, dec, tb, stream, p)
+                x3, p, j3 = _dstep(x3, dec, tb, stream, p)
+                x4, p, j4 = _dstep(x4, dec, tb, stream, p)
+                x5, p, j5 = _dstep(x5, dec, tb, stream, p)
+                x6, p, j6 = _dstep(x6, dec, tb, stream, p)
+                x7, p, j7 = _dstep(x7, dec, tb, stream, p)
+                if p > nwords:
+                    return -1
+                out[c, t], ne = _value(j0, w, esc, ne, bc, step, code)
+                out[c, t + 1], ne = _value(j1, w, esc, ne, bc, step, code)
+                out[c, t + 2], ne = _value(j2, w, esc, ne, bc, step, code)
+                out[c, t + 3], ne = _value(j3, w, esc, ne, bc, step, code)
+                out[c, t + 4], ne = _value(j4, w, esc, ne, bc, step, code)
+                out[c, t + 5], ne = _value(j5, w, esc, ne, bc, step, code)
+                out[c, t + 6], ne = _value(j6, w, esc, ne, bc, step, code)
+                out[c, t + 7], ne = _value(j7, w, esc, ne, bc, step, code)
+            st[0], st[1], st[2], st[3], st[4], st[5], st[6], st[7] = x0, x1, x2, x3, x4, x5, x6, x7
+            continue
         for t in range(T):
-            i = c * T + t
-            x = st[i & 7]
-            e = np.int64(dec[tb + (x & PROB_MASK)])
-            x = ((e >> 16) & 0xFFFF) * (x >> PROB_BITS) + (e & 0xFFFF)
-            if x < RANS_L:
-                if p >= nwords:
+            lane = (c * T + t) & 7
+            st[lane], p, j = _dstep(st[lane], dec, tb, stream, p)
+            if p > nwords:
+                return -1
+            if j == 2 * w + 2:
+                if ne >= nesc:
                     return -1
-                x = (x << 16) | np.int64(stream[p])
-                p += 1
-            st[i & 7] = x
-            j = e >> 32
-            if j == escj:
-                if ne >= esc.shape[0]:
-                    return -1
-                s = esc[ne]
+                sv = esc[ne]
                 ne += 1
             else:
-                s = j - w
+                sv = j - w
             if kc:
                 if lb + kc > lowlen * 8:
                     return -1
@@ -462,12 +597,11 @@ def _decode_symbols(stream, nwords, base, keys, k, W, dec, esc, low, lowlen, ste
                 for b in range(kc):
                     v |= np.int64((low[(lb + b) >> 3] >> ((lb + b) & 7)) & 1) << b
                 lb += kc
-                qv = bc + (s << kc) + v
+                qv = bc + (sv << kc) + v
             else:
-                qv = bc + s
-            fb[0] = np.float32(qv) * step
-            out[t, c] = _bits_to_word(np.int64(ub[0]), code)
-    if p != nwords or ne != esc.shape[0] or (lb + 7) // 8 != lowlen:
+                qv = bc + sv
+            out[c, t] = _f32_to_word(np.float32(qv) * step, code)
+    if p != nwords or ne != nesc or (lb + 7) // 8 != lowlen:
         return -1
     for lane in range(LANES):
         if st[lane] != RANS_L:
@@ -505,11 +639,12 @@ def _read_params(buf, pos, end, C, base, keys, k):
 
 def decode(payload, T, C, where):
     """float32 [T, C] reconstruction from a payload made by encode()."""
-    return decode_words(payload, T, C, 1, np.uint32, where).view(np.float32)
+    return decode_words(payload, T, C, 1, np.uint32, where).T.view(np.float32)
 
 
 def decode_words(payload, T, C, code, wdtype, where):
-    """Stored words [T, C] (dtype code, numpy dtype wdtype) from a payload made by encode_words()."""
+    """Stored words [C, T] (channel-major; dtype code, numpy dtype wdtype) from a
+    payload made by encode_words()."""
     tb = tables()
     buf = np.frombuffer(payload, np.uint8)
     r = Reader(payload, where)
@@ -524,8 +659,8 @@ def decode_words(payload, T, C, code, wdtype, where):
         raise SSMZipError(f"corrupt data: bad channel parameters in {where}")
     r.pos = pos
     nesc = r.varint(T * C)
-    esc = np.empty(nesc, np.int64)
-    pos = _rans.unpack_varints(buf, r.pos, len(buf), esc, (1 << 63) - 1)
+    esc = np.zeros(nesc + 1, np.int64)
+    pos = _rans.unpack_varints(buf, r.pos, len(buf), esc[:nesc], (1 << 63) - 1)
     if pos < 0:
         raise SSMZipError(f"corrupt data: bad escapes in {where}")
     esc = (esc >> 1) ^ -(esc & 1)
@@ -538,8 +673,9 @@ def decode_words(payload, T, C, code, wdtype, where):
         r.take(1)
     raw = r.take(2 * nwords)
     r.done()
-    stream = np.frombuffer(raw, np.uint16)
-    out = np.empty((T, C), wdtype)
+    stream = np.zeros(nwords + 8, np.uint16)
+    stream[:nwords] = np.frombuffer(raw, np.uint16)
+    out = np.empty((C, T), wdtype)
     if _decode_symbols(stream, nwords, base, keys, k, tb.W, tb.dec, esc, low, lowlen, np.float32(step), T,
                        code, out) < 0:
         raise SSMZipError(f"corrupt data: inconsistent symbol stream in {where}")
@@ -571,68 +707,3 @@ def from_words(words, code):
     if code == 3:
         return (words.astype(np.uint32) << np.uint32(16)).view(np.float32)
     raise SSMZipError(f"lossy coding is for float32, float16 and bfloat16 tensors (dtype code {code})")
-
-
-# ---------------------------------------------------------------- the same conversions inside kernels
-
-@njit(cache=True, nogil=True, inline="always")
-def _f32_to_f16(u):
-    """float32 bits -> float16 bits, round to nearest even (IEEE, as numpy's astype)."""
-    s = (u >> 16) & 0x8000
-    a = u & 0x7FFFFFFF
-    if a >= 0x7F800000:
-        return s | 0x7C00 | (0x200 if a > 0x7F800000 else 0)
-    if a >= 0x477FF000:
-        return s | 0x7C00
-    if a >= 0x38800000:
-        h = a - 0x38000000
-        h = h + 0x0FFF + ((h >> 13) & 1)
-        return s | (h >> 13)
-    if a <= 0x33000000:
-        return s
-    e = a >> 23
-    m = (a & 0x7FFFFF) | 0x800000
-    sh = 126 - e
-    r = m >> sh
-    rem = m & ((np.int64(1) << sh) - 1)
-    half = np.int64(1) << (sh - 1)
-    if rem > half or (rem == half and (r & 1) == 1):
-        r += 1
-    return s | r
-
-
-@njit(cache=True, nogil=True, inline="always")
-def _f16_to_f32(h):
-    """float16 bits -> float32 bits (exact)."""
-    s = (h & 0x8000) << 16
-    e = (h >> 10) & 0x1F
-    m = h & 0x3FF
-    if e == 0:
-        if m == 0:
-            return s
-        e = 113
-        while (m & 0x400) == 0:
-            m <<= 1
-            e -= 1
-        return s | (e << 23) | ((m & 0x3FF) << 13)
-    if e == 31:
-        return s | 0x7F800000 | (m << 13)
-    return s | ((e + 112) << 23) | (m << 13)
-
-
-@njit(cache=True, nogil=True, inline="always")
-def _word_to_bits(w, code):
-    if code == 2:
-        return _f16_to_f32(np.int64(w))
-    if code == 3:
-        return np.int64(w) << 16
-    return np.int64(w)
-
-
-@njit(cache=True, nogil=True, inline="always")
-def _bits_to_word(u, code):
-    if code == 2:
-        return _f32_to_f16(u)
-    if code == 3:
-        return ((u + 0x7FFF + ((u >> 16) & 1)) >> 16) & 0xFFFF
-    return u
