@@ -3,6 +3,7 @@
 The extension is optional: without a C compiler, or if the build fails, the
 install still succeeds and ssmzip runs on its numba kernels (same bytes).
 Flags: -O2, no fused multiply-add, never -ffast-math (see native/cm.c).
+native/ecsq.c holds the lossy KV codec's loops (ssmzip/kv/ecsq.py).
 """
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
@@ -23,6 +24,6 @@ class BuildNative(build_ext):
 
 
 setup(
-    ext_modules=[Extension("ssmzip._native", sources=["native/cm.c"], optional=True)],
+    ext_modules=[Extension("ssmzip._native", sources=["native/cm.c", "native/ecsq.c"], depends=["native/ecsq_kernels.h"], optional=True)],
     cmdclass={"build_ext": BuildNative},
 )

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 ENV = "SSMZIP_BACKEND"
-ABI = 2                    # native/cm.c's SSMZIP_ABI: the layout of Segment below
+ABI = 3                    # native/cm.c's SSMZIP_ABI: the layout of Segment below, ecsq.c present
 _c_i64 = ctypes.c_int64
 _ptr = ctypes.c_void_p
 
@@ -52,6 +52,7 @@ def _library_path() -> Path | None:
 
 
 def _load():
+    global _LIB
     choice = os.environ.get(ENV, "auto").strip().lower() or "auto"
     if choice not in ("auto", "numba", "native"):
         raise BackendError(f"{ENV} must be numba, native or auto, not {choice!r}")
@@ -68,6 +69,7 @@ def _load():
             fn = lib.ssmzip_cm_segment
             fn.argtypes = [ctypes.POINTER(Segment)]
             fn.restype = _c_i64
+            _LIB = lib
             return fn, "native C (the context models; the SSM of levels 7-9 on numba)"
         except (OSError, AttributeError) as e:
             err = f"cannot be used: {e}"
@@ -77,6 +79,7 @@ def _load():
 
 
 _FN, DESCRIPTION = None, ""
+_LIB = None
 _loaded = False
 
 
@@ -87,6 +90,12 @@ def cm_kernel():
         _FN, DESCRIPTION = _load()
         _loaded = True
     return _FN
+
+
+def library():
+    """The loaded C library (ctypes CDLL), or None when numba is to be used."""
+    cm_kernel()
+    return _LIB
 
 
 def describe() -> str:

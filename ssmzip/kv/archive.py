@@ -160,12 +160,8 @@ def decode_chunk(chunk, payload, code, out, where, row=1):
         if len(data) != out.nbytes or not d.eof or d.unused_data or d.unconsumed_tail:
             raise SSMZipError(f"corrupt data: deflate size mismatch in {where}")
         out.view(np.uint8)[:] = np.frombuffer(data, np.uint8)
-    elif m == METHOD_ECSQ:     # its checksum covers the words in channel-major order
-        from ssmzip.kv import ecsq
-        recT = ecsq.decode_words(payload, chunk.n // row, row, code, out.dtype, where)
-        if _rans.checksum(recT) != chunk.checksum:
-            raise SSMZipError(f"corrupt data: checksum mismatch in {where}")
-        out.reshape(-1, row)[:] = recT.T
+    elif m == METHOD_ECSQ:
+        out.reshape(-1, row)[:] = decode_ecsq(chunk, payload, code, row, where).T
         return
     elif m == METHOD_SPARSE:
         from ssmzip.kv import sparse
@@ -174,6 +170,16 @@ def decode_chunk(chunk, payload, code, out, where, row=1):
         raise SSMZipError(f"corrupt data: unknown chunk method {m} in {where}")
     if _rans.checksum(out) != chunk.checksum:
         raise SSMZipError(f"corrupt data: checksum mismatch in {where}")
+
+
+def decode_ecsq(chunk, payload, code, row, where):
+    """An ecsq chunk's words in its own order, channel-major ([row, rows]),
+    verified: the chunk checksum covers them in that order."""
+    from ssmzip.kv import ecsq
+    recT = ecsq.decode_words(payload, chunk.n // row, row, code, word_dtype(code), where)
+    if _rans.checksum(recT) != chunk.checksum:
+        raise SSMZipError(f"corrupt data: checksum mismatch in {where}")
+    return recT
 
 
 def chunk_plan(code, shape, nwords, chunk_bytes=DEFAULT_CHUNK_BYTES):
@@ -555,6 +561,10 @@ class ArchiveReader:
         for _ in ordered_map(lambda job: self._decode_one(*job), jobs, threads):
             pass
         return outs
+
+    def chunk_payload(self, entry, j):
+        c = entry.chunks[j]
+        return self._read(c.offset, c.clen)
 
     def read_rows(self, entry, r0, r1, threads=1):
         """Words of rows [r0, r1) of the entry (1-D); only the chunks that hold them are decoded."""

@@ -33,9 +33,10 @@ from ssmzip.errors import SSMZipError
 from ssmzip.kv import ecsq, sparse
 from ssmzip.kv._arrays import DTYPES, from_words, to_words
 from ssmzip.kv._rans import checksum
+from ssmzip.kv._arrays import word_dtype
 from ssmzip.kv.archive import (
-    METHOD_ECSQ, METHOD_SPARSE, VERSION_LOSSY, ArchiveReader, ArchiveWriter, _Pieces, encode_chunk,
-    ordered_map,
+    METHOD_ECSQ, METHOD_SPARSE, VERSION_LOSSY, ArchiveReader, ArchiveWriter, _Pieces, decode_chunk, decode_ecsq,
+    encode_chunk, ordered_map,
 )
 
 KIND = "kv-cache"
@@ -431,24 +432,35 @@ def decode_cache(data, *, layers=None, tokens=None, out="numpy", threads=1):
         if not 0 <= t0 <= t1 <= T:
             raise SSMZipError(f"token range {t0}..{t1} out of range (the cache has {T})")
         code = r.entry("0.k").code
-        res = np.empty((len(ls), 2, t1 - t0, H, D), DTYPES[code][2])
-        words = res.view({1: np.uint32, 2: np.uint16, 3: np.uint16}[code])
-        jobs = []
-        for j, (a, b) in enumerate(segs):
-            lo, hi = max(a, t0), min(b, t1)
-            if lo >= hi:
-                continue
+        res = np.empty((len(ls), 2, H, t1 - t0, D), DTYPES[code][2])
+        words = res.view(word_dtype(code))
+        jobs = []           # one per chunk that holds asked tokens
+        for si, (a, b) in enumerate(segs):
             for li, l in enumerate(ls):
                 for kvi, kv in enumerate("kv"):
-                    jobs.append((r.entry(_entry_name(l, kv, a, j == 0)), lo - a, hi - a, li, kvi, lo - t0))
+                    e = r.entry(_entry_name(l, kv, a, si == 0))
+                    c0 = a                          # first token of the chunk
+                    for j, c in enumerate(e.chunks):
+                        c1 = c0 + c.n // (H * D)
+                        lo, hi = max(c0, t0), min(c1, t1)
+                        if lo < hi:
+                            jobs.append((e, j, c0, c1, lo, hi, words[li, kvi, :, lo - t0:hi - t0]))
+                        c0 = c1
 
         def one(job):
-            e, r0, r1, li, kvi, o = job
-            words[li, kvi, o:o + r1 - r0] = r.read_rows(e, r0, r1).reshape(r1 - r0, H, D)
+            e, j, c0, c1, lo, hi, dst = job
+            c = e.chunks[j]
+            where = f"chunk {j} of tensor {e.name!r}"
+            if c.method == METHOD_ECSQ:     # channel-major: [heads, head_dim, tokens]
+                recT = decode_ecsq(c, r.chunk_payload(e, j), e.code, H * D, where)
+                dst[...] = recT.reshape(H, D, c1 - c0)[:, :, lo - c0:hi - c0].transpose(0, 2, 1)
+            else:                           # entry order: [tokens, heads, head_dim]
+                buf = np.empty(c.n, word_dtype(e.code))
+                decode_chunk(c, r.chunk_payload(e, j), e.code, buf, where, H * D)
+                dst[...] = buf.reshape(c1 - c0, H, D)[lo - c0:hi - c0].transpose(1, 0, 2)
         for _ in ordered_map(one, jobs, threads):
             pass
-        res = res.transpose(0, 1, 3, 2, 4)
-        return from_words(code, res.shape, np.ascontiguousarray(res).reshape(-1).view(DTYPES[code][2]), out)
+        return from_words(code, res.shape, res.reshape(-1).view(DTYPES[code][2]), out)
 
 
 def cache_info(r):

@@ -124,6 +124,42 @@ def tables():
     return _tables
 
 
+# ---------------------------------------------------------------- the C kernels (native/ecsq.c)
+
+_NATIVE = None
+
+
+def native():
+    """The C kernels (a namespace of ctypes functions) or None: numba is used
+    when the C library was not built or SSMZIP_BACKEND=numba (same bytes)."""
+    global _NATIVE
+    if _NATIVE is None:
+        from ssmzip.engine import native as nat
+        lib = nat.library()
+        if lib is None:
+            _NATIVE = False
+        else:
+            import ctypes
+            P, I, F = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float
+
+            class K:
+                quantize = lib.ssmzip_ecsq_quantize
+                encode = lib.ssmzip_ecsq_encode
+                decode = lib.ssmzip_ecsq_decode
+            K.quantize.argtypes = [P, I, I, I, F, F, F, P, P, P, P]
+            K.encode.argtypes = [P, I, I, P, P, P, P, P, I, P, P, P, I, P, P]
+            K.decode.argtypes = [P, I, P, P, P, P, P, P, I, P, I, F, I, I, I, P]
+            for f in (K.quantize, K.encode, K.decode):
+                f.restype = I
+            _NATIVE = K
+    return _NATIVE or None
+
+
+def _p(a):
+    assert a.flags.c_contiguous
+    return a.ctypes.data
+
+
 # ---------------------------------------------------------------- float conversions inside kernels
 
 @njit(cache=True, nogil=True, inline="always")
@@ -432,7 +468,14 @@ def quantize(words, code, step):
     recT = np.empty((C, T), words.dtype)
     sums = np.zeros((C, 2), np.int64)
     stats = np.zeros(3, np.float64)
-    if not _quantize(words, code, np.float32(1.0) / step, step, qT, recT, sums, stats):
+    nat = native()
+    inv = np.float32(1.0) / step
+    if nat is not None:
+        ok = nat.quantize(_p(words), code, T, C, float(inv), float(step), float(np.float32(MAX_ABS_Q)), _p(qT),
+                          _p(recT), _p(sums), _p(stats)) == 0
+    else:
+        ok = _quantize(words, code, inv, step, qT, recT, sums, stats)
+    if not ok:
         raise SSMZipError("lossy coding needs finite values and a step that is not vanishingly small")
     return qT, recT, sums, stats
 
@@ -474,7 +517,14 @@ def encode_words(words, code, step):
     _choose_keys(qT, b0, k, b2, s0, frac, tb.W, tb.cost, tb.width, keys)
     out = np.empty(C * T + STATE_WORDS + 1, np.uint16)
     esc = np.empty(C * T, np.int64)
-    nwords, nesc = _encode_symbols(qT, b0, k, b2, keys, tb.W, tb.width, tb.enc0, tb.enc1, out, esc)
+    nat = native()
+    if nat is not None:
+        ne = np.zeros(1, np.int64)
+        nwords = nat.encode(_p(qT), C, T, _p(b0), _p(k), _p(b2), _p(keys), _p(tb.W), tb.width, _p(tb.enc0),
+                            _p(tb.enc1), _p(out), out.shape[0], _p(esc), _p(ne))
+        nesc = int(ne[0])
+    else:
+        nwords, nesc = _encode_symbols(qT, b0, k, b2, keys, tb.W, tb.width, tb.enc0, tb.enc1, out, esc)
     base = b0 + (b2 << k)
     head = bytearray(np.float32(step).tobytes())
     params = np.empty(C * 12, np.uint8)
@@ -676,8 +726,15 @@ def decode_words(payload, T, C, code, wdtype, where):
     stream = np.zeros(nwords + 8, np.uint16)
     stream[:nwords] = np.frombuffer(raw, np.uint16)
     out = np.empty((C, T), wdtype)
-    if _decode_symbols(stream, nwords, base, keys, k, tb.W, tb.dec, esc, low, lowlen, np.float32(step), T,
-                       code, out) < 0:
+    nat = native()
+    if nat is not None:
+        low = np.ascontiguousarray(low)
+        rc = nat.decode(_p(stream), nwords, _p(base), _p(keys), _p(k), _p(tb.W), _p(tb.dec), _p(esc), nesc,
+                        _p(low) if lowlen else 0, lowlen, float(step), T, C, code, _p(out))
+    else:
+        rc = _decode_symbols(stream, nwords, base, keys, k, tb.W, tb.dec, esc, low, lowlen, np.float32(step), T,
+                             code, out)
+    if rc < 0:
         raise SSMZipError(f"corrupt data: inconsistent symbol stream in {where}")
     return out
 

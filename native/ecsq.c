@@ -1,0 +1,231 @@
+/* The lossy KV codec's hot loops in C: quantisation, rANS encoding and
+ * decoding of ECSQ chunks. ssmzip/kv/ecsq.py is the reference: its numba
+ * kernels (_quantize, _encode_symbols, _decode_symbols) do the same integer
+ * and float32 operations in the same order, so both backends write the same
+ * bytes and decode to the same words; tests/test_kv_native.py checks it.
+ *
+ * Floats: only IEEE basic operations in float32 (x * inv, q * step), float32
+ * partial sums folded into doubles in a fixed order for the error statistics,
+ * no contraction (-ffp-contract=off). float16 <-> float32 conversions are
+ * exact IEEE ones (round to nearest even): with F16C instructions where the
+ * CPU has them, otherwise the same results from integer code.
+ */
+#include <stdint.h>
+#include <string.h>
+#include <math.h>
+
+#define PROB_BITS 12
+#define PROB_MASK ((1 << PROB_BITS) - 1)
+#define RANS_L (1 << 15)
+#define LANES 8
+#define STATE_WORDS (2 * LANES)
+
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+#include <immintrin.h>
+#define HAVE_X86 1
+#endif
+
+/* ---------------------------------------------------------------- conversions (portable) */
+
+static inline uint32_t h2f_bits(uint32_t h)
+{
+    uint32_t s = (h & 0x8000u) << 16, e = (h >> 10) & 0x1F, m = h & 0x3FF;
+    if (e == 0) {
+        if (m == 0)
+            return s;
+        e = 113;
+        while ((m & 0x400) == 0) {
+            m <<= 1;
+            e--;
+        }
+        return s | (e << 23) | ((m & 0x3FF) << 13);
+    }
+    if (e == 31)
+        return s | 0x7F800000u | (m << 13);
+    return s | ((e + 112) << 23) | (m << 13);
+}
+
+static inline uint32_t f2h_bits(uint32_t u)
+{
+    uint32_t s = (u >> 16) & 0x8000u, a = u & 0x7FFFFFFFu;
+    if (a >= 0x7F800000u)
+        return s | 0x7C00u | (a > 0x7F800000u ? 0x200u : 0);
+    if (a >= 0x477FF000u)
+        return s | 0x7C00u;
+    if (a >= 0x38800000u)
+        return s | ((a - 0x38000000u + 0x0FFFu + ((a >> 13) & 1)) >> 13);
+    if (a <= 0x33000000u)
+        return s;
+    uint32_t e = a >> 23, m = (a & 0x7FFFFFu) | 0x800000u, sh = 126 - e;
+    uint32_t r = m >> sh, rem = m & ((1u << sh) - 1), half = 1u << (sh - 1);
+    if (rem > half || (rem == half && (r & 1)))
+        r++;
+    return s | r;
+}
+
+static inline float bits_f(uint32_t u) { float f; memcpy(&f, &u, 4); return f; }
+static inline uint32_t f_bits(float f) { uint32_t u; memcpy(&u, &f, 4); return u; }
+
+/* word of dtype code (1 float32, 2 float16, 3 bfloat16) <-> float32 */
+static inline float word_to_f32(const void *w, int64_t i, int64_t code)
+{
+    if (code == 2)
+        return bits_f(h2f_bits(((const uint16_t *)w)[i]));
+    if (code == 3)
+        return bits_f((uint32_t)((const uint16_t *)w)[i] << 16);
+    return ((const float *)w)[i];
+}
+
+static inline void f32_to_word(float x, void *w, int64_t i, int64_t code)
+{
+    uint32_t u = f_bits(x);
+    if (code == 2)
+        ((uint16_t *)w)[i] = (uint16_t)f2h_bits(u);
+    else if (code == 3)
+        ((uint16_t *)w)[i] = (uint16_t)(((uint64_t)u + 0x7FFF + ((u >> 16) & 1)) >> 16);
+    else
+        ((uint32_t *)w)[i] = u;
+}
+
+/* ---------------------------------------------------------------- quantisation */
+
+/* ---------------------------------------------------------------- the kernels, twice */
+
+#define LOAD_F32 word_to_f32
+#define STORE_WORD f32_to_word
+#define KNAME(x) x##_portable
+#include "ecsq_kernels.h"
+#undef LOAD_F32
+#undef STORE_WORD
+#undef KNAME
+
+#if defined(HAVE_X86)
+#pragma GCC push_options
+#pragma GCC target("f16c")
+static inline float word_to_f32_f16c(const void *w, int64_t i, int64_t code)
+{
+    if (code == 2)
+        return _cvtsh_ss(((const uint16_t *)w)[i]);
+    return word_to_f32(w, i, code);
+}
+
+static inline void f32_to_word_f16c(float x, void *w, int64_t i, int64_t code)
+{
+    if (code == 2)
+        ((uint16_t *)w)[i] = (uint16_t)_cvtss_sh(x, 0);    /* 0: round to nearest even */
+    else
+        f32_to_word(x, w, i, code);
+}
+
+#define LOAD_F32 word_to_f32_f16c
+#define STORE_WORD f32_to_word_f16c
+#define KNAME(x) x##_f16c
+#include "ecsq_kernels.h"
+#undef LOAD_F32
+#undef STORE_WORD
+#undef KNAME
+#pragma GCC pop_options
+
+static int use_f16c(int64_t code)
+{
+    static int has = -1;
+    if (has < 0)
+        has = __builtin_cpu_supports("f16c") ? 1 : 0;
+    return code == 2 && has;
+}
+#else
+static int use_f16c(int64_t code) { (void)code; return 0; }
+#define quantize_f16c quantize_portable
+#define decode_f16c decode_portable
+#endif
+
+int64_t ssmzip_ecsq_quantize(const void *words, int64_t code, int64_t T, int64_t C, float inv, float step,
+                             float lim, int32_t *qT, void *recT, int64_t *sums, double *stats)
+{
+    if (use_f16c(code))
+        return quantize_f16c(words, code, T, C, inv, step, lim, qT, recT, sums, stats);
+    return quantize_portable(words, code, T, C, inv, step, lim, qT, recT, sums, stats);
+}
+
+/* ---------------------------------------------------------------- rANS encoding */
+
+typedef struct {
+    uint16_t *out;
+    int64_t pos;
+    int64_t *esc;
+    int64_t nesc;
+} Enc;
+
+static inline uint32_t estep(uint32_t x0, int64_t sv, int64_t w, const uint64_t *enc0, const uint64_t *enc1,
+                             Enc *e)
+{
+    uint64_t x = x0;
+    int64_t j = sv + w;
+    if (j < 0 || j > 2 * w + 1) {
+        e->esc[e->nesc++] = sv;
+        j = 2 * w + 2;
+    }
+    uint64_t a = enc0[j], b = enc1[j];
+    if (x >= (a & 0xFFFFFFFFu)) {
+        e->out[--e->pos] = (uint16_t)(x & 0xFFFF);
+        x >>= 16;
+    }
+    uint64_t q = ((x * (b & 0xFFFFFFFFu)) >> 32) >> (b >> 48);
+    return (uint32_t)(x + (a >> 32) + q * ((b >> 32) & 0xFFFF));
+}
+
+static inline int64_t symbol(int32_t q, int64_t b0, int64_t k, int64_t b2)
+{
+    return (((int64_t)q - b0) >> k) - b2;
+}
+
+/* ecsq.py _encode_symbols: returns the words used (at the end of out), escapes in esc. */
+int64_t ssmzip_ecsq_encode(const int32_t *qT, int64_t C, int64_t T, const int64_t *b0, const int64_t *k,
+                           const int64_t *b2, const int64_t *keys, const int64_t *W, int64_t width,
+                           const uint64_t *enc0, const uint64_t *enc1, uint16_t *out, int64_t out_len,
+                           int64_t *esc, int64_t *nesc_out)
+{
+    Enc e = {out, out_len, esc, 0};
+    uint32_t st[LANES];
+    for (int l = 0; l < LANES; l++)
+        st[l] = RANS_L;
+    for (int64_t c = C - 1; c >= 0; c--) {
+        int64_t key = keys[c], w = W[key], bc = b0[c], kc = k[c], b2c = b2[c];
+        const uint64_t *t0 = enc0 + key * width, *t1 = enc1 + key * width;
+        const int32_t *row = qT + c * T;
+        if ((T & 7) == 0) {
+            for (int64_t t = T - 8; t >= 0; t -= 8)
+                for (int l = LANES - 1; l >= 0; l--)
+                    st[l] = estep(st[l], symbol(row[t + l], bc, kc, b2c), w, t0, t1, &e);
+        } else {
+            for (int64_t t = T - 1; t >= 0; t--) {
+                int lane = (int)((c * T + t) & 7);
+                st[lane] = estep(st[lane], symbol(row[t], bc, kc, b2c), w, t0, t1, &e);
+            }
+        }
+    }
+    for (int l = LANES - 1; l >= 0; l--) {
+        e.out[--e.pos] = (uint16_t)(st[l] >> 16);
+        e.out[--e.pos] = (uint16_t)(st[l] & 0xFFFF);
+    }
+    /* escapes were collected last element first */
+    for (int64_t i = 0, j = e.nesc - 1; i < j; i++, j--) {
+        int64_t tmp = esc[i];
+        esc[i] = esc[j];
+        esc[j] = tmp;
+    }
+    *nesc_out = e.nesc;
+    return out_len - e.pos;
+}
+
+/* ---------------------------------------------------------------- rANS decoding */
+
+int64_t ssmzip_ecsq_decode(const uint16_t *stream, int64_t nwords, const int64_t *base, const int64_t *keys,
+                           const int64_t *k, const int64_t *W, const uint64_t *dec, const int64_t *esc,
+                           int64_t nesc, const uint8_t *low, int64_t lowlen, float step, int64_t T, int64_t C,
+                           int64_t code, void *out)
+{
+    if (use_f16c(code))
+        return decode_f16c(stream, nwords, base, keys, k, W, dec, esc, nesc, low, lowlen, step, T, C, code, out);
+    return decode_portable(stream, nwords, base, keys, k, W, dec, esc, nesc, low, lowlen, step, T, C, code, out);
+}

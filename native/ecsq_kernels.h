@@ -1,0 +1,143 @@
+/* The bodies of the ECSQ quantiser and decoder, included twice by ecsq.c:
+ * once with portable float16 conversions and once with the F16C
+ * instructions (a function attribute: the CPU is asked at run time). The
+ * conversions are the same IEEE ones, so both give the same words.
+ * KNAME(x) names the function, LOAD_F32 / STORE_WORD convert a stored word. */
+
+/* ecsq.py _quantize: qT[c, t] = floor(x * inv + 0.5), recT[c, t] = word of
+ * float32(q) * step, sums[c] = (sum q, sum q^2), stats = (squared error,
+ * largest error, sum x^2). Returns 0, or -1 if a value is not finite or too large. */
+static int64_t KNAME(quantize)(const void *words, int64_t code, int64_t T, int64_t C, float inv, float step,
+                             float lim, int32_t *qT, void *recT, int64_t *sums, double *stats)
+{
+    double se = 0.0, nrm = 0.0;
+    float mx = 0.0f;
+    int bad = 0;
+    for (int64_t t0 = 0; t0 < T; t0 += 32) {
+        int64_t t1 = t0 + 32 < T ? t0 + 32 : T;
+        for (int64_t c = 0; c < C; c++) {
+            int64_t s1 = 0, s2 = 0;
+            float e2 = 0.0f, x2 = 0.0f;
+            for (int64_t t = t0; t < t1; t++) {
+                float x = LOAD_F32(words, t * C + c, code);
+                float v = x * inv;
+                bad |= !(fabsf(v) <= lim);
+                float y = v + 0.5f;
+                int64_t q = bad ? 0 : (int64_t)y;          /* floor, without a libm call */
+                q -= (float)q > y;
+                qT[c * T + t] = (int32_t)q;
+                STORE_WORD((float)q * step, recT, c * T + t, code);
+                float back = LOAD_F32(recT, c * T + t, code);
+                float e = back - x;
+                e2 += e * e;
+                x2 += x * x;
+                float ae = fabsf(e);
+                mx = ae > mx ? ae : mx;
+                s1 += q;
+                s2 += q * q;
+            }
+            sums[2 * c] += s1;
+            sums[2 * c + 1] += s2;
+            se += (double)e2;
+            nrm += (double)x2;
+        }
+    }
+    stats[0] = se;
+    stats[1] = (double)mx;
+    stats[2] = nrm;
+    return bad ? -1 : 0;
+}
+
+/* ecsq.py _decode_symbols: out[c, t] (words of dtype code, channel-major).
+ * stream is padded by 8 words, esc by one entry (nesc real ones). 0 or -1. */
+static int64_t KNAME(decode)(const uint16_t *stream, int64_t nwords, const int64_t *base, const int64_t *keys,
+                           const int64_t *k, const int64_t *W, const uint64_t *dec, const int64_t *esc,
+                           int64_t nesc, const uint8_t *low, int64_t lowlen, float step, int64_t T, int64_t C,
+                           int64_t code, void *out)
+{
+    if (nwords < STATE_WORDS)
+        return -1;
+    uint32_t st[LANES];
+    for (int l = 0; l < LANES; l++) {
+        uint32_t x = (uint32_t)stream[2 * l] | ((uint32_t)stream[2 * l + 1] << 16);
+        if (x < RANS_L || x >= (1u << 31))
+            return -1;
+        st[l] = x;
+    }
+    int64_t p = STATE_WORDS, ne = 0, lb = 0;
+    for (int64_t c = 0; c < C; c++) {
+        int64_t key = keys[c], w = W[key], kc = k[c], bc = base[c], escj = 2 * w + 2;
+        const uint64_t *tb = dec + (key << PROB_BITS);
+        int64_t o = c * T;
+        if (kc == 0 && (T & 7) == 0) {
+            for (int64_t t = 0; t < T; t += 8) {
+                int64_t j[LANES];
+                for (int l = 0; l < LANES; l++) {
+                    uint32_t x = st[l];
+                    uint64_t e = tb[x & PROB_MASK];
+                    x = (uint32_t)(((e >> 16) & 0xFFFF) * (x >> PROB_BITS) + (e & 0xFFFF));
+                    if (x < RANS_L) {
+                        x = (x << 16) | stream[p];
+                        p++;
+                    }
+                    st[l] = x;
+                    j[l] = (int64_t)(e >> 32);
+                }
+                if (p > nwords)
+                    return -1;
+                for (int l = 0; l < LANES; l++) {
+                    int64_t s;
+                    if (j[l] == escj) {
+                        s = esc[ne < nesc ? ne : nesc];
+                        ne++;
+                    } else {
+                        s = j[l] - w;
+                    }
+                    STORE_WORD((float)(bc + s) * step, out, o + t + l, code);
+                }
+            }
+            continue;
+        }
+        for (int64_t t = 0; t < T; t++) {
+            int lane = (int)((o + t) & 7);
+            uint32_t x = st[lane];
+            uint64_t e = tb[x & PROB_MASK];
+            x = (uint32_t)(((e >> 16) & 0xFFFF) * (x >> PROB_BITS) + (e & 0xFFFF));
+            if (x < RANS_L) {
+                x = (x << 16) | stream[p];
+                p++;
+            }
+            st[lane] = x;
+            if (p > nwords)
+                return -1;
+            int64_t jj = (int64_t)(e >> 32), s;
+            if (jj == escj) {
+                if (ne >= nesc)
+                    return -1;
+                s = esc[ne++];
+            } else {
+                s = jj - w;
+            }
+            int64_t qv;
+            if (kc) {
+                if (lb + kc > lowlen * 8)
+                    return -1;
+                int64_t v = 0;
+                for (int64_t b = 0; b < kc; b++)
+                    v |= (int64_t)((low[(lb + b) >> 3] >> ((lb + b) & 7)) & 1) << b;
+                lb += kc;
+                qv = bc + s * ((int64_t)1 << kc) + v;
+            } else {
+                qv = bc + s;
+            }
+            STORE_WORD((float)qv * step, out, o + t, code);
+        }
+    }
+    if (p != nwords || ne != nesc || (lb + 7) / 8 != lowlen)
+        return -1;
+    for (int l = 0; l < LANES; l++)
+        if (st[l] != RANS_L)
+            return -1;
+    return 0;
+}
+
