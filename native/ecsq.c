@@ -221,7 +221,7 @@ int64_t ssmzip_ecsq_encode(const int32_t *qT, int64_t C, int64_t T, const int64_
 /* ---------------------------------------------------------------- rANS decoding */
 
 int64_t ssmzip_ecsq_decode(const uint16_t *stream, int64_t nwords, const int64_t *base, const int64_t *keys,
-                           const int64_t *k, const int64_t *W, const uint64_t *dec, const int64_t *esc,
+                           const int64_t *k, const int64_t *W, const uint32_t *dec, const int64_t *esc,
                            int64_t nesc, const uint8_t *low, int64_t lowlen, float step, int64_t T, int64_t C,
                            int64_t code, void *out)
 {

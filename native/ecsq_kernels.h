@@ -51,7 +51,7 @@ static int64_t KNAME(quantize)(const void *words, int64_t code, int64_t T, int64
 /* ecsq.py _decode_symbols: out[c, t] (words of dtype code, channel-major).
  * stream is padded by 8 words, esc by one entry (nesc real ones). 0 or -1. */
 static int64_t KNAME(decode)(const uint16_t *stream, int64_t nwords, const int64_t *base, const int64_t *keys,
-                           const int64_t *k, const int64_t *W, const uint64_t *dec, const int64_t *esc,
+                           const int64_t *k, const int64_t *W, const uint32_t *dec, const int64_t *esc,
                            int64_t nesc, const uint8_t *low, int64_t lowlen, float step, int64_t T, int64_t C,
                            int64_t code, void *out)
 {
@@ -67,21 +67,21 @@ static int64_t KNAME(decode)(const uint16_t *stream, int64_t nwords, const int64
     int64_t p = STATE_WORDS, ne = 0, lb = 0;
     for (int64_t c = 0; c < C; c++) {
         int64_t key = keys[c], w = W[key], kc = k[c], bc = base[c], escj = 2 * w + 2;
-        const uint64_t *tb = dec + (key << PROB_BITS);
+        const uint32_t *tb = dec + (key << PROB_BITS);
         int64_t o = c * T;
         if (kc == 0 && (T & 7) == 0) {
             for (int64_t t = 0; t < T; t += 8) {
                 int64_t j[LANES];
                 for (int l = 0; l < LANES; l++) {
                     uint32_t x = st[l];
-                    uint64_t e = tb[x & PROB_MASK];
-                    x = (uint32_t)(((e >> 16) & 0xFFFF) * (x >> PROB_BITS) + (e & 0xFFFF));
+                    uint32_t e = tb[x & PROB_MASK];
+                    x = ((e >> 7) & 0x1FFF) * (x >> PROB_BITS) + (e >> 20);
                     if (x < RANS_L) {
                         x = (x << 16) | stream[p];
                         p++;
                     }
                     st[l] = x;
-                    j[l] = (int64_t)(e >> 32);
+                    j[l] = (int64_t)(e & 0x7F);
                 }
                 if (p > nwords)
                     return -1;
@@ -101,8 +101,8 @@ static int64_t KNAME(decode)(const uint16_t *stream, int64_t nwords, const int64
         for (int64_t t = 0; t < T; t++) {
             int lane = (int)((o + t) & 7);
             uint32_t x = st[lane];
-            uint64_t e = tb[x & PROB_MASK];
-            x = (uint32_t)(((e >> 16) & 0xFFFF) * (x >> PROB_BITS) + (e & 0xFFFF));
+            uint32_t e = tb[x & PROB_MASK];
+            x = ((e >> 7) & 0x1FFF) * (x >> PROB_BITS) + (e >> 20);
             if (x < RANS_L) {
                 x = (x << 16) | stream[p];
                 p++;
@@ -110,7 +110,7 @@ static int64_t KNAME(decode)(const uint16_t *stream, int64_t nwords, const int64
             st[lane] = x;
             if (p > nwords)
                 return -1;
-            int64_t jj = (int64_t)(e >> 32), s;
+            int64_t jj = (int64_t)(e & 0x7F), s;
             if (jj == escj) {
                 if (ne >= nesc)
                     return -1;

@@ -104,8 +104,15 @@ class Tables:
         self.enc0 = np.zeros(NKEYS * width, np.uint64)
         self.enc1 = np.zeros(NKEYS * width, np.uint64)
         _rans.build_enc_table(self.freqs, self.enc0, self.enc1)
-        self.dec = np.zeros(NKEYS << PROB_BITS, np.uint64)
-        _rans.build_dec_table(self.freqs, np.arange(width, dtype=np.int64), self.dec)
+        # decoding: one uint32 per slot, j | f << 7 | (slot - cum) << 20 (16 KiB a table)
+        assert width <= 128 and self.freqs.max() < 1 << 13
+        self.dec = np.zeros(NKEYS << PROB_BITS, np.uint32)
+        for key in range(NKEYS):
+            f = self.freqs[key].astype(np.int64)
+            j = np.repeat(np.arange(width), f)
+            cum = np.concatenate([[0], np.cumsum(f)[:-1]])
+            slot = np.arange(PROB_SCALE)
+            self.dec[key << PROB_BITS:(key + 1) << PROB_BITS] = j | f[j] << 7 | (slot - cum[j]) << 20
         with np.errstate(divide="ignore"):
             self.cost = np.where(self.freqs > 0, PROB_BITS - np.log2(np.maximum(self.freqs, 1)), 0.0)
         self.sigmas = np.array([sigma_of(s) for s in range(NSIG)])
@@ -562,11 +569,11 @@ def _dstep(x, dec, tb, stream, p):
     and a data dependency through it would serialise them; the predicted
     branch lets them run in parallel. The stream is padded (no bounds test)."""
     e = np.int64(dec[tb + (x & PROB_MASK)])
-    x = ((e >> 16) & 0xFFFF) * (x >> PROB_BITS) + (e & 0xFFFF)
+    x = ((e >> 7) & 0x1FFF) * (x >> PROB_BITS) + (e >> 20)
     if x < RANS_L:
         x = (x << 16) | np.int64(stream[p])
         p += 1
-    return x, p, e >> 32
+    return x, p, e & 0x7F
 
 
 @njit(cache=True, nogil=True, inline="always")
