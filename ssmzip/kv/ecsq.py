@@ -325,9 +325,10 @@ def _sym(q, b0, k, b2):
 
 
 @njit(cache=True, nogil=True)
-def _choose_keys(qT, b0, k, b2, s0, frac, W, cost, width, keys):
+def _choose_keys(qT, b0, k, b2, s0, frac, W, cost, width, keys, bits_out):
     """Per channel, the sigma index near s0 whose table codes the channel's
-    symbols in the fewest bits."""
+    symbols in the fewest bits (bits_out[c]: that cost, escapes and raw low
+    bits included)."""
     C, T = qT.shape
     maxw = (width - 3) // 2
     nb = 2 * maxw + 3                      # the last bin: outside every table
@@ -360,6 +361,7 @@ def _choose_keys(qT, b0, k, b2, s0, frac, W, cost, width, keys):
                 best = bits
                 bk = key
         keys[c] = bk
+        bits_out[c] = best + kc * T
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -499,13 +501,58 @@ def encode_words(words, code, step):
     (1 float32, 2 float16, 3 bfloat16) with one step. Returns (pieces,
     reconstructed words [C, T] (channel-major: what the chunk checksum covers),
     (squared error, largest error, sum x^2))."""
-    step = _check_step(step)
     tb = tables()
     T, C = words.shape
     qT, recT, sums, stats = quantize(words, code, step)
+    b0, k, b2, keys, _ = _fit(qT, sums)
+    out = np.empty(C * T + STATE_WORDS + 1, np.uint16)
+    esc = np.empty(C * T, np.int64)
+    nat = native()
+    if nat is not None:
+        ne = np.zeros(1, np.int64)
+        nwords = nat.encode(_p(qT), C, T, _p(b0), _p(k), _p(b2), _p(keys), _p(tb.W), tb.width, _p(tb.enc0),
+                            _p(tb.enc1), _p(out), out.shape[0], _p(esc), _p(ne))
+        nesc = int(ne[0])
+    else:
+        nwords, nesc = _encode_symbols(qT, b0, k, b2, keys, tb.W, tb.width, tb.enc0, tb.enc1, out, esc)
+    base = b0 + (b2 << k)
+    head = bytearray(np.float32(step).tobytes())
+    head += _channel_params(base, keys, keys % NFRAC, k)
+    head += varint(nesc) + _varints(_zigzag(esc[:nesc]))
+    lowbytes = b""
+    if k.any():
+        buf = np.empty((int(k.sum()) * T + 7) // 8 + 1, np.uint8)
+        lowbytes = buf[:_pack_low(qT, b0, k, buf)].tobytes()
+    head += varint(len(lowbytes)) + lowbytes
+    head += varint(nwords)
+    if len(head) & 1:
+        head += b"\0"
+    return [bytes(head), out[out.shape[0] - nwords:]], recT, stats
+
+
+def estimate_bits(words, code, step):
+    """The model's code length (bits) of the symbols encode_words would code,
+    without coding them or counting the chunk's parameters (for rate control)."""
+    T, C = words.shape
+    qT, _, sums, _ = quantize(words, code, step)
+    return float(_fit(qT, sums)[4].sum())
+
+
+def _channel_params(base, keys, frac, k):
+    pz = _zigzag(base)
+    out = bytearray()
+    for c in range(base.shape[0]):   # C channels: small
+        out += varint(int(pz[c]))
+        out += bytes((int(keys[c]) // NFRAC, int(frac[c]) | int(k[c]) << 3))
+    return bytes(out)
+
+
+def _fit(qT, sums):
+    """Each channel's model: (b0, k, b2, table keys, code length in bits)."""
+    tb = tables()
+    C, T = qT.shape
     mean = sums[:, 0] / T
     var = np.maximum(sums[:, 1] / T - mean * mean - 1.0 / 12, 1.0 / 1024)
-
     sd = np.sqrt(var)
     # channels wider than the grid: code floor((q - b) / 2^k), k low bits raw
     k = np.zeros(C, np.int64)
@@ -521,43 +568,9 @@ def encode_words(words, code, step):
     sdk = np.maximum(sd / (2.0 ** k), 1.0 / 64)
     s0 = np.argmin(np.abs(np.log(tb.sigmas)[None, :] - np.log(sdk)[:, None]), axis=1).astype(np.int64)
     keys = np.empty(C, np.int64)
-    _choose_keys(qT, b0, k, b2, s0, frac, tb.W, tb.cost, tb.width, keys)
-    out = np.empty(C * T + STATE_WORDS + 1, np.uint16)
-    esc = np.empty(C * T, np.int64)
-    nat = native()
-    if nat is not None:
-        ne = np.zeros(1, np.int64)
-        nwords = nat.encode(_p(qT), C, T, _p(b0), _p(k), _p(b2), _p(keys), _p(tb.W), tb.width, _p(tb.enc0),
-                            _p(tb.enc1), _p(out), out.shape[0], _p(esc), _p(ne))
-        nesc = int(ne[0])
-    else:
-        nwords, nesc = _encode_symbols(qT, b0, k, b2, keys, tb.W, tb.width, tb.enc0, tb.enc1, out, esc)
-    base = b0 + (b2 << k)
-    head = bytearray(np.float32(step).tobytes())
-    params = np.empty(C * 12, np.uint8)
-    pz = _zigzag(base)
-    o = 0
-    for c in range(C):   # small: C channels
-        v = int(pz[c])
-        while v >= 0x80:
-            params[o] = (v & 0x7F) | 0x80
-            o += 1
-            v >>= 7
-        params[o] = v
-        params[o + 1] = keys[c] // NFRAC
-        params[o + 2] = int(frac[c]) | int(k[c]) << 3
-        o += 3
-    head += params[:o].tobytes()
-    head += varint(nesc) + _varints(_zigzag(esc[:nesc]))
-    lowbytes = b""
-    if wide.any():
-        buf = np.empty((int(k.sum()) * T + 7) // 8 + 1, np.uint8)
-        lowbytes = buf[:_pack_low(qT, b0, k, buf)].tobytes()
-    head += varint(len(lowbytes)) + lowbytes
-    head += varint(nwords)
-    if len(head) & 1:
-        head += b"\0"
-    return [bytes(head), out[out.shape[0] - nwords:]], recT, stats
+    bits = np.empty(C, np.float64)
+    _choose_keys(qT, b0, k, b2, s0, frac, tb.W, tb.cost, tb.width, keys, bits)
+    return b0, k, b2, keys, bits
 
 
 # ---------------------------------------------------------------- decoder
