@@ -44,6 +44,7 @@ MODES = ("lossless", "lossy", "sparse")
 DEFAULT_BLOCK_TOKENS = 1024
 RATE_TOLERANCE = 0.01       # aim inside 1 % so that the promise of 2 % holds
 MAX_HEADER = 1 << 24
+TOO_MANY_BITS = 1000.0      # what rate control sees for a trial step too small to code
 
 
 # ---------------------------------------------------------------- adapters in
@@ -275,7 +276,10 @@ class _SizeModel:
             i, words, scale = sample
             bits = ecsq.estimate_bits(words, self.tens.code, s * self.rms[i])
             return scale * (bits + self.OVERFIT_BITS * words.shape[1])
-        total = self.fixed + sum(ordered_map(one, self.samples, self.threads))
+        try:
+            total = self.fixed + sum(ordered_map(one, self.samples, self.threads))
+        except SSMZipError:             # a trial step too small for the symbols
+            return TOO_MANY_BITS
         return total / max(self.nelem, 1)
 
 
@@ -397,7 +401,10 @@ def encode_cache(cache, *, mode="lossy", bits=None, rel_error=None, max_abs=None
             cache_runs = {}
 
             def size_bits(s):
-                res = plan.code([s * r for r in rms], threads)
+                try:
+                    res = plan.code([s * r for r in rms], threads)
+                except SSMZipError:     # a trial step too small for the symbols: "too many bits"
+                    return TOO_MANY_BITS
                 cache_runs[s] = res
                 return 8.0 * (sum(_nbytes(r[1]) for r in res) + overhead) / max(nelem, 1)
             estimate = _SizeModel(tens, plan, rms, overhead, threads)
