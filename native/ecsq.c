@@ -229,3 +229,44 @@ int64_t ssmzip_ecsq_decode(const uint16_t *stream, int64_t nwords, const int64_t
         return decode_f16c(stream, nwords, base, keys, k, W, dec, esc, nesc, low, lowlen, step, T, C, code, out);
     return decode_portable(stream, nwords, base, keys, k, W, dec, esc, nesc, low, lowlen, step, T, C, code, out);
 }
+
+/* ecsq.py sumsq_words: sum of x^2 in double, in four chains (element i in
+ * chain i & 3) added as (0 + 1) + (2 + 3): the order fixes the bits of the
+ * result, which sets the steps. Counts the non-finite values. */
+static double sumsq_portable(const void *w, int64_t code, int64_t n, int64_t *bad)
+{
+    double a[4] = {0.0, 0.0, 0.0, 0.0};
+    int64_t nb = 0;
+    for (int64_t i = 0; i < n; i++) {
+        float x = word_to_f32(w, i, code);
+        nb += !isfinite(x);
+        a[i & 3] += (double)x * (double)x;
+    }
+    *bad = nb;
+    return (a[0] + a[1]) + (a[2] + a[3]);
+}
+
+#if defined(HAVE_X86)
+#pragma GCC push_options
+#pragma GCC target("f16c")
+static double sumsq_f16c(const void *w, int64_t code, int64_t n, int64_t *bad)
+{
+    double a[4] = {0.0, 0.0, 0.0, 0.0};
+    int64_t nb = 0;
+    for (int64_t i = 0; i < n; i++) {
+        float x = word_to_f32_f16c(w, i, code);
+        nb += !isfinite(x);
+        a[i & 3] += (double)x * (double)x;
+    }
+    *bad = nb;
+    return (a[0] + a[1]) + (a[2] + a[3]);
+}
+#pragma GCC pop_options
+#else
+#define sumsq_f16c sumsq_portable
+#endif
+
+double ssmzip_ecsq_sumsq(const void *words, int64_t code, int64_t n, int64_t *bad)
+{
+    return use_f16c(code) ? sumsq_f16c(words, code, n, bad) : sumsq_portable(words, code, n, bad);
+}

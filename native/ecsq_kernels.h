@@ -6,18 +6,18 @@
 
 /* ecsq.py _quantize: qT[c, t] = floor(x * inv + 0.5), recT[c, t] = word of
  * float32(q) * step, sums[c] = (sum q, sum q^2), stats = (squared error,
- * largest error, sum x^2). Returns 0, or -1 if a value is not finite or too large. */
+ * largest error). Returns 0, or -1 if a value is not finite or too large. */
 static int64_t KNAME(quantize)(const void *words, int64_t code, int64_t T, int64_t C, float inv, float step,
                              float lim, int32_t *qT, void *recT, int64_t *sums, double *stats)
 {
-    double se = 0.0, nrm = 0.0;
+    double se = 0.0;
     float mx = 0.0f;
     int bad = 0;
     for (int64_t t0 = 0; t0 < T; t0 += 32) {
         int64_t t1 = t0 + 32 < T ? t0 + 32 : T;
         for (int64_t c = 0; c < C; c++) {
             int64_t s1 = 0, s2 = 0;
-            float e2 = 0.0f, x2 = 0.0f;
+            float e2[4] = {0.0f, 0.0f, 0.0f, 0.0f};      /* four chains: t & 3 */
             for (int64_t t = t0; t < t1; t++) {
                 float x = LOAD_F32(words, t * C + c, code);
                 float v = x * inv;
@@ -29,8 +29,7 @@ static int64_t KNAME(quantize)(const void *words, int64_t code, int64_t T, int64
                 STORE_WORD((float)q * step, recT, c * T + t, code);
                 float back = LOAD_F32(recT, c * T + t, code);
                 float e = back - x;
-                e2 += e * e;
-                x2 += x * x;
+                e2[t & 3] += e * e;
                 float ae = fabsf(e);
                 mx = ae > mx ? ae : mx;
                 s1 += q;
@@ -38,13 +37,11 @@ static int64_t KNAME(quantize)(const void *words, int64_t code, int64_t T, int64
             }
             sums[2 * c] += s1;
             sums[2 * c + 1] += s2;
-            se += (double)e2;
-            nrm += (double)x2;
+            se += (double)((e2[0] + e2[1]) + (e2[2] + e2[3]));
         }
     }
     stats[0] = se;
     stats[1] = (double)mx;
-    stats[2] = nrm;
     return bad ? -1 : 0;
 }
 

@@ -110,6 +110,20 @@ class _Tensors:
             for t in (k, v):
                 self.words.append(np.ascontiguousarray(t.transpose(1, 0, 2)).reshape(T, H * D))
         self._f32 = [None] * len(self.words)
+        self._stats = {}
+
+    def body_stats(self, i, sinks):
+        """(sum of x^2 of tokens [0, sinks), of tokens [sinks, T), all finite?) of tensor i."""
+        key = (i, sinks)
+        if key not in self._stats:
+            a, fa = ecsq.sumsq_words(self.words[i][:sinks], self.code)
+            b, fb = ecsq.sumsq_words(self.words[i][sinks:], self.code)
+            self._stats[key] = (a, b, fa and fb)
+        return self._stats[key]
+
+    def norm2(self, i):
+        a, b, _ = self.body_stats(i, 0)
+        return a + b
 
     def f32(self, i):
         if self._f32[i] is None:
@@ -146,7 +160,7 @@ def _code_block(tens, i, t0, t1, exact, mode, step, sparsity):
         method, pieces, csum = encode_chunk(flat, tens.code, words.shape[1])
         return method, pieces, csum, flat.shape[0], flat.nbytes, 0.0, 0.0
     if mode == "lossy":
-        pieces, rw, (se, mx, _) = ecsq.encode_words(words, tens.code, step)
+        pieces, rw, (se, mx) = ecsq.encode_words(words, tens.code, step)
         return METHOD_ECSQ, pieces, checksum(rw), flat.shape[0], flat.nbytes, se, mx
     x = tens.f32(i)[t0:t1]
     mask = sparse.prune_mask(x.reshape(t1 - t0, tens.H, tens.D), sparsity).reshape(-1)
@@ -159,8 +173,6 @@ def _nbytes(pieces):
     return sum(p.nbytes if isinstance(p, np.ndarray) else len(p) for p in pieces)
 
 
-def _rms(x):
-    return math.sqrt(ecsq.sumsq(x) / x.size) if x.size else 0.0
 
 
 class _Plan:
@@ -190,7 +202,7 @@ def _error_stats(tens, results, nblocks):
         mx = max(mx, r[6])
     nrm = [0.0, 0.0]
     for i in range(tens.n):
-        nrm[i % 2] += ecsq.sumsq(tens.f32(i))
+        nrm[i % 2] += tens.norm2(i)
     rel = lambda e, n: math.sqrt(e / n) if n > 0 else 0.0  # noqa: E731
     return {"rel_error": rel(se[0] + se[1], nrm[0] + nrm[1]), "rel_error_k": rel(se[0], nrm[0]),
             "rel_error_v": rel(se[1], nrm[1]), "max_abs": mx}
@@ -198,17 +210,14 @@ def _error_stats(tens, results, nblocks):
 
 def _quant_error(tens, steps, blocks):
     """(relative Frobenius error, max abs error) of plain quantisation with steps (no coding)."""
-    se = nrm = mx = 0.0
+    se = mx = 0.0
+    nrm = sum(tens.norm2(i) for i in range(tens.n))
     for i in range(tens.n):
-        x = tens.f32(i)
         for t0, t1, exact in blocks:
-            if exact:
-                nrm += ecsq.sumsq(x[t0:t1])
-                continue
-            e2, m, n2 = ecsq.quantize(tens.words[i][t0:t1], tens.code, steps[i])[3]
-            se += e2
-            nrm += n2
-            mx = max(mx, m)
+            if not exact:
+                e2, m = ecsq.quantize(tens.words[i][t0:t1], tens.code, steps[i])[3]
+                se += e2
+                mx = max(mx, m)
     return (math.sqrt(se / nrm) if nrm > 0 else 0.0), mx
 
 
@@ -374,10 +383,15 @@ def encode_cache(cache, *, mode="lossy", bits=None, rel_error=None, max_abs=None
                     raise ValueError("values must be 'exact' or a positive relative step")
         elif sparsity is not None:
             raise ValueError("sparsity= only applies to mode='sparse'")
-    if mode != "lossless" and not all(np.isfinite(tens.f32(i)).all() for i in range(tens.n)):
-        raise SSMZipError("lossy and sparse coding need finite values (the cache holds inf or NaN)")
+    rms = None
+    if mode != "lossless":
+        s0 = min(sinks, tens.T)
+        stats = [tens.body_stats(i, s0) for i in range(tens.n)]
+        if not all(ok for _, _, ok in stats):
+            raise SSMZipError("lossy and sparse coding need finite values (the cache holds inf or NaN)")
+        rms = [math.sqrt(b / ((tens.T - s0) * tens.H * tens.D)) if tens.T > s0 else 0.0 for _, b, _ in stats]
+        rms = [r or 1.0 for r in rms]
     plan = _Plan(tens, mode, sinks, recent, block, sparsity)
-    rms = [_rms(tens.f32(i)[min(sinks, tens.T):]) or 1.0 for i in range(tens.n)] if mode != "lossless" else None
     if step_weights is not None and rms is not None:
         sw = np.asarray(step_weights, np.float64).reshape(-1)
         if sw.shape[0] != tens.n or not np.all(np.isfinite(sw)) or not np.all(sw > 0):

@@ -150,6 +150,7 @@ def native():
             P, I, F = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float
 
             class K:
+                sumsq = lib.ssmzip_ecsq_sumsq
                 quantize = lib.ssmzip_ecsq_quantize
                 encode = lib.ssmzip_ecsq_encode
                 decode = lib.ssmzip_ecsq_decode
@@ -158,6 +159,8 @@ def native():
             K.decode.argtypes = [P, I, P, P, P, P, P, P, I, P, I, F, I, I, I, P]
             for f in (K.quantize, K.encode, K.decode):
                 f.restype = I
+            K.sumsq.argtypes = [P, I, I, P]
+            K.sumsq.restype = ctypes.c_double
             _NATIVE = K
     return _NATIVE or None
 
@@ -250,22 +253,23 @@ def _f32_to_word(x, code):
 def _quantize(words, code, inv, step, qT, recT, sums, stats):
     """For stored words [T, C] of dtype code: qT[c, t] = round(x * inv),
     recT[c, t] = the stored word of float32(q) * step (both channel-major),
-    sums[c] = (sum q, sum q^2), stats = (squared error, largest error, sum
-    x^2) of the reconstruction. False if a value is not finite or its symbol
-    too large."""
+    sums[c] = (sum q, sum q^2), stats = (squared error, largest error) of the
+    reconstruction; the squared errors of a channel's 32-token tile are summed
+    in float32 in four chains (t & 3), then into a float64 total (native/
+    ecsq_kernels.h does the same). False if a value is not finite or its
+    symbol too large."""
     T, C = words.shape
     se = 0.0
     mx = np.float32(0.0)
-    nrm = 0.0
     bad = False
+    e2 = np.zeros(4, np.float32)
     lim = np.float32(MAX_ABS_Q)
     for t0 in range(0, T, 32):
         t1 = min(t0 + 32, T)
         for c in range(C):
             s1 = np.int64(0)
             s2 = np.int64(0)
-            e2 = np.float32(0.0)
-            x2 = np.float32(0.0)
+            e2[:] = 0
             for t in range(t0, t1):
                 x = _word_to_f32(words[t, c], code)
                 v = x * inv
@@ -275,18 +279,15 @@ def _quantize(words, code, inv, step, qT, recT, sums, stats):
                 rw = _f32_to_word(np.float32(q) * step, code)
                 recT[c, t] = rw
                 e = _word_to_f32(rw, code) - x
-                e2 += e * e
-                x2 += x * x
+                e2[t & 3] += e * e
                 mx = max(mx, abs(e))
                 s1 += q
                 s2 += q * q
             sums[c, 0] += s1
             sums[c, 1] += s2
-            se += e2
-            nrm += x2
+            se += np.float64((e2[0] + e2[1]) + (e2[2] + e2[3]))
     stats[0] = se
     stats[1] = mx
-    stats[2] = nrm
     return not bad
 
 
@@ -309,14 +310,27 @@ def err_stats(x, y):
 
 
 @njit(cache=True, nogil=True)
-def sumsq(x):
-    """Sum of squares in float64."""
-    a = 0.0
-    xf = x.reshape(-1)
-    for i in range(xf.shape[0]):
-        v = np.float64(xf[i])
-        a += v * v
-    return a
+def _sumsq_words(words, code, bad):
+    a = np.zeros(4, np.float64)
+    nb = 0
+    for i in range(words.shape[0]):
+        x = _word_to_f32(words[i], code)
+        nb += not np.isfinite(x)
+        a[i & 3] += np.float64(x) * np.float64(x)
+    bad[0] = nb
+    return (a[0] + a[1]) + (a[2] + a[3])
+
+
+def sumsq_words(words, code):
+    """(sum of x^2 in float64, in four chains as native/ecsq.c; all finite?) of stored words."""
+    words = np.ascontiguousarray(words).reshape(-1)
+    bad = np.zeros(1, np.int64)
+    nat = native()
+    if nat is not None:
+        a = nat.sumsq(_p(words), code, words.shape[0], _p(bad))
+    else:
+        a = _sumsq_words(words, code, bad)
+    return float(a), bool(bad[0] == 0)
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -469,14 +483,14 @@ def _check_step(step):
 
 def quantize(words, code, step):
     """(qT int32 [C, T], reconstructed words [C, T] (channel-major), sums [C, 2],
-    (squared error, largest error, sum x^2)) for stored words [T, C] of dtype code."""
+    (squared error, largest error)) for stored words [T, C] of dtype code."""
     step = _check_step(step)
     words = np.ascontiguousarray(words)
     T, C = words.shape
     qT = np.empty((C, T), np.int32)
     recT = np.empty((C, T), words.dtype)
     sums = np.zeros((C, 2), np.int64)
-    stats = np.zeros(3, np.float64)
+    stats = np.zeros(2, np.float64)
     nat = native()
     inv = np.float32(1.0) / step
     if nat is not None:
@@ -500,7 +514,7 @@ def encode_words(words, code, step):
     """Payload (list of bytes pieces) coding stored words [T, C] of dtype code
     (1 float32, 2 float16, 3 bfloat16) with one step. Returns (pieces,
     reconstructed words [C, T] (channel-major: what the chunk checksum covers),
-    (squared error, largest error, sum x^2))."""
+    (squared error, largest error))."""
     tb = tables()
     T, C = words.shape
     qT, recT, sums, stats = quantize(words, code, step)
@@ -517,7 +531,7 @@ def encode_words(words, code, step):
         nwords, nesc = _encode_symbols(qT, b0, k, b2, keys, tb.W, tb.width, tb.enc0, tb.enc1, out, esc)
     base = b0 + (b2 << k)
     head = bytearray(np.float32(step).tobytes())
-    head += _channel_params(base, keys, keys % NFRAC, k)
+    head += _channel_params(base, keys, k)
     head += varint(nesc) + _varints(_zigzag(esc[:nesc]))
     lowbytes = b""
     if k.any():
@@ -538,13 +552,26 @@ def estimate_bits(words, code, step):
     return float(_fit(qT, sums)[4].sum())
 
 
-def _channel_params(base, keys, frac, k):
-    pz = _zigzag(base)
-    out = bytearray()
-    for c in range(base.shape[0]):   # C channels: small
-        out += varint(int(pz[c]))
-        out += bytes((int(keys[c]) // NFRAC, int(frac[c]) | int(k[c]) << 3))
-    return bytes(out)
+@njit(cache=True, nogil=True)
+def _pack_params(pz, keys, k, out):
+    o = 0
+    for c in range(pz.shape[0]):
+        v = pz[c]
+        while v >= 0x80:
+            out[o] = np.uint8((v & 0x7F) | 0x80)
+            o += 1
+            v >>= 7
+        out[o] = np.uint8(v)
+        out[o + 1] = np.uint8(keys[c] // NFRAC)
+        out[o + 2] = np.uint8((keys[c] % NFRAC) | (k[c] << 3))
+        o += 3
+    return o
+
+
+def _channel_params(base, keys, k):
+    """Per channel: varint zigzag(base), u8 sigma index, u8 frac | k << 3."""
+    out = np.empty(base.shape[0] * 13, np.uint8)
+    return out[:_pack_params(_zigzag(base), keys, k, out)].tobytes()
 
 
 def _fit(qT, sums):
