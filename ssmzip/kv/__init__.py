@@ -11,6 +11,15 @@ Bit-exact, including NaN payloads, infinities, -0.0 and subnormals.
     d = ssmzip.kv.decode_dict(data, names=["k"])
     ssmzip.kv.inspect(data)                     # header: names, dtypes, shapes, ratios
 
+Whole KV caches (cache.py; lossless, lossy ECSQ with rate control, sparse),
+with random access by layer and token range and streaming append:
+
+    data = ssmzip.kv.encode_cache(kv, mode="lossy", bits=3.0)   # or rel_error=, max_abs=, step=
+    kv = ssmzip.kv.decode_cache(data, layers=[0, 1], tokens=(0, 512))
+    data = ssmzip.kv.append_cache(data, new_tokens)
+
+A fixed-rate KIVI-style packed form for in-memory use is ssmzip.kv.kivi.pack.
+
 bfloat16 / float8 in numpy: pass ml_dtypes arrays or uint16/uint8 arrays with
 ``dtype="bfloat16"`` etc.; numpy output holds them as uint16/uint8 words
 (``inspect`` tells the real dtype). Other dtypes (ints, bool, float64) are
