@@ -101,7 +101,28 @@ static inline void f32_to_word(float x, void *w, int64_t i, int64_t code)
 
 #if defined(HAVE_X86)
 #pragma GCC push_options
-#pragma GCC target("f16c")
+#pragma GCC target("f16c,avx")
+/* Eight float16 values at once: word = half(float32(j + bias) * step), the
+ * same IEEE operations as the scalar path. 0 (nothing stored) if one of the
+ * eight is an escape or the dtype is not float16. */
+static inline int store8_f16c(const int32_t *j, int64_t escj, int64_t bias, float step, void *out, int64_t at,
+                              int64_t code)
+{
+    if (code != 2)
+        return 0;
+    __m256i vj = _mm256_loadu_si256((const __m256i *)j);
+    __m128i lo = _mm256_castsi256_si128(vj), hi = _mm256_extractf128_si256(vj, 1);
+    __m128i e = _mm_set1_epi32((int)escj);
+    if (_mm_movemask_epi8(_mm_or_si128(_mm_cmpeq_epi32(lo, e), _mm_cmpeq_epi32(hi, e))))
+        return 0;
+    __m128i b = _mm_set1_epi32((int)bias);
+    __m256 v = _mm256_cvtepi32_ps(_mm256_set_m128i(_mm_add_epi32(hi, b), _mm_add_epi32(lo, b)));
+    v = _mm256_mul_ps(v, _mm256_set1_ps(step));
+    _mm_storeu_si128((__m128i *)((uint16_t *)out + at), _mm256_cvtps_ph(v, 0));
+    return 1;
+}
+#define STORE8 store8_f16c
+
 static inline float word_to_f32_f16c(const void *w, int64_t i, int64_t code)
 {
     if (code == 2)
@@ -124,6 +145,7 @@ static inline void f32_to_word_f16c(float x, void *w, int64_t i, int64_t code)
 #undef LOAD_F32
 #undef STORE_WORD
 #undef KNAME
+#undef STORE8
 #pragma GCC pop_options
 
 static int use_f16c(int64_t code)
@@ -269,4 +291,29 @@ static double sumsq_f16c(const void *w, int64_t code, int64_t n, int64_t *bad)
 double ssmzip_ecsq_sumsq(const void *words, int64_t code, int64_t n, int64_t *bad)
 {
     return use_f16c(code) ? sumsq_f16c(words, code, n, bad) : sumsq_portable(words, code, n, bad);
+}
+
+/* ecsq.py scatter: dst[h * sh + (t - a) * st + d] = src[(h * D + d) * Tc + t] for t in
+ * [a, b): a channel-major chunk into a [heads, tokens, head_dim] array, in tiles of
+ * 32 tokens so that both sides stay in the first-level cache. */
+#define SCATTER(TYPE)                                                                   \
+    for (int64_t h = 0; h < H; h++)                                                     \
+        for (int64_t t0 = a; t0 < b; t0 += 32) {                                        \
+            int64_t t1 = t0 + 32 < b ? t0 + 32 : b;                                     \
+            for (int64_t d = 0; d < D; d++) {                                           \
+                const TYPE *s = (const TYPE *)src + (h * D + d) * Tc;                   \
+                TYPE *o = (TYPE *)dst + h * sh + d;                                     \
+                for (int64_t t = t0; t < t1; t++)                                       \
+                    o[(t - a) * st] = s[t];                                             \
+            }                                                                           \
+        }
+
+void ssmzip_ecsq_scatter(const void *src, int64_t elsize, int64_t H, int64_t D, int64_t Tc, int64_t a, int64_t b,
+                         void *dst, int64_t sh, int64_t st)
+{
+    if (elsize == 2) {
+        SCATTER(uint16_t)
+    } else {
+        SCATTER(uint32_t)
+    }
 }

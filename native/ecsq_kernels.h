@@ -68,7 +68,7 @@ static int64_t KNAME(decode)(const uint16_t *stream, int64_t nwords, const int64
         int64_t o = c * T;
         if (kc == 0 && (T & 7) == 0) {
             for (int64_t t = 0; t < T; t += 8) {
-                int64_t j[LANES];
+                int32_t j[LANES];
                 for (int l = 0; l < LANES; l++) {
                     uint32_t x = st[l];
                     uint32_t e = tb[x & PROB_MASK];
@@ -78,10 +78,14 @@ static int64_t KNAME(decode)(const uint16_t *stream, int64_t nwords, const int64
                         p++;
                     }
                     st[l] = x;
-                    j[l] = (int64_t)(e & 0x7F);
+                    j[l] = (int32_t)(e & 0x7F);
                 }
                 if (p > nwords)
                     return -1;
+#ifdef STORE8
+                if (STORE8(j, escj, bc - w, step, out, o + t, code))   /* no escape among the 8 */
+                    continue;
+#endif
                 for (int l = 0; l < LANES; l++) {
                     int64_t s;
                     if (j[l] == escj) {

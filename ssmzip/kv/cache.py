@@ -514,7 +514,7 @@ def decode_cache(data, *, layers=None, tokens=None, out="numpy", threads=1):
             where = f"chunk {j} of tensor {e.name!r}"
             if c.method == METHOD_ECSQ:     # channel-major: [heads, head_dim, tokens]
                 recT = decode_ecsq(c, r.chunk_payload(e, j), e.code, H * D, where)
-                dst[...] = recT.reshape(H, D, c1 - c0)[:, :, lo - c0:hi - c0].transpose(0, 2, 1)
+                ecsq.scatter(recT, H, D, lo - c0, hi - c0, dst)
             else:                           # entry order: [tokens, heads, head_dim]
                 buf = np.empty(c.n, word_dtype(e.code))
                 decode_chunk(c, r.chunk_payload(e, j), e.code, buf, where, H * D)

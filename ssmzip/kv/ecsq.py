@@ -150,6 +150,7 @@ def native():
             P, I, F = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float
 
             class K:
+                scatter = lib.ssmzip_ecsq_scatter
                 sumsq = lib.ssmzip_ecsq_sumsq
                 quantize = lib.ssmzip_ecsq_quantize
                 encode = lib.ssmzip_ecsq_encode
@@ -159,6 +160,8 @@ def native():
             K.decode.argtypes = [P, I, P, P, P, P, P, P, I, P, I, F, I, I, I, P]
             for f in (K.quantize, K.encode, K.decode):
                 f.restype = I
+            K.scatter.argtypes = [P, I, I, I, I, I, I, P, I, I]
+            K.scatter.restype = None
             K.sumsq.argtypes = [P, I, I, P]
             K.sumsq.restype = ctypes.c_double
             _NATIVE = K
@@ -784,6 +787,21 @@ def decode_words(payload, T, C, code, wdtype, where):
     if rc < 0:
         raise SSMZipError(f"corrupt data: inconsistent symbol stream in {where}")
     return out
+
+
+# ---------------------------------------------------------------- layout
+
+def scatter(recT, H, D, a, b, dst):
+    """dst[h, t - a, d] = recT[h * D + d, t] for t in [a, b): a decoded chunk
+    (channel-major) into a [heads, tokens, head_dim] view whose last axis is contiguous."""
+    Tc = recT.shape[1]
+    nat = native()
+    es = recT.dtype.itemsize
+    if (nat is not None and recT.flags.c_contiguous and dst.strides[2] == es
+            and dst.strides[0] % es == 0 and dst.strides[1] % es == 0):
+        nat.scatter(_p(recT), es, H, D, Tc, a, b, dst.ctypes.data, dst.strides[0] // es, dst.strides[1] // es)
+    else:
+        dst[...] = recT.reshape(H, D, Tc)[:, :, a:b].transpose(0, 2, 1)
 
 
 # ---------------------------------------------------------------- float32 <-> stored words
