@@ -11,37 +11,53 @@ static int64_t KNAME(quantize)(const void *words, int64_t code, int64_t T, int64
                              float lim, int32_t *qT, void *recT, int64_t *sums, double *stats)
 {
     double se = 0.0;
-    float mx = 0.0f;
+    float mx0 = 0.0f, mx1 = 0.0f, mx2 = 0.0f, mx3 = 0.0f;     /* max: any order gives the same */
     int bad = 0;
+    /* element t of a channel's 32-token tile: its squared error goes to chain t & 3 */
+#define QELEM(t, acc, mxv)                                                      \
+    do {                                                                        \
+        float x = LOAD_F32(words, (t) * C + c, code);                           \
+        float v = x * inv;                                                      \
+        bad |= !(fabsf(v) <= lim);                                              \
+        float y = v + 0.5f;                                                     \
+        int64_t q = bad ? 0 : (int64_t)y;        /* floor, without libm */      \
+        q -= (float)q > y;                                                      \
+        qT[c * T + (t)] = (int32_t)q;                                           \
+        STORE_WORD((float)q * step, recT, c * T + (t), code);                   \
+        float e = LOAD_F32(recT, c * T + (t), code) - x;                        \
+        acc += e * e;                                                           \
+        float ae = fabsf(e);                                                    \
+        mxv = ae > mxv ? ae : mxv;                                              \
+        s1 += q;                                                                \
+        s2 += q * q;                                                            \
+    } while (0)
     for (int64_t t0 = 0; t0 < T; t0 += 32) {
         int64_t t1 = t0 + 32 < T ? t0 + 32 : T;
         for (int64_t c = 0; c < C; c++) {
             int64_t s1 = 0, s2 = 0;
-            float e2[4] = {0.0f, 0.0f, 0.0f, 0.0f};      /* four chains: t & 3 */
-            for (int64_t t = t0; t < t1; t++) {
-                float x = LOAD_F32(words, t * C + c, code);
-                float v = x * inv;
-                bad |= !(fabsf(v) <= lim);
-                float y = v + 0.5f;
-                int64_t q = bad ? 0 : (int64_t)y;          /* floor, without a libm call */
-                q -= (float)q > y;
-                qT[c * T + t] = (int32_t)q;
-                STORE_WORD((float)q * step, recT, c * T + t, code);
-                float back = LOAD_F32(recT, c * T + t, code);
-                float e = back - x;
-                e2[t & 3] += e * e;
-                float ae = fabsf(e);
-                mx = ae > mx ? ae : mx;
-                s1 += q;
-                s2 += q * q;
+            float a0 = 0.0f, a1 = 0.0f, a2 = 0.0f, a3 = 0.0f;
+            int64_t t = t0;
+            for (; t + 4 <= t1; t += 4) {
+                QELEM(t, a0, mx0);
+                QELEM(t + 1, a1, mx1);
+                QELEM(t + 2, a2, mx2);
+                QELEM(t + 3, a3, mx3);
             }
+            if (t < t1)
+                QELEM(t, a0, mx0);
+            if (t + 1 < t1)
+                QELEM(t + 1, a1, mx1);
+            if (t + 2 < t1)
+                QELEM(t + 2, a2, mx2);
             sums[2 * c] += s1;
             sums[2 * c + 1] += s2;
-            se += (double)((e2[0] + e2[1]) + (e2[2] + e2[3]));
+            se += (double)((a0 + a1) + (a2 + a3));
         }
     }
+#undef QELEM
+    float m01 = mx0 > mx1 ? mx0 : mx1, m23 = mx2 > mx3 ? mx2 : mx3;
     stats[0] = se;
-    stats[1] = (double)mx;
+    stats[1] = (double)(m01 > m23 ? m01 : m23);
     return bad ? -1 : 0;
 }
 
