@@ -276,3 +276,14 @@ def test_lossy_payload_garbage_never_crashes():
                 ecsq.decode(bad, 64, 16, "t")
             except SSMZipError:
                 pass
+
+
+def test_transformers_dynamic_cache_both_ways():
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    x = make_cache(L=2, T=10)
+    data = kv.encode_cache(x, step=0.3)
+    cache = kv.to_dynamic_cache(data)
+    y = kv.decode_cache(data)
+    assert np.array_equal(cache.layers[1].values[0].numpy(), y[1, 1])
+    assert np.array_equal(kv.decode_cache(kv.encode_cache(cache, mode="lossless")), y)
