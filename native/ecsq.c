@@ -76,6 +76,16 @@ static inline float word_to_f32(const void *w, int64_t i, int64_t code)
     return ((const float *)w)[i];
 }
 
+static inline float round_f32(float x, int64_t code)
+{
+    uint32_t u = f_bits(x);
+    if (code == 2)
+        return bits_f(h2f_bits(f2h_bits(u)));
+    if (code == 3)
+        return bits_f((uint32_t)((((uint64_t)u + 0x7FFF + ((u >> 16) & 1)) >> 16) & 0xFFFF) << 16);
+    return x;
+}
+
 static inline void f32_to_word(float x, void *w, int64_t i, int64_t code)
 {
     uint32_t u = f_bits(x);
@@ -93,10 +103,12 @@ static inline void f32_to_word(float x, void *w, int64_t i, int64_t code)
 
 #define LOAD_F32 word_to_f32
 #define STORE_WORD f32_to_word
+#define ROUND_F32 round_f32
 #define KNAME(x) x##_portable
 #include "ecsq_kernels.h"
 #undef LOAD_F32
 #undef STORE_WORD
+#undef ROUND_F32
 #undef KNAME
 
 #if defined(HAVE_X86)
@@ -138,12 +150,21 @@ static inline void f32_to_word_f16c(float x, void *w, int64_t i, int64_t code)
         f32_to_word(x, w, i, code);
 }
 
+static inline float round_f32_f16c(float x, int64_t code)
+{
+    if (code == 2)
+        return _cvtsh_ss(_cvtss_sh(x, 0));
+    return round_f32(x, code);
+}
+
 #define LOAD_F32 word_to_f32_f16c
 #define STORE_WORD f32_to_word_f16c
+#define ROUND_F32 round_f32_f16c
 #define KNAME(x) x##_f16c
 #include "ecsq_kernels.h"
 #undef LOAD_F32
 #undef STORE_WORD
+#undef ROUND_F32
 #undef KNAME
 #undef STORE8
 #pragma GCC pop_options

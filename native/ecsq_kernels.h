@@ -2,7 +2,8 @@
  * once with portable float16 conversions and once with the F16C
  * instructions (a function attribute: the CPU is asked at run time). The
  * conversions are the same IEEE ones, so both give the same words.
- * KNAME(x) names the function, LOAD_F32 / STORE_WORD convert a stored word. */
+ * KNAME(x) names the function, LOAD_F32 / STORE_WORD convert a stored word,
+ * ROUND_F32 rounds a float32 to the stored dtype and back. */
 
 /* ecsq.py _quantize: qT[c, t] = floor(x * inv + 0.5), recT[c, t] = word of
  * float32(q) * step, sums[c] = (sum q, sum q^2), stats = (squared error,
@@ -23,8 +24,9 @@ static int64_t KNAME(quantize)(const void *words, int64_t code, int64_t T, int64
         int64_t q = bad ? 0 : (int64_t)y;        /* floor, without libm */      \
         q -= (float)q > y;                                                      \
         qT[c * T + (t)] = (int32_t)q;                                           \
-        STORE_WORD((float)q * step, recT, c * T + (t), code);                   \
-        float e = LOAD_F32(recT, c * T + (t), code) - x;                        \
+        float r = (float)q * step;                                              \
+        STORE_WORD(r, recT, c * T + (t), code);                                 \
+        float e = ROUND_F32(r, code) - x;        /* the stored value */         \
         acc += e * e;                                                           \
         float ae = fabsf(e);                                                    \
         mxv = ae > mxv ? ae : mxv;                                              \
