@@ -109,46 +109,21 @@ def load_model(text_path, n_tokens=N_TOKENS):
     return model, tok, ids
 
 
-def context_kv(model, ctx_ids):
-    """Exact cache of the context as float32 torch tensors K, V [L, H, T, D]."""
-    import torch
-
-    with torch.no_grad():
-        out = model(ctx_ids, use_cache=True)
-    cache = out.past_key_values
-    if hasattr(cache, "layers"):
-        kv = [(lay.keys, lay.values) for lay in cache.layers]
-    else:  # older transformers: iterable of (k, v)
-        kv = [(k, v) for k, v in cache]
-    K = torch.stack([k[0] for k, _ in kv]).float().contiguous()
-    V = torch.stack([v[0] for _, v in kv]).float().contiguous()
-    return K, V
+# the model helpers live with the calibration (ssmzip.kv.calibrate needs no codec kernels)
+from ssmzip.kv.calibrate import context_kv, continuation_logp  # noqa: E402
 
 
-def build_cache(model, K, V):
-    """A DynamicCache holding K, V [L, H, T, D] (any float torch/numpy array; cast to float32)."""
-    import torch
-    from transformers import DynamicCache
+def calibration_weights(model, tok, path, progress=True):
+    """step_weights [L, 2] measured on another text (ssmzip.kv.calibrate)."""
+    from ssmzip.kv import calibrate
 
-    K = torch.as_tensor(np.asarray(K, np.float32) if isinstance(K, np.ndarray) else K).float()
-    V = torch.as_tensor(np.asarray(V, np.float32) if isinstance(V, np.ndarray) else V).float()
-    try:
-        cache = DynamicCache(config=model.config)
-    except TypeError:  # older transformers
-        cache = DynamicCache()
-    for li in range(K.shape[0]):
-        cache.update(K[li:li + 1].clone(), V[li:li + 1].clone(), li)
-    return cache
-
-
-def continuation_logp(model, K, V, cont_ids):
-    """log-softmax of the continuation read after the cache (K, V): [len(cont) - 1, vocab] float32."""
-    import torch
-
-    cache = build_cache(model, K, V)
-    with torch.no_grad():
-        logits = model(cont_ids, past_key_values=cache, use_cache=True).logits[0, :-1].float()
-    return torch.log_softmax(logits, -1)
+    with open(path, encoding="utf-8") as fh:
+        ids = tok(fh.read(), return_tensors="pt").input_ids[:, :N_TOKENS]
+    if ids.shape[1] < N_TOKENS:
+        raise SystemExit(f"{path} has only {ids.shape[1]} tokens, {N_TOKENS} needed")
+    show = (lambda l, j, v: print(f"  calibration layer {l} {'KV'[j]}: KL {v:.3e}", file=sys.stderr)) if progress else None
+    sens = calibrate.sensitivity(model, ids, context=N_CONTEXT, sinks=SINKS, progress=show)
+    return calibrate.weights(sens), sens
 
 
 def kl_top1(ref_logp, logp):
@@ -347,9 +322,11 @@ def best_time(fn, repeat):
     return best, out
 
 
-def run_ssmzip(skv, kv16, bits, sinks, repeat):
+def run_ssmzip(skv, kv16, bits, sinks, repeat, step_weights=None):
     """(K_hat, V_hat float32, info dict) for one ssmzip row."""
     enc_kw = _call_kwargs(skv.encode_cache, threads=1)
+    if step_weights is not None:
+        enc_kw["step_weights"] = step_weights
     dec_kw = _call_kwargs(skv.decode_cache, threads=1)
     tc, data = best_time(lambda: skv.encode_cache(kv16, mode="lossy", bits=bits, sinks=sinks, **enc_kw), repeat)
     td, back = best_time(lambda: skv.decode_cache(data, **dec_kw), repeat)
@@ -454,9 +431,12 @@ def plot(rows, path):
     except ImportError:
         return "matplotlib not installed: no plot"
     fig, ax = plt.subplots(figsize=(9, 6))
-    ss = sorted([r for r in rows if r["kind"] == "ssmzip" and r["sinks"] == SINKS and r["kl"] > 0], key=lambda r: r["bits"])
-    if ss:
-        ax.plot([r["bits"] for r in ss], [r["kl"] for r in ss], "o-", color="C3", lw=2, label=f"ssmzip lossy (sinks={SINKS})")
+    for cal, col in ((False, "C3"), (True, "k")):
+        ss = sorted([r for r in rows if r["kind"] == "ssmzip" and r["sinks"] == SINKS and r["kl"] > 0
+                     and r.get("calibrated", False) == cal], key=lambda r: r["bits"])
+        if ss:
+            ax.plot([r["bits"] for r in ss], [r["kl"] for r in ss], "o-", color=col, lw=2,
+                    label=f"ssmzip lossy{' calibrated' if cal else ''} (sinks={SINKS})")
     for r in rows:
         if r["kind"] == "ssmzip" and r["sinks"] != SINKS and r["kl"] > 0:
             ax.plot(r["bits"], r["kl"], "s", color="C3", mfc="none", ms=9, label=f"ssmzip lossy (sinks={r['sinks']})")
@@ -499,6 +479,12 @@ def main(argv=None):
     ap.add_argument("--text", default=GPL3, help="text read by the model (default: GPL-3)")
     ap.add_argument("--no-ssmzip", action="store_true", help="baselines only")
     ap.add_argument("--no-baselines", action="store_true", help="ssmzip rows only (the checks then lack their references)")
+    ap.add_argument("--calibrate", default=None,
+                    help="text on which the calibrated rows' step weights are measured (default: Python's argparse.py; "
+                         "never the evaluated text)")
+    ap.add_argument("--weights", default=None, help="step weights [30, 2] from a .npy file instead of measuring them")
+    ap.add_argument("--save-weights", default=None, help="save the measured step weights (.npy)")
+    ap.add_argument("--no-calibrated", action="store_true", help="no calibrated ssmzip rows")
     a = ap.parse_args(argv)
     rates = [float(x) for x in (a.rates or (QUICK_RATES if a.quick else DEFAULT_RATES)).split(",") if x.strip()]
     repeat = a.repeat if a.repeat is not None else (1 if a.quick else 3)
@@ -517,7 +503,7 @@ def main(argv=None):
         f"ssmzip timing best of {repeat}, single thread{'; --quick' if a.quick else ''}.\n")
 
     t = time.perf_counter()
-    model, _tok, ids = load_model(a.text)
+    model, tok, ids = load_model(a.text)
     t_load = time.perf_counter() - t
     ctx, cont = ids[:, :N_CONTEXT], ids[:, N_CONTEXT:]
     t = time.perf_counter()
@@ -571,18 +557,39 @@ def main(argv=None):
         except Exception as e:  # noqa: BLE001 - report and go on with the baselines
             notes.append(f"ssmzip rows skipped: warm-up encode/decode failed: {type(e).__name__}: {e}")
             skv = None
+    weights = None
+    if skv is not None and not a.no_calibrated:
+        if a.weights:
+            weights = np.load(a.weights)
+            cal_from = a.weights
+        else:
+            import argparse as _argparse_module
+            cal_text = a.calibrate or _argparse_module.__file__
+            if os.path.abspath(cal_text) == os.path.abspath(a.text):
+                raise SystemExit("--calibrate must name another text than --text")
+            t = time.perf_counter()
+            weights, sens = calibration_weights(model, tok, cal_text)
+            cal_from = f"{cal_text} ({2 * L} forwards, {time.perf_counter() - t:.0f} s)"
+            if a.save_weights:
+                np.save(a.save_weights, weights)
+        notes.append(f"calibrated rows: step_weights from ssmzip.kv.calibrate measured on {cal_from}")
     if skv is not None:
-        plan = [(b, SINKS) for b in rates] + [(3.0, 0)]
-        for b, s in plan:
+        plan = [(b, SINKS, None) for b in rates] + [(3.0, 0, None)]
+        if weights is not None:
+            plan += [(b, SINKS, weights) for b in rates]
+        for b, s, w in plan:
+            tag = " calibrated" if w is not None else ""
             try:
-                Kh, Vh, info = run_ssmzip(skv, kv16, b, s, repeat)
+                Kh, Vh, info = run_ssmzip(skv, kv16, b, s, repeat, w)
             except Exception as e:  # noqa: BLE001
-                notes.append(f"ssmzip bits={b} sinks={s} failed: {type(e).__name__}: {e}")
-                rep(f"| ssmzip bits={b} sinks={s} | **FAILED** ({type(e).__name__}) | | | | | | |")
+                notes.append(f"ssmzip{tag} bits={b} sinks={s} failed: {type(e).__name__}: {e}")
+                rep(f"| ssmzip{tag} bits={b} sinks={s} | **FAILED** ({type(e).__name__}) | | | | | | |")
                 continue
             achieved = 8 * info["bytes"] / n_elem
-            r = evaluate(f"ssmzip lossy bits={b:g} sinks={s}", "ssmzip", "ssmzip", s, Kh, Vh, 8.0 * info["bytes"],
-                         {"asked_bits": b, "rate_err_pct": 100 * (achieved / b - 1), "bytes": info["bytes"],
+            r = evaluate(f"ssmzip{tag} lossy bits={b:g} sinks={s}", "ssmzip", "ssmzip" + tag, s, Kh, Vh,
+                         8.0 * info["bytes"],
+                         {"calibrated": w is not None,
+                          "asked_bits": b, "rate_err_pct": 100 * (achieved / b - 1), "bytes": info["bytes"],
                           "enc_s": info["enc_s"], "dec_s": info["dec_s"],
                           "enc_MBps": 2 * n_elem / info["enc_s"] / 1e6, "dec_MBps": 2 * n_elem / info["dec_s"] / 1e6,
                           "inspect_cache": info["inspect_cache"]})
@@ -603,8 +610,8 @@ def main(argv=None):
         rep("| asked bits | sinks | achieved bits | error % | bytes | encode s | decode s |")
         rep("|---|---|---|---|---|---|---|")
         for r in ss:
-            rep(f"| {r['asked_bits']:g} | {r['sinks']} | {r['bits']:.4f} | {r['rate_err_pct']:+.2f} | {r['bytes']:,} | "
-                f"{r['enc_s']:.3f} | {r['dec_s']:.3f} |")
+            rep(f"| {r['asked_bits']:g}{' cal.' if r['calibrated'] else ''} | {r['sinks']} | {r['bits']:.4f} | "
+                f"{r['rate_err_pct']:+.2f} | {r['bytes']:,} | {r['enc_s']:.3f} | {r['dec_s']:.3f} |")
         rep()
         for r in ss:
             rep(f"- bits={r['asked_bits']:g} sinks={r['sinks']}: {summarize(r['inspect_cache'])}")
@@ -613,14 +620,20 @@ def main(argv=None):
     # target checks
     rep("## Target checks\n")
     checks = []
-    curve = [(r["bits"], r["kl"]) for r in ss if r["sinks"] == SINKS]
+    curves = [("", [(r["bits"], r["kl"]) for r in ss if r["sinks"] == SINKS and not r["calibrated"]]),
+              ("'", [(r["bits"], r["kl"]) for r in ss if r["calibrated"]])]
     byname = {r["method"]: r for r in rows}
 
     def check(label, ok, text):
         checks.append({"check": label, "status": ok, "text": text})
         rep(f"- ({label}) {'MET' if ok is True else 'NOT MET' if ok is False else 'NOT CHECKED'}: {text}")
 
-    for label, ref_name, need in (("a", KIVI4_SINK, "ratio16"), ("b", CACHEGEN256, "x2")):
+    for (label, ref_name, need), (prime, curve) in ((x, c) for c in curves for x in (
+            ("a", KIVI4_SINK, "ratio16"), ("b", CACHEGEN256, "x2"))):
+        if prime and not curve:
+            continue
+        label += prime
+        who = "ssmzip calibrated" if prime else "ssmzip"
         ref = byname.get(ref_name)
         goal = ">= 16 % fewer bits" if need == "ratio16" else ">= 2x fewer bits"
         if ref is None or not curve:
@@ -635,11 +648,11 @@ def main(argv=None):
             continue
         if need == "ratio16":
             saving = 1 - b / ref["bits"]
-            check(label, saving >= 0.16, f"at the KL of {ref_name} ({fmt_kl(ref['kl'])}), ssmzip needs {b:.3f} bits vs "
+            check(label, saving >= 0.16, f"at the KL of {ref_name} ({fmt_kl(ref['kl'])}), {who} needs {b:.3f} bits vs "
                   f"{ref['bits']:.3f}: {100 * saving:.1f} % fewer (goal {goal})")
         else:
             ratio = ref["bits"] / b
-            check(label, ratio >= 2.0, f"at the KL of {ref_name} ({fmt_kl(ref['kl'])}), ssmzip needs {b:.3f} bits vs "
+            check(label, ratio >= 2.0, f"at the KL of {ref_name} ({fmt_kl(ref['kl'])}), {who} needs {b:.3f} bits vs "
                   f"{ref['bits']:.3f}: {ratio:.2f}x fewer (goal {goal})")
     if ss:
         me, md = float(np.median([r["enc_MBps"] for r in ss])), float(np.median([r["dec_MBps"] for r in ss]))
