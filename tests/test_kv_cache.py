@@ -287,3 +287,35 @@ def test_transformers_dynamic_cache_both_ways():
     y = kv.decode_cache(data)
     assert np.array_equal(cache.layers[1].values[0].numpy(), y[1, 1])
     assert np.array_equal(kv.decode_cache(kv.encode_cache(cache, mode="lossless")), y)
+
+
+def test_calibration_weights():
+    from ssmzip.kv import calibrate
+    sens = np.array([[1e-3, 1e-5], [1e-4, 0.0], [1e-4, 1e-4]])
+    w = calibrate.weights(sens)
+    assert w.shape == (3, 2) and np.all(np.isfinite(w)) and np.all(w > 0)
+    assert np.exp(np.log(w).mean()) == pytest.approx(1.0)
+    assert w[0, 0] < w[1, 0] < w[0, 1]                       # more sensitive: finer steps
+    assert w[1, 0] == pytest.approx(w[2, 1])
+    with pytest.raises(ValueError):
+        calibrate.weights(np.ones(3))
+    x = make_cache(L=3, T=100)
+    plain = kv.encode_cache(x, step=0.3)
+    weighted = kv.encode_cache(x, step=0.3, step_weights=w)
+    steps = np.array(kv.inspect(weighted)["cache"]["steps"]) / np.array(kv.inspect(plain)["cache"]["steps"])
+    assert np.allclose(steps, w, rtol=1e-3)
+    with pytest.raises(ValueError, match="step_weights"):
+        kv.encode_cache(x, step=0.3, step_weights=np.ones((2, 2)))
+
+
+def test_calibration_sensitivity_on_a_tiny_model():
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    from ssmzip.kv import calibrate
+    torch.manual_seed(0)
+    cfg = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128)
+    model = transformers.LlamaForCausalLM(cfg).eval()
+    ids = torch.randint(0, 64, (1, 48))
+    sens = calibrate.sensitivity(model, ids, context=32, step=0.5, sinks=2)
+    assert sens.shape == (2, 2) and np.all(sens >= 0) and np.any(sens > 0)
