@@ -291,16 +291,27 @@ static double sumsq_portable(const void *w, int64_t code, int64_t n, int64_t *ba
 
 #if defined(HAVE_X86)
 #pragma GCC push_options
-#pragma GCC target("f16c")
+#pragma GCC target("f16c,avx")
 static double sumsq_f16c(const void *w, int64_t code, int64_t n, int64_t *bad)
 {
-    double a[4] = {0.0, 0.0, 0.0, 0.0};
-    int64_t nb = 0;
-    for (int64_t i = 0; i < n; i++) {
-        float x = word_to_f32_f16c(w, i, code);
-        nb += !isfinite(x);
-        a[i & 3] += (double)x * (double)x;
+    if (code != 2)
+        return sumsq_portable(w, code, n, bad);
+    /* the four chains are the four lanes of one register: element i in lane i & 3 */
+    const uint16_t *h = (const uint16_t *)w;
+    __m256d acc = _mm256_setzero_pd();
+    int64_t i = 0, nb = 0;
+    for (; i + 4 <= n; i += 4) {
+        __m256d d = _mm256_cvtps_pd(_mm_cvtph_ps(_mm_loadl_epi64((const __m128i *)(h + i))));
+        acc = _mm256_add_pd(acc, _mm256_mul_pd(d, d));
     }
+    double a[4];
+    _mm256_storeu_pd(a, acc);
+    for (; i < n; i++) {
+        double x = (double)_cvtsh_ss(h[i]);
+        a[i & 3] += x * x;
+    }
+    for (int64_t j = 0; j < n; j++)
+        nb += (h[j] & 0x7C00) == 0x7C00;
     *bad = nb;
     return (a[0] + a[1]) + (a[2] + a[3]);
 }
@@ -336,5 +347,54 @@ void ssmzip_ecsq_scatter(const void *src, int64_t elsize, int64_t H, int64_t D, 
         SCATTER(uint16_t)
     } else {
         SCATTER(uint32_t)
+    }
+}
+
+/* ecsq.py _choose_keys: per channel, the sigma index within 3 of s0[c] whose
+ * table codes the channel's symbols in the fewest bits (integer code lengths,
+ * so the choice is the same on every machine). keys[c], bits[c] out. */
+void ssmzip_ecsq_choose(const int32_t *qT, int64_t C, int64_t T, const int64_t *b0, const int64_t *k,
+                        const int64_t *b2, const int64_t *s0, const int64_t *frac, int64_t nsig, const int64_t *W,
+                        const int64_t *cost, int64_t width, int64_t *keys, int64_t *bits_out, int64_t esc_extra,
+                        int64_t cost_one)
+{
+    int64_t maxw = (width - 3) / 2, nb = 2 * maxw + 3;
+    int64_t hist[4][256];
+    if (nb > 256)
+        return;
+    for (int64_t c = 0; c < C; c++) {
+        memset(hist, 0, sizeof hist);
+        int64_t bc = b0[c], kc = k[c], b2c = b2[c];
+        const int32_t *row = qT + c * T;
+        for (int64_t t = 0; t < T; t++) {
+            int64_t v = symbol(row[t], bc, kc, b2c) + maxw;
+            v = (v >= 0 && v < nb - 1) ? v : nb - 1;
+            hist[t & 3][v]++;
+        }
+        int64_t h[256];
+        for (int64_t v = 0; v < nb; v++)
+            h[v] = hist[0][v] + hist[1][v] + hist[2][v] + hist[3][v];
+        int64_t best = (int64_t)1 << 62, bk = 0;
+        int64_t slo = s0[c] - 3 > 0 ? s0[c] - 3 : 0, shi = s0[c] + 4 < nsig ? s0[c] + 4 : nsig;
+        for (int64_t s = slo; s < shi; s++) {
+            int64_t key = s * 8 + frac[c], w = W[key], bits = 0, esc = 0;
+            const int64_t *cst = cost + key * width;
+            for (int64_t v = 0; v < nb; v++) {
+                if (h[v] == 0)
+                    continue;
+                int64_t d = v - maxw;
+                if (v < nb - 1 && -w <= d && d <= w + 1)
+                    bits += h[v] * cst[d + w];
+                else
+                    esc += h[v];
+            }
+            bits += esc * (cst[2 * w + 2] + esc_extra);
+            if (bits < best) {
+                best = bits;
+                bk = key;
+            }
+        }
+        keys[c] = bk;
+        bits_out[c] = best + kc * T * cost_one;
     }
 }

@@ -422,7 +422,7 @@ def encode_cache(cache, *, mode="lossy", bits=None, rel_error=None, max_abs=None
                 cache_runs[s] = res
                 return 8.0 * (sum(_nbytes(r[1]) for r in res) + overhead) / max(nelem, 1)
             estimate = _SizeModel(tens, plan, rms, overhead, threads)
-            s0 = _search(estimate, tval, 2.0 ** min(2.0 - tval, 60.0), -1.0, tol=RATE_TOLERANCE / 4)[0]
+            s0 = _search(estimate, tval, 2.0 ** min(1.6 - tval, 60.0), -1.0, tol=RATE_TOLERANCE / 2)[0]  # ~where KV caches land
             rel = _search(size_bits, tval, s0, -1.0)[0]
         if steps is None:
             steps = [rel * r for r in rms]

@@ -41,6 +41,8 @@ NSIG = 57                   # sigma = (8 + s % 8) / 8 * 2^(s // 8 - 4): 1/16 .. 
 NFRAC = 8                   # mean fraction in eighths
 NKEYS = NSIG * NFRAC
 ESC_FREQ = 4                # of 4096: an escape costs 10 bits plus its varint
+COST_ONE = 1 << 16          # code lengths for the encoder's choices, in 1/65536 bit
+ESC_EXTRA = 12 * COST_ONE   # about what an escape's varint adds
 MAX_SHIFT = 31
 MAX_ABS_Q = 1 << 20         # |q| beyond this is refused (a step this small: use mode="lossless")
 _U = np.uint64
@@ -114,7 +116,9 @@ class Tables:
             slot = np.arange(PROB_SCALE)
             self.dec[key << PROB_BITS:(key + 1) << PROB_BITS] = j | f[j] << 7 | (slot - cum[j]) << 20
         with np.errstate(divide="ignore"):
-            self.cost = np.where(self.freqs > 0, PROB_BITS - np.log2(np.maximum(self.freqs, 1)), 0.0)
+            bits = np.where(self.freqs > 0, PROB_BITS - np.log2(np.maximum(self.freqs, 1)), 0.0)
+        # code lengths in 1/65536 bit, as integers: their sums do not depend on order or machine
+        self.cost = np.rint(bits * COST_ONE).astype(np.int64)
         self.sigmas = np.array([sigma_of(s) for s in range(NSIG)])
 
 
@@ -150,6 +154,7 @@ def native():
             P, I, F = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float
 
             class K:
+                choose = lib.ssmzip_ecsq_choose
                 scatter = lib.ssmzip_ecsq_scatter
                 sumsq = lib.ssmzip_ecsq_sumsq
                 quantize = lib.ssmzip_ecsq_quantize
@@ -160,6 +165,8 @@ def native():
             K.decode.argtypes = [P, I, P, P, P, P, P, P, I, P, I, F, I, I, I, P]
             for f in (K.quantize, K.encode, K.decode):
                 f.restype = I
+            K.choose.argtypes = [P, I, I, P, P, P, P, P, I, P, P, I, P, P, I, I]
+            K.choose.restype = None
             K.scatter.argtypes = [P, I, I, I, I, I, I, P, I, I]
             K.scatter.restype = None
             K.sumsq.argtypes = [P, I, I, P]
@@ -344,8 +351,8 @@ def _sym(q, b0, k, b2):
 @njit(cache=True, nogil=True)
 def _choose_keys(qT, b0, k, b2, s0, frac, W, cost, width, keys, bits_out):
     """Per channel, the sigma index near s0 whose table codes the channel's
-    symbols in the fewest bits (bits_out[c]: that cost, escapes and raw low
-    bits included)."""
+    symbols in the fewest bits (bits_out[c]: that cost in 1/65536 bit,
+    escapes and raw low bits included; integers, so any machine picks alike)."""
     C, T = qT.shape
     maxw = (width - 3) // 2
     nb = 2 * maxw + 3                      # the last bin: outside every table
@@ -357,12 +364,12 @@ def _choose_keys(qT, b0, k, b2, s0, frac, W, cost, width, keys, bits_out):
             v = _sym(qT[c, t], bc, kc, b2c) + maxw
             v = v if 0 <= v < nb - 1 else nb - 1
             hist[t & 3, v] += 1
-        best = 1e300
+        best = np.int64(1) << 62
         bk = 0
         for s in range(max(0, s0[c] - 3), min(NSIG, s0[c] + 4)):
             key = s * NFRAC + frac[c]
             w = W[key]
-            bits = 0.0
+            bits = np.int64(0)
             esc = 0
             for v in range(nb):
                 h = hist[0, v] + hist[1, v] + hist[2, v] + hist[3, v]
@@ -373,12 +380,12 @@ def _choose_keys(qT, b0, k, b2, s0, frac, W, cost, width, keys, bits_out):
                     bits += h * cost[key, d + w]
                 else:
                     esc += h
-            bits += esc * (cost[key, 2 * w + 2] + 12.0)
+            bits += esc * (cost[key, 2 * w + 2] + ESC_EXTRA)
             if bits < best:
                 best = bits
                 bk = key
         keys[c] = bk
-        bits_out[c] = best + kc * T
+        bits_out[c] = best + kc * T * COST_ONE
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -552,7 +559,7 @@ def estimate_bits(words, code, step):
     without coding them or counting the chunk's parameters (for rate control)."""
     T, C = words.shape
     qT, _, sums, _ = quantize(words, code, step)
-    return float(_fit(qT, sums)[4].sum())
+    return float(_fit(qT, sums)[4].sum()) / COST_ONE
 
 
 @njit(cache=True, nogil=True)
@@ -598,8 +605,13 @@ def _fit(qT, sums):
     sdk = np.maximum(sd / (2.0 ** k), 1.0 / 64)
     s0 = np.argmin(np.abs(np.log(tb.sigmas)[None, :] - np.log(sdk)[:, None]), axis=1).astype(np.int64)
     keys = np.empty(C, np.int64)
-    bits = np.empty(C, np.float64)
-    _choose_keys(qT, b0, k, b2, s0, frac, tb.W, tb.cost, tb.width, keys, bits)
+    bits = np.empty(C, np.int64)
+    nat = native()
+    if nat is not None:
+        nat.choose(_p(qT), C, T, _p(b0), _p(k), _p(b2), _p(s0), _p(frac), NSIG, _p(tb.W), _p(tb.cost), tb.width,
+                   _p(keys), _p(bits), ESC_EXTRA, COST_ONE)
+    else:
+        _choose_keys(qT, b0, k, b2, s0, frac, tb.W, tb.cost, tb.width, keys, bits)
     return b0, k, b2, keys, bits
 
 
