@@ -117,13 +117,12 @@ static inline void f32_to_word(float x, void *w, int64_t i, int64_t code)
 /* Eight float16 values at once: word = half(float32(j + bias) * step), the
  * same IEEE operations as the scalar path. 0 (nothing stored) if one of the
  * eight is an escape or the dtype is not float16. */
-static inline int store8_f16c(const int32_t *j, int64_t escj, int64_t bias, float step, void *out, int64_t at,
-                              int64_t code)
+static inline int store8_f16c(int32_t j0, int32_t j1, int32_t j2, int32_t j3, int32_t j4, int32_t j5, int32_t j6,
+                              int32_t j7, int64_t escj, int64_t bias, float step, void *out, int64_t at, int64_t code)
 {
     if (code != 2)
         return 0;
-    __m256i vj = _mm256_loadu_si256((const __m256i *)j);
-    __m128i lo = _mm256_castsi256_si128(vj), hi = _mm256_extractf128_si256(vj, 1);
+    __m128i lo = _mm_setr_epi32(j0, j1, j2, j3), hi = _mm_setr_epi32(j4, j5, j6, j7);   /* from registers */
     __m128i e = _mm_set1_epi32((int)escj);
     if (_mm_movemask_epi8(_mm_or_si128(_mm_cmpeq_epi32(lo, e), _mm_cmpeq_epi32(hi, e))))
         return 0;
@@ -236,16 +235,12 @@ int64_t ssmzip_ecsq_encode(const int32_t *qT, int64_t C, int64_t T, const int64_
         int64_t key = keys[c], w = W[key], bc = b0[c], kc = k[c], b2c = b2[c];
         const uint64_t *t0 = enc0 + key * width, *t1 = enc1 + key * width;
         const int32_t *row = qT + c * T;
-        if ((T & 7) == 0) {
-            for (int64_t t = T - 8; t >= 0; t -= 8)
-                for (int l = LANES - 1; l >= 0; l--)
-                    st[l] = estep(st[l], symbol(row[t + l], bc, kc, b2c), w, t0, t1, &e);
-        } else {
-            for (int64_t t = T - 1; t >= 0; t--) {
-                int lane = (int)((c * T + t) & 7);
-                st[lane] = estep(st[lane], symbol(row[t], bc, kc, b2c), w, t0, t1, &e);
-            }
-        }
+        int64_t T8 = T & ~(int64_t)7;
+        for (int64_t t = T - 1; t >= T8; t--)       /* token t is on lane t & 7 */
+            st[t & 7] = estep(st[t & 7], symbol(row[t], bc, kc, b2c), w, t0, t1, &e);
+        for (int64_t t = T8 - 8; t >= 0; t -= 8)
+            for (int l = LANES - 1; l >= 0; l--)
+                st[l] = estep(st[l], symbol(row[t + l], bc, kc, b2c), w, t0, t1, &e);
     }
     for (int l = LANES - 1; l >= 0; l--) {
         e.out[--e.pos] = (uint16_t)(st[l] >> 16);

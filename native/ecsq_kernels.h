@@ -84,25 +84,35 @@ static int64_t KNAME(decode)(const uint16_t *stream, int64_t nwords, const int64
         int64_t key = keys[c], w = W[key], kc = k[c], bc = base[c], escj = 2 * w + 2;
         const uint32_t *tb = dec + (key << PROB_BITS);
         int64_t o = c * T;
-        if (kc == 0 && (T & 7) == 0) {
-            for (int64_t t = 0; t < T; t += 8) {
+        int64_t tfast = 0;
+        if (kc == 0) {                    /* token t is on lane t & 7: eight at a time */
+            tfast = T & ~(int64_t)7;
+            uint32_t x0 = st[0], x1 = st[1], x2 = st[2], x3 = st[3], x4 = st[4], x5 = st[5], x6 = st[6], x7 = st[7];
+#define DSTEP(x, jv)                                                        \
+    do {                                                                    \
+        uint32_t e_ = tb[x & PROB_MASK];                                    \
+        x = ((e_ >> 7) & 0x1FFF) * (x >> PROB_BITS) + (e_ >> 20);           \
+        if (x < RANS_L) {                                                   \
+            x = (x << 16) | stream[p];                                      \
+            p++;                                                            \
+        }                                                                   \
+        jv = (int32_t)(e_ & 0x7F);                                          \
+    } while (0)
+            for (int64_t t = 0; t < tfast; t += 8) {
                 int32_t j[LANES];
-                for (int l = 0; l < LANES; l++) {
-                    uint32_t x = st[l];
-                    uint32_t e = tb[x & PROB_MASK];
-                    x = ((e >> 7) & 0x1FFF) * (x >> PROB_BITS) + (e >> 20);
-                    if (x < RANS_L) {
-                        x = (x << 16) | stream[p];
-                        p++;
-                    }
-                    st[l] = x;
-                    j[l] = (int32_t)(e & 0x7F);
-                }
+                DSTEP(x0, j[0]);
+                DSTEP(x1, j[1]);
+                DSTEP(x2, j[2]);
+                DSTEP(x3, j[3]);
+                DSTEP(x4, j[4]);
+                DSTEP(x5, j[5]);
+                DSTEP(x6, j[6]);
+                DSTEP(x7, j[7]);
                 if (p > nwords)
                     return -1;
 #ifdef STORE8
-                if (STORE8(j, escj, bc - w, step, out, o + t, code))   /* no escape among the 8 */
-                    continue;
+                if (STORE8(j[0], j[1], j[2], j[3], j[4], j[5], j[6], j[7], escj, bc - w, step, out, o + t, code))
+                    continue;                     /* no escape among the 8 */
 #endif
                 for (int l = 0; l < LANES; l++) {
                     int64_t s;
@@ -115,10 +125,11 @@ static int64_t KNAME(decode)(const uint16_t *stream, int64_t nwords, const int64
                     STORE_WORD((float)(bc + s) * step, out, o + t + l, code);
                 }
             }
-            continue;
+#undef DSTEP
+            st[0] = x0, st[1] = x1, st[2] = x2, st[3] = x3, st[4] = x4, st[5] = x5, st[6] = x6, st[7] = x7;
         }
-        for (int64_t t = 0; t < T; t++) {
-            int lane = (int)((o + t) & 7);
+        for (int64_t t = tfast; t < T; t++) {
+            int lane = (int)(t & 7);
             uint32_t x = st[lane];
             uint32_t e = tb[x & PROB_MASK];
             x = ((e >> 7) & 0x1FFF) * (x >> PROB_BITS) + (e >> 20);

@@ -420,9 +420,13 @@ def _encode_symbols(qT, b0, k, b2, keys, W, width, enc0, enc1, out, esc):
         w = W[key]
         kb = key * width
         bc, kc, b2c = b0[c], k[c], b2[c]
-        if (T & 7) == 0:         # every channel starts on lane 0: eight states in registers
+        T8 = T & ~7
+        for t in range(T - 1, T8 - 1, -1):      # token t is on lane t & 7; the last T % 8 first
+            st[t & 7], pos, nesc = _estep(st[t & 7], _sym(qT[c, t], bc, kc, b2c), w, kb, enc0, enc1,
+                                          out, pos, esc, nesc)
+        if T8:                                  # then eight at a time, the states in registers
             x0, x1, x2, x3, x4, x5, x6, x7 = st[0], st[1], st[2], st[3], st[4], st[5], st[6], st[7]
-            for t in range(T - 8, -1, -8):
+            for t in range(T8 - 8, -1, -8):
                 x7, pos, nesc = _estep(x7, _sym(qT[c, t + 7], bc, kc, b2c), w, kb, enc0, enc1, out, pos, esc, nesc)
                 x6, pos, nesc = _estep(x6, _sym(qT[c, t + 6], bc, kc, b2c), w, kb, enc0, enc1, out, pos, esc, nesc)
                 x5, pos, nesc = _estep(x5, _sym(qT[c, t + 5], bc, kc, b2c), w, kb, enc0, enc1, out, pos, esc, nesc)
@@ -432,11 +436,6 @@ def _encode_symbols(qT, b0, k, b2, keys, W, width, enc0, enc1, out, esc):
                 x1, pos, nesc = _estep(x1, _sym(qT[c, t + 1], bc, kc, b2c), w, kb, enc0, enc1, out, pos, esc, nesc)
                 x0, pos, nesc = _estep(x0, _sym(qT[c, t], bc, kc, b2c), w, kb, enc0, enc1, out, pos, esc, nesc)
             st[0], st[1], st[2], st[3], st[4], st[5], st[6], st[7] = x0, x1, x2, x3, x4, x5, x6, x7
-        else:
-            for t in range(T - 1, -1, -1):
-                lane = (c * T + t) & 7
-                st[lane], pos, nesc = _estep(st[lane], _sym(qT[c, t], bc, kc, b2c), w, kb, enc0, enc1,
-                                             out, pos, esc, nesc)
     for lane in range(LANES - 1, -1, -1):
         x = st[lane]
         pos -= 1
@@ -667,9 +666,11 @@ def _decode_symbols(stream, nwords, base, keys, k, W, dec, esc, low, lowlen, ste
         w = W[key]
         kc = k[c]
         bc = base[c]
-        if kc == 0 and (T & 7) == 0:     # every channel starts on lane 0: eight states in registers
+        t0 = 0
+        if kc == 0 and T >= 8:           # token t is on lane t & 7: eight at a time, states in registers
+            t0 = T & ~7
             x0, x1, x2, x3, x4, x5, x6, x7 = st[0], st[1], st[2], st[3], st[4], st[5], st[6], st[7]
-            for t in range(0, T, 8):
+            for t in range(0, t0, 8):
                 x0, p, j0 = _dstep(x0, dec, tb, stream, p)
                 x1, p, j1 = _dstep(x1, dec, tb, stream, p)
                 x2, p, j2 = _dstep(x2, dec, tb, stream, p)
@@ -689,9 +690,8 @@ def _decode_symbols(stream, nwords, base, keys, k, W, dec, esc, low, lowlen, ste
                 out[c, t + 6], ne = _value(j6, w, esc, ne, bc, step, code)
                 out[c, t + 7], ne = _value(j7, w, esc, ne, bc, step, code)
             st[0], st[1], st[2], st[3], st[4], st[5], st[6], st[7] = x0, x1, x2, x3, x4, x5, x6, x7
-            continue
-        for t in range(T):
-            lane = (c * T + t) & 7
+        for t in range(t0, T):
+            lane = t & 7
             st[lane], p, j = _dstep(st[lane], dec, tb, stream, p)
             if p > nwords:
                 return -1
