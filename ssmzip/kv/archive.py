@@ -172,11 +172,11 @@ def decode_chunk(chunk, payload, code, out, where, row=1):
         raise SSMZipError(f"corrupt data: checksum mismatch in {where}")
 
 
-def decode_ecsq(chunk, payload, code, row, where):
+def decode_ecsq(chunk, payload, code, row, where, scratch=None):
     """An ecsq chunk's words in its own order, channel-major ([row, rows]),
     verified: the chunk checksum covers them in that order."""
     from ssmzip.kv import ecsq
-    recT = ecsq.decode_words(payload, chunk.n // row, row, code, word_dtype(code), where)
+    recT = ecsq.decode_words(payload, chunk.n // row, row, code, word_dtype(code), where, scratch)
     if _rans.checksum(recT) != chunk.checksum:
         raise SSMZipError(f"corrupt data: checksum mismatch in {where}")
     return recT

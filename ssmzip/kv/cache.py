@@ -26,6 +26,7 @@ import io
 import json
 import math
 import os
+import threading
 
 import numpy as np
 
@@ -508,12 +509,17 @@ def decode_cache(data, *, layers=None, tokens=None, out="numpy", threads=1):
                             jobs.append((e, j, c0, c1, lo, hi, words[li, kvi, :, lo - t0:hi - t0]))
                         c0 = c1
 
+        local = threading.local()           # one scratch buffer per thread, reused chunk after chunk
+
         def one(job):
             e, j, c0, c1, lo, hi, dst = job
             c = e.chunks[j]
             where = f"chunk {j} of tensor {e.name!r}"
             if c.method == METHOD_ECSQ:     # channel-major: [heads, head_dim, tokens]
-                recT = decode_ecsq(c, r.chunk_payload(e, j), e.code, H * D, where)
+                buf = getattr(local, "buf", None)
+                if buf is None or buf.shape[0] < c.n:
+                    buf = local.buf = np.empty(c.n, word_dtype(e.code))
+                recT = decode_ecsq(c, r.chunk_payload(e, j), e.code, H * D, where, buf)
                 ecsq.scatter(recT, H, D, lo - c0, hi - c0, dst)
             else:                           # entry order: [tokens, heads, head_dim]
                 buf = np.empty(c.n, word_dtype(e.code))

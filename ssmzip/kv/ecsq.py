@@ -754,9 +754,10 @@ def decode(payload, T, C, where):
     return decode_words(payload, T, C, 1, np.uint32, where).T.view(np.float32)
 
 
-def decode_words(payload, T, C, code, wdtype, where):
+def decode_words(payload, T, C, code, wdtype, where, scratch=None):
     """Stored words [C, T] (channel-major; dtype code, numpy dtype wdtype) from a
-    payload made by encode_words()."""
+    payload made by encode_words(); scratch: a reusable 1-D buffer of that
+    dtype (the result is then a view of it: fresh pages cost ~6 % here)."""
     tb = tables()
     buf = np.frombuffer(payload, np.uint8)
     r = Reader(payload, where)
@@ -787,7 +788,10 @@ def decode_words(payload, T, C, code, wdtype, where):
     r.done()
     stream = np.zeros(nwords + 8, np.uint16)
     stream[:nwords] = np.frombuffer(raw, np.uint16)
-    out = np.empty((C, T), wdtype)
+    if scratch is not None and scratch.dtype == wdtype and scratch.shape[0] >= C * T:
+        out = scratch[:C * T].reshape(C, T)
+    else:
+        out = np.empty((C, T), wdtype)
     nat = native()
     if nat is not None:
         low = np.ascontiguousarray(low)
