@@ -238,9 +238,32 @@ int64_t ssmzip_ecsq_encode(const int32_t *qT, int64_t C, int64_t T, const int64_
         int64_t T8 = T & ~(int64_t)7;
         for (int64_t t = T - 1; t >= T8; t--)       /* token t is on lane t & 7 */
             st[t & 7] = estep(st[t & 7], symbol(row[t], bc, kc, b2c), w, t0, t1, &e);
-        for (int64_t t = T8 - 8; t >= 0; t -= 8)
-            for (int l = LANES - 1; l >= 0; l--)
-                st[l] = estep(st[l], symbol(row[t + l], bc, kc, b2c), w, t0, t1, &e);
+        /* eight at a time, lane 7 first: each lane's table entry and renormalisation
+         * flag, then the pushes at positions that follow from the flags (written
+         * whether needed or not: a slot below the position is free until pushed) */
+        uint64_t x0 = st[0], x1 = st[1], x2 = st[2], x3 = st[3], x4 = st[4], x5 = st[5], x6 = st[6], x7 = st[7];
+#define EPRE(l)                                                                 \
+        int64_t j##l = symbol(row[t + l], bc, kc, b2c) + w;                     \
+        if (j##l < 0 || j##l > 2 * w + 1) {                                     \
+            e.esc[e.nesc++] = j##l - w;                                         \
+            j##l = 2 * w + 2;                                                   \
+        }                                                                       \
+        uint64_t a##l = t0[j##l], b##l = t1[j##l];                              \
+        int64_t g##l = x##l >= (a##l & 0xFFFFFFFFu);
+#define EPUT(l)                                                                 \
+        e.out[e.pos - 1] = (uint16_t)(x##l & 0xFFFF);                           \
+        e.pos -= g##l;                                                          \
+        x##l = g##l ? x##l >> 16 : x##l;                                        \
+        x##l = x##l + (a##l >> 32) + ((((x##l * (b##l & 0xFFFFFFFFu)) >> 32) >> (b##l >> 48)) \
+               * ((b##l >> 32) & 0xFFFF));
+        for (int64_t t = T8 - 8; t >= 0; t -= 8) {
+            EPRE(7) EPRE(6) EPRE(5) EPRE(4) EPRE(3) EPRE(2) EPRE(1) EPRE(0)
+            EPUT(7) EPUT(6) EPUT(5) EPUT(4) EPUT(3) EPUT(2) EPUT(1) EPUT(0)
+        }
+#undef EPRE
+#undef EPUT
+        st[0] = (uint32_t)x0, st[1] = (uint32_t)x1, st[2] = (uint32_t)x2, st[3] = (uint32_t)x3;
+        st[4] = (uint32_t)x4, st[5] = (uint32_t)x5, st[6] = (uint32_t)x6, st[7] = (uint32_t)x7;
     }
     for (int l = LANES - 1; l >= 0; l--) {
         e.out[--e.pos] = (uint16_t)(st[l] >> 16);
