@@ -310,15 +310,9 @@ def kv_block(name):
 
 def machine():
     la = os.getloadavg() if hasattr(os, "getloadavg") else (0, 0, 0)
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
+    from bench.report import cpu_model
+
+    cpu = cpu_model()
     return f"{cpu}, {os.cpu_count()} cores, load average {la[0]:.2f} {la[1]:.2f} {la[2]:.2f}, Python {platform.python_version()}"
 
 

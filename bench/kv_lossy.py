@@ -345,15 +345,9 @@ def run_ssmzip(skv, kv16, bits, sinks, repeat, step_weights=None):
 # ---------------------------------------------------------------- report helpers
 
 def machine():
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
+    from bench.report import cpu_model
+
+    cpu = cpu_model()
     info = {"host": socket.gethostname(), "cpu": cpu, "cores": os.cpu_count(),
             "load average at start": " ".join(f"{x:.2f}" for x in os.getloadavg()),
             "python": platform.python_version()}

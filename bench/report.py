@@ -15,7 +15,7 @@ MB = 1e6
 
 def machine_info() -> dict:
     info = {"host": socket.gethostname(), "date": datetime.datetime.now().isoformat(timespec="seconds")}
-    info["cpu"] = _cpuinfo_model()
+    info["cpu"] = cpu_model()
     info["cores"] = os.cpu_count()
     try:
         info["cores usable"] = len(os.sched_getaffinity(0))
@@ -32,7 +32,8 @@ def machine_info() -> dict:
     return info
 
 
-def _cpuinfo_model() -> str:
+def cpu_model() -> str:
+    """The CPU's model name (from /proc/cpuinfo where there is one)."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:

@@ -851,23 +851,30 @@ def pack_varints(vals, out):
     return o
 
 
+@njit(cache=True, nogil=True, inline="always")
+def read_varint(buf, pos, end):
+    """(value, new position) of the LEB128 at buf[pos:end]; position -1 if
+    truncated or longer than 9 bytes."""
+    v = np.int64(0)
+    shift = 0
+    while True:
+        if pos >= end or shift > 56:
+            return v, -1
+        b = np.int64(buf[pos])
+        pos += 1
+        v |= (b & 0x7F) << shift
+        if b < 0x80:
+            return v, pos
+        shift += 7
+
+
 @njit(cache=True, nogil=True)
 def unpack_varints(buf, pos, end, out, limit):
     """Read out.shape[0] LEB128 values (each <= limit) from buf[pos:end].
     Returns the new position, or -1 if truncated or out of range."""
     for i in range(out.shape[0]):
-        v = np.int64(0)
-        shift = 0
-        while True:
-            if pos >= end or shift > 56:
-                return -1
-            b = np.int64(buf[pos])
-            pos += 1
-            v |= (b & 0x7F) << shift
-            if b < 0x80:
-                break
-            shift += 7
-        if v > limit:
+        v, pos = read_varint(buf, pos, end)
+        if pos < 0 or v > limit:
             return -1
         out[i] = v
     return pos

@@ -725,17 +725,9 @@ def _decode_symbols(stream, nwords, base, keys, k, W, dec, esc, low, lowlen, ste
 def _read_params(buf, pos, end, C, base, keys, k):
     """Parse the per-channel parameters; returns the new position or -1."""
     for c in range(C):
-        v = np.int64(0)
-        shift = 0
-        while True:
-            if pos >= end or shift > 63:
-                return -1
-            b = np.int64(buf[pos])
-            pos += 1
-            v |= (b & 0x7F) << shift
-            if b < 0x80:
-                break
-            shift += 7
+        v, pos = _rans.read_varint(buf, pos, end)
+        if pos < 0:
+            return -1
         base[c] = (v >> 1) ^ -(v & 1)
         if pos + 2 > end:
             return -1
