@@ -481,27 +481,41 @@ void ssmzip_ecsq_choose(const int32_t *qT, int64_t C, int64_t T, const int64_t *
                         int64_t cost_one)
 {
     int64_t maxw = (width - 3) / 2, nb = 2 * maxw + 3;
-    int64_t hist[4][256];
+    int32_t hist[4][256];
+    int64_t h[256];
     if (nb > 256)
         return;
     for (int64_t c = 0; c < C; c++) {
-        memset(hist, 0, sizeof hist);
+        memset(hist, 0, sizeof hist[0] * 4);
         int64_t bc = b0[c], kc = k[c], b2c = b2[c];
         const int32_t *row = qT + c * T;
-        for (int64_t t = 0; t < T; t++) {
-            int64_t v = symbol(row[t], bc, kc, b2c) + maxw;
-            v = (v >= 0 && v < nb - 1) ? v : nb - 1;
-            hist[t & 3][v]++;
+        if (kc == 0) {          /* the common case: symbol = q - b2 */
+            int64_t off = maxw - b2c;
+            for (int64_t t = 0; t < T; t++) {
+                uint64_t v = (uint64_t)(row[t] + off);
+                hist[t & 3][v < (uint64_t)(nb - 1) ? v : (uint64_t)(nb - 1)]++;
+            }
+        } else {
+            for (int64_t t = 0; t < T; t++) {
+                int64_t v = symbol(row[t], bc, kc, b2c) + maxw;
+                v = (v >= 0 && v < nb - 1) ? v : nb - 1;
+                hist[t & 3][v]++;
+            }
         }
-        int64_t h[256];
-        for (int64_t v = 0; v < nb; v++)
-            h[v] = hist[0][v] + hist[1][v] + hist[2][v] + hist[3][v];
+        int64_t lo = nb, hi = -1;           /* the bins in use */
+        for (int64_t v = 0; v < nb; v++) {
+            h[v] = (int64_t)hist[0][v] + hist[1][v] + hist[2][v] + hist[3][v];
+            if (h[v]) {
+                lo = v < lo ? v : lo;
+                hi = v;
+            }
+        }
         int64_t best = (int64_t)1 << 62, bk = 0;
         int64_t slo = s0[c] - 3 > 0 ? s0[c] - 3 : 0, shi = s0[c] + 4 < nsig ? s0[c] + 4 : nsig;
         for (int64_t s = slo; s < shi; s++) {
             int64_t key = s * 8 + frac[c], w = W[key], bits = 0, esc = 0;
             const int64_t *cst = cost + key * width;
-            for (int64_t v = 0; v < nb; v++) {
+            for (int64_t v = lo; v <= hi; v++) {
                 if (h[v] == 0)
                     continue;
                 int64_t d = v - maxw;
