@@ -176,8 +176,9 @@ def native():
 
 
 def _p(a):
+    """The address of a C-contiguous array (cheaper than a.ctypes.data)."""
     assert a.flags.c_contiguous
-    return a.ctypes.data
+    return a.__array_interface__["data"][0]
 
 
 # ---------------------------------------------------------------- float conversions inside kernels
@@ -601,8 +602,9 @@ def _fit(qT, sums):
     m8 = np.rint(dmean * 8).astype(np.int64)
     b2 = m8 >> 3
     frac = m8 & 7
+    # the nearest grid width, about: the grid has 8 steps an octave from 1/16 (the search looks 3 either side)
     sdk = np.maximum(sd / (2.0 ** k), 1.0 / 64)
-    s0 = np.argmin(np.abs(np.log(tb.sigmas)[None, :] - np.log(sdk)[:, None]), axis=1).astype(np.int64)
+    s0 = np.clip(np.rint(8.0 * np.log2(sdk * 16.0) - 0.5), 0, NSIG - 1).astype(np.int64)
     keys = np.empty(C, np.int64)
     bits = np.empty(C, np.int64)
     nat = native()
