@@ -112,6 +112,7 @@ class _Tensors:
                 self.words.append(np.ascontiguousarray(t.transpose(1, 0, 2)).reshape(T, H * D))
         self._f32 = [None] * len(self.words)
         self._stats = {}
+        self.exact = {}         # (tensor, t0, t1) -> the result of a losslessly coded chunk
 
     def body_stats(self, i, sinks):
         """(sum of x^2 of tokens [0, sinks), of tokens [sinks, T), all finite?) of tensor i."""
@@ -157,9 +158,12 @@ def _code_block(tens, i, t0, t1, exact, mode, step, sparsity):
     step: the quantisation step (lossy), or of the kept values (sparse; None: exact)."""
     words = tens.words[i][t0:t1]
     flat = np.ascontiguousarray(words).reshape(-1)
-    if exact or mode == "lossless":
-        method, pieces, csum = encode_chunk(flat, tens.code, words.shape[1])
-        return method, pieces, csum, flat.shape[0], flat.nbytes, 0.0, 0.0
+    if exact or mode == "lossless":     # the same whatever the step: coded once (rate control asks again)
+        key = (i, t0, t1)
+        if key not in tens.exact:
+            method, pieces, csum = encode_chunk(flat, tens.code, words.shape[1])
+            tens.exact[key] = (method, pieces, csum, flat.shape[0], flat.nbytes, 0.0, 0.0)
+        return tens.exact[key]
     if mode == "lossy":
         pieces, rw, (se, mx) = ecsq.encode_words(words, tens.code, step)
         return METHOD_ECSQ, pieces, checksum(rw), flat.shape[0], flat.nbytes, se, mx

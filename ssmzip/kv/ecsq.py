@@ -120,6 +120,8 @@ class Tables:
         # code lengths in 1/65536 bit, as integers: their sums do not depend on order or machine
         self.cost = np.rint(bits * COST_ONE).astype(np.int64)
         self.sigmas = np.array([sigma_of(s) for s in range(NSIG)])
+        # for the C kernels: the tables' addresses (they live as long as the process)
+        self.addr = {n: getattr(self, n).__array_interface__["data"][0] for n in ("W", "enc0", "enc1", "cost", "dec")}
 
 
 _tables = None
@@ -534,8 +536,8 @@ def encode_words(words, code, step):
     nat = native()
     if nat is not None:
         ne = np.zeros(1, np.int64)
-        nwords = nat.encode(_p(qT), C, T, _p(b0), _p(k), _p(b2), _p(keys), _p(tb.W), tb.width, _p(tb.enc0),
-                            _p(tb.enc1), _p(out), out.shape[0], _p(esc), _p(ne))
+        nwords = nat.encode(_p(qT), C, T, _p(b0), _p(k), _p(b2), _p(keys), tb.addr['W'], tb.width, tb.addr['enc0'],
+                            tb.addr['enc1'], _p(out), out.shape[0], _p(esc), _p(ne))
         nesc = int(ne[0])
     else:
         nwords, nesc = _encode_symbols(qT, b0, k, b2, keys, tb.W, tb.width, tb.enc0, tb.enc1, out, esc)
@@ -609,7 +611,7 @@ def _fit(qT, sums):
     bits = np.empty(C, np.int64)
     nat = native()
     if nat is not None:
-        nat.choose(_p(qT), C, T, _p(b0), _p(k), _p(b2), _p(s0), _p(frac), NSIG, _p(tb.W), _p(tb.cost), tb.width,
+        nat.choose(_p(qT), C, T, _p(b0), _p(k), _p(b2), _p(s0), _p(frac), NSIG, tb.addr['W'], tb.addr['cost'], tb.width,
                    _p(keys), _p(bits), ESC_EXTRA, COST_ONE)
     else:
         _choose_keys(qT, b0, k, b2, s0, frac, tb.W, tb.cost, tb.width, keys, bits)
@@ -789,7 +791,7 @@ def decode_words(payload, T, C, code, wdtype, where, scratch=None):
     nat = native()
     if nat is not None:
         low = np.ascontiguousarray(low)
-        rc = nat.decode(_p(stream), nwords, _p(base), _p(keys), _p(k), _p(tb.W), _p(tb.dec), _p(esc), nesc,
+        rc = nat.decode(_p(stream), nwords, _p(base), _p(keys), _p(k), tb.addr['W'], tb.addr['dec'], _p(esc), nesc,
                         _p(low) if lowlen else 0, lowlen, float(step), T, C, code, _p(out))
     else:
         rc = _decode_symbols(stream, nwords, base, keys, k, tb.W, tb.dec, esc, low, lowlen, np.float32(step), T,
