@@ -491,10 +491,19 @@ void ssmzip_ecsq_choose(const int32_t *qT, int64_t C, int64_t T, const int64_t *
         const int32_t *row = qT + c * T;
         if (kc == 0) {          /* the common case: symbol = q - b2 */
             int64_t off = maxw - b2c;
-            for (int64_t t = 0; t < T; t++) {
-                uint64_t v = (uint64_t)(row[t] + off);
-                hist[t & 3][v < (uint64_t)(nb - 1) ? v : (uint64_t)(nb - 1)]++;
+            uint64_t top = (uint64_t)(nb - 1);
+#define BIN(q) ((uint64_t)((q) + off) < top ? (uint64_t)((q) + off) : top)
+            int64_t t = 0;
+            for (; t + 4 <= T; t += 4) {
+                uint64_t v0 = BIN(row[t]), v1 = BIN(row[t + 1]), v2 = BIN(row[t + 2]), v3 = BIN(row[t + 3]);
+                hist[0][v0]++;
+                hist[1][v1]++;
+                hist[2][v2]++;
+                hist[3][v3]++;
             }
+            for (; t < T; t++)
+                hist[t & 3][BIN(row[t])]++;
+#undef BIN
         } else {
             for (int64_t t = 0; t < T; t++) {
                 int64_t v = symbol(row[t], bc, kc, b2c) + maxw;
