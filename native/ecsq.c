@@ -189,8 +189,8 @@ static int use_f16c(int64_t code) { (void)code; return 0; }
  * scalar kernel, each channel's squared errors in the same four chains
  * (t & 3) and added to the total in the same channel order, so the results
  * are identical. Channels beyond the last multiple of 8 go through the scalar code. */
-static int64_t quantize_avx2(const uint16_t *w, int64_t T, int64_t C, float inv, float step, float lim,
-                             int32_t *qT, uint16_t *recT, int64_t *sums, double *stats)
+static int64_t quantize_avx2(const uint16_t *w, int64_t T, int64_t C, int64_t D, int64_t sH, int64_t sT, float inv,
+                             float step, float lim, int32_t *qT, uint16_t *recT, int64_t *sums, double *stats)
 {
     int64_t C8 = C & ~(int64_t)7;
     double se = 0.0;
@@ -206,8 +206,9 @@ static int64_t quantize_avx2(const uint16_t *w, int64_t T, int64_t C, float inv,
         int64_t t1 = t0 + 32 < T ? t0 + 32 : T, n = t1 - t0;
         for (int64_t c0 = 0; c0 < C8; c0 += 8) {
             __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+            const uint16_t *wc = w + (c0 / D) * sH + c0 % D;     /* D % 8 == 0: the group is in one head */
             for (int64_t t = t0; t < t1; t++) {
-                __m256 x = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(w + t * C + c0)));
+                __m256 x = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(wc + t * sT)));
                 __m256 v = _mm256_mul_ps(x, vinv);
                 vbad = _mm256_or_ps(vbad, _mm256_cmp_ps(_mm256_and_ps(v, absmask), vlim, _CMP_NLE_UQ));
                 __m256i q = _mm256_cvttps_epi32(_mm256_floor_ps(_mm256_add_ps(v, vhalf)));
@@ -238,10 +239,10 @@ static int64_t quantize_avx2(const uint16_t *w, int64_t T, int64_t C, float inv,
         }
         /* the last C % 8 channels: the scalar kernel's steps */
         for (int64_t c = C8; c < C; c++) {
-            int64_t s1 = 0, s2 = 0;
+            int64_t s1 = 0, s2 = 0, cb = (c / D) * sH + c % D;
             float a[4] = {0.0f, 0.0f, 0.0f, 0.0f};
             for (int64_t t = t0; t < t1; t++) {
-                float x = _cvtsh_ss(w[t * C + c]);
+                float x = _cvtsh_ss(w[t * sT + cb]);
                 float v = x * inv;
                 bad |= !(fabsf(v) <= lim);
                 float y = v + 0.5f;
@@ -281,16 +282,17 @@ static int use_avx2(void)
 }
 #endif
 
-int64_t ssmzip_ecsq_quantize(const void *words, int64_t code, int64_t T, int64_t C, float inv, float step,
-                             float lim, int32_t *qT, void *recT, int64_t *sums, double *stats)
+int64_t ssmzip_ecsq_quantize(const void *words, int64_t code, int64_t T, int64_t C, int64_t D, int64_t sH, int64_t sT,
+                             float inv, float step, float lim, int32_t *qT, void *recT, int64_t *sums, double *stats)
 {
 #if defined(HAVE_X86)
-    if (code == 2 && C >= 8 && use_avx2())
-        return quantize_avx2((const uint16_t *)words, T, C, inv, step, lim, qT, (uint16_t *)recT, sums, stats);
+    if (code == 2 && D % 8 == 0 && use_avx2())
+        return quantize_avx2((const uint16_t *)words, T, C, D, sH, sT, inv, step, lim, qT, (uint16_t *)recT, sums,
+                             stats);
 #endif
     if (use_f16c(code))
-        return quantize_f16c(words, code, T, C, inv, step, lim, qT, recT, sums, stats);
-    return quantize_portable(words, code, T, C, inv, step, lim, qT, recT, sums, stats);
+        return quantize_f16c(words, code, T, C, D, sH, sT, inv, step, lim, qT, recT, sums, stats);
+    return quantize_portable(words, code, T, C, D, sH, sT, inv, step, lim, qT, recT, sums, stats);
 }
 
 /* ---------------------------------------------------------------- rANS encoding */
@@ -361,8 +363,14 @@ int64_t ssmzip_ecsq_encode(const int32_t *qT, int64_t C, int64_t T, const int64_
         x##l = x##l + (a##l >> 32) + ((((x##l * (b##l & 0xFFFFFFFFu)) >> 32) >> (b##l >> 48)) \
                * ((b##l >> 32) & 0xFFFF));
         for (int64_t t = T8 - 8; t >= 0; t -= 8) {
-            EPRE(7) EPRE(6) EPRE(5) EPRE(4) EPRE(3) EPRE(2) EPRE(1) EPRE(0)
-            EPUT(7) EPUT(6) EPUT(5) EPUT(4) EPUT(3) EPUT(2) EPUT(1) EPUT(0)
+            {   /* four lanes at a time: eight would not fit in the registers */
+                EPRE(7) EPRE(6) EPRE(5) EPRE(4)
+                EPUT(7) EPUT(6) EPUT(5) EPUT(4)
+            }
+            {
+                EPRE(3) EPRE(2) EPRE(1) EPRE(0)
+                EPUT(3) EPUT(2) EPUT(1) EPUT(0)
+            }
         }
 #undef EPRE
 #undef EPUT
@@ -395,18 +403,22 @@ int64_t ssmzip_ecsq_decode(const uint16_t *stream, int64_t nwords, const int64_t
     return decode_portable(stream, nwords, base, keys, k, W, dec, esc, nesc, low, lowlen, step, T, C, code, out);
 }
 
-/* ecsq.py sumsq_words: sum of x^2 in double, in four chains (element i in
- * chain i & 3) added as (0 + 1) + (2 + 3): the order fixes the bits of the
- * result, which sets the steps. Counts the non-finite values. */
-static double sumsq_portable(const void *w, int64_t code, int64_t n, int64_t *bad)
+/* ecsq.py sumsq_words: sum of x^2 in double over element (t, h, d) = words[h * sH + t * sT + d]
+ * in the order t, h, d, in four chains (element i of that order in chain i & 3) added as
+ * (0 + 1) + (2 + 3): the order fixes the bits of the result, which sets the steps.
+ * Counts the non-finite values. */
+static double sumsq_portable(const void *w, int64_t code, int64_t H, int64_t T, int64_t D, int64_t sH, int64_t sT,
+                             int64_t *bad)
 {
     double a[4] = {0.0, 0.0, 0.0, 0.0};
-    int64_t nb = 0;
-    for (int64_t i = 0; i < n; i++) {
-        float x = word_to_f32(w, i, code);
-        nb += !isfinite(x);
-        a[i & 3] += (double)x * (double)x;
-    }
+    int64_t nb = 0, i = 0;
+    for (int64_t t = 0; t < T; t++)
+        for (int64_t h = 0; h < H; h++)
+            for (int64_t d = 0; d < D; d++, i++) {
+                float x = word_to_f32(w, h * sH + t * sT + d, code);
+                nb += !isfinite(x);
+                a[i & 3] += (double)x * (double)x;
+            }
     *bad = nb;
     return (a[0] + a[1]) + (a[2] + a[3]);
 }
@@ -414,26 +426,27 @@ static double sumsq_portable(const void *w, int64_t code, int64_t n, int64_t *ba
 #if defined(HAVE_X86)
 #pragma GCC push_options
 #pragma GCC target("f16c,avx")
-static double sumsq_f16c(const void *w, int64_t code, int64_t n, int64_t *bad)
+static double sumsq_f16c(const void *w, int64_t code, int64_t H, int64_t T, int64_t D, int64_t sH, int64_t sT,
+                         int64_t *bad)
 {
-    if (code != 2)
-        return sumsq_portable(w, code, n, bad);
-    /* the four chains are the four lanes of one register: element i in lane i & 3 */
-    const uint16_t *h = (const uint16_t *)w;
+    if (code != 2 || D % 4)
+        return sumsq_portable(w, code, H, T, D, sH, sT, bad);
+    /* D % 4 == 0: element (t, h, d) is in chain d & 3, the lane of a four-double register */
+    const uint16_t *h16 = (const uint16_t *)w;
     __m256d acc = _mm256_setzero_pd();
-    int64_t i = 0, nb = 0;
-    for (; i + 4 <= n; i += 4) {
-        __m256d d = _mm256_cvtps_pd(_mm_cvtph_ps(_mm_loadl_epi64((const __m128i *)(h + i))));
-        acc = _mm256_add_pd(acc, _mm256_mul_pd(d, d));
-    }
+    int64_t nb = 0;
+    for (int64_t t = 0; t < T; t++)
+        for (int64_t h = 0; h < H; h++) {
+            const uint16_t *row = h16 + h * sH + t * sT;
+            for (int64_t d = 0; d < D; d += 4) {
+                __m256d x = _mm256_cvtps_pd(_mm_cvtph_ps(_mm_loadl_epi64((const __m128i *)(row + d))));
+                acc = _mm256_add_pd(acc, _mm256_mul_pd(x, x));
+            }
+            for (int64_t d = 0; d < D; d++)
+                nb += (row[d] & 0x7C00) == 0x7C00;
+        }
     double a[4];
     _mm256_storeu_pd(a, acc);
-    for (; i < n; i++) {
-        double x = (double)_cvtsh_ss(h[i]);
-        a[i & 3] += x * x;
-    }
-    for (int64_t j = 0; j < n; j++)
-        nb += (h[j] & 0x7C00) == 0x7C00;
     *bad = nb;
     return (a[0] + a[1]) + (a[2] + a[3]);
 }
@@ -442,9 +455,11 @@ static double sumsq_f16c(const void *w, int64_t code, int64_t n, int64_t *bad)
 #define sumsq_f16c sumsq_portable
 #endif
 
-double ssmzip_ecsq_sumsq(const void *words, int64_t code, int64_t n, int64_t *bad)
+double ssmzip_ecsq_sumsq(const void *words, int64_t code, int64_t H, int64_t T, int64_t D, int64_t sH, int64_t sT,
+                         int64_t *bad)
 {
-    return use_f16c(code) ? sumsq_f16c(words, code, n, bad) : sumsq_portable(words, code, n, bad);
+    return use_f16c(code) ? sumsq_f16c(words, code, H, T, D, sH, sT, bad)
+                          : sumsq_portable(words, code, H, T, D, sH, sT, bad);
 }
 
 /* ecsq.py scatter: dst[h * sh + (t - a) * st + d] = src[(h * D + d) * Tc + t] for t in

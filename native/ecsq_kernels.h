@@ -5,11 +5,14 @@
  * KNAME(x) names the function, LOAD_F32 / STORE_WORD convert a stored word,
  * ROUND_F32 rounds a float32 to the stored dtype and back. */
 
-/* ecsq.py _quantize: qT[c, t] = floor(x * inv + 0.5), recT[c, t] = word of
+/* ecsq.py _quantize: element (t, c) of the input is words[(c / D) * sH + t * sT + c % D]
+ * (a [heads, tokens, head_dim] or [tokens, channels] layout, head_dim contiguous);
+ * qT[c, t] = floor(x * inv + 0.5), recT[c, t] = word of
  * float32(q) * step, sums[c] = (sum q, sum q^2), stats = (squared error,
  * largest error). Returns 0, or -1 if a value is not finite or too large. */
-static int64_t KNAME(quantize)(const void *words, int64_t code, int64_t T, int64_t C, float inv, float step,
-                             float lim, int32_t *qT, void *recT, int64_t *sums, double *stats)
+static int64_t KNAME(quantize)(const void *words, int64_t code, int64_t T, int64_t C, int64_t D, int64_t sH,
+                             int64_t sT, float inv, float step, float lim, int32_t *qT, void *recT, int64_t *sums,
+                             double *stats)
 {
     double se = 0.0;
     float mx0 = 0.0f, mx1 = 0.0f, mx2 = 0.0f, mx3 = 0.0f;     /* max: any order gives the same */
@@ -17,7 +20,7 @@ static int64_t KNAME(quantize)(const void *words, int64_t code, int64_t T, int64
     /* element t of a channel's 32-token tile: its squared error goes to chain t & 3 */
 #define QELEM(t, acc, mxv)                                                      \
     do {                                                                        \
-        float x = LOAD_F32(words, (t) * C + c, code);                           \
+        float x = LOAD_F32(words, (t) * sT + cb, code);                         \
         float v = x * inv;                                                      \
         bad |= !(fabsf(v) <= lim);                                              \
         float y = v + 0.5f;                                                     \
@@ -36,7 +39,7 @@ static int64_t KNAME(quantize)(const void *words, int64_t code, int64_t T, int64
     for (int64_t t0 = 0; t0 < T; t0 += 32) {
         int64_t t1 = t0 + 32 < T ? t0 + 32 : T;
         for (int64_t c = 0; c < C; c++) {
-            int64_t s1 = 0, s2 = 0;
+            int64_t s1 = 0, s2 = 0, cb = (c / D) * sH + c % D;
             float a0 = 0.0f, a1 = 0.0f, a2 = 0.0f, a3 = 0.0f;
             int64_t t = t0;
             for (; t + 4 <= t1; t += 4) {

@@ -106,11 +106,9 @@ class _Tensors:
             if k.shape != (H, T, D) or v.shape != (H, T, D):
                 raise SSMZipError(f"layer {l}: K {k.shape} and V {v.shape} differ from layer 0's {(H, T, D)}")
         self.L, self.H, self.T, self.D = len(pairs), H, T, D
-        self.words = []     # token-major words, [T, H*D], per (layer, kv)
-        for k, v in pairs:
-            for t in (k, v):
-                self.words.append(np.ascontiguousarray(t.transpose(1, 0, 2)).reshape(T, H * D))
-        self._f32 = [None] * len(self.words)
+        self.src = [t for pair in pairs for t in pair]     # [H, T, D] words per (layer, kv), as given
+        self._tm = [None] * len(self.src)
+        self._f32 = [None] * len(self.src)
         self._stats = {}
         self.exact = {}         # (tensor, t0, t1) -> the result of a losslessly coded chunk
 
@@ -118,8 +116,8 @@ class _Tensors:
         """(sum of x^2 of tokens [0, sinks), of tokens [sinks, T), all finite?) of tensor i."""
         key = (i, sinks)
         if key not in self._stats:
-            a, fa = ecsq.sumsq_words(self.words[i][:sinks], self.code)
-            b, fb = ecsq.sumsq_words(self.words[i][sinks:], self.code)
+            a, fa = ecsq.sumsq_words(self.src[i][:, :sinks], self.code)
+            b, fb = ecsq.sumsq_words(self.src[i][:, sinks:], self.code)
             self._stats[key] = (a, b, fa and fb)
         return self._stats[key]
 
@@ -127,14 +125,21 @@ class _Tensors:
         a, b, _ = self.body_stats(i, 0)
         return a + b
 
+    def words(self, i):
+        """Token-major words [T, H*D] of tensor i (what lossless and sparse chunks hold)."""
+        if self._tm[i] is None:
+            self._tm[i] = np.ascontiguousarray(self.src[i].transpose(1, 0, 2)).reshape(self.T, self.H * self.D)
+        return self._tm[i]
+
     def f32(self, i):
         if self._f32[i] is None:
-            self._f32[i] = ecsq.from_words(self.words[i].reshape(-1), self.code).reshape(self.words[i].shape)
+            w = self.words(i)
+            self._f32[i] = ecsq.from_words(w.reshape(-1), self.code).reshape(w.shape)
         return self._f32[i]
 
     @property
     def n(self):
-        return len(self.words)
+        return len(self.src)
 
 
 # ---------------------------------------------------------------- chunk plans
@@ -156,17 +161,19 @@ def _blocks(T, sinks, recent, block):
 def _code_block(tens, i, t0, t1, exact, mode, step, sparsity):
     """(method, pieces, checksum, n, nbytes, squared error, max abs error) of one chunk.
     step: the quantisation step (lossy), or of the kept values (sparse; None: exact)."""
-    words = tens.words[i][t0:t1]
-    flat = np.ascontiguousarray(words).reshape(-1)
+    n = (t1 - t0) * tens.H * tens.D
+    nbytes = n * tens.src[i].itemsize
     if exact or mode == "lossless":     # the same whatever the step: coded once (rate control asks again)
         key = (i, t0, t1)
         if key not in tens.exact:
-            method, pieces, csum = encode_chunk(flat, tens.code, words.shape[1])
-            tens.exact[key] = (method, pieces, csum, flat.shape[0], flat.nbytes, 0.0, 0.0)
+            words = tens.words(i)[t0:t1]
+            method, pieces, csum = encode_chunk(words.reshape(-1), tens.code, words.shape[1])
+            tens.exact[key] = (method, pieces, csum, n, nbytes, 0.0, 0.0)
         return tens.exact[key]
-    if mode == "lossy":
-        pieces, rw, (se, mx) = ecsq.encode_words(words, tens.code, step)
-        return METHOD_ECSQ, pieces, checksum(rw), flat.shape[0], flat.nbytes, se, mx
+    if mode == "lossy":                 # read in place: [heads, tokens, head_dim]
+        pieces, rw, (se, mx) = ecsq.encode_words(tens.src[i][:, t0:t1], tens.code, step)
+        return METHOD_ECSQ, pieces, checksum(rw), n, nbytes, se, mx
+    flat = tens.words(i)[t0:t1].reshape(-1)
     x = tens.f32(i)[t0:t1]
     mask = sparse.prune_mask(x.reshape(t1 - t0, tens.H, tens.D), sparsity).reshape(-1)
     pieces, rw = sparse.encode(flat, tens.code, mask, step)
@@ -220,7 +227,7 @@ def _quant_error(tens, steps, blocks):
     for i in range(tens.n):
         for t0, t1, exact in blocks:
             if not exact:
-                e2, m = ecsq.quantize(tens.words[i][t0:t1], tens.code, steps[i])[3]
+                e2, m = ecsq.quantize(tens.src[i][:, t0:t1], tens.code, steps[i])[3]
                 se += e2
                 mx = max(mx, m)
     return (math.sqrt(se / nrm) if nrm > 0 else 0.0), mx
@@ -280,8 +287,8 @@ class _SizeModel:
                     fixed += 8.0 * _nbytes(r[1])
                     continue
                 rows = np.concatenate([np.arange(a, min(a + self.RUN, t1)) for a in range(t0, t1, self.EVERY)])
-                self.samples.append((i, np.ascontiguousarray(tens.words[i][rows]), (t1 - t0) / rows.shape[0]))
-                fixed += 8.0 * (4 + 3.5 * tens.words[i].shape[1] + 16)    # step, channel parameters, counts
+                self.samples.append((i, tens.src[i][:, rows], (t1 - t0) / rows.shape[0]))
+                fixed += 8.0 * (4 + 3.5 * tens.H * tens.D + 16)    # step, channel parameters, counts
         self.fixed = fixed
         self.nelem = 2 * tens.L * tens.H * tens.T * tens.D
 
@@ -289,7 +296,7 @@ class _SizeModel:
         def one(sample):
             i, words, scale = sample
             bits = ecsq.estimate_bits(words, self.tens.code, s * self.rms[i])
-            return scale * (bits + self.OVERFIT_BITS * words.shape[1])
+            return scale * (bits + self.OVERFIT_BITS * words.shape[0] * words.shape[2])
         try:
             total = self.fixed + sum(ordered_map(one, self.samples, self.threads))
         except SSMZipError:             # a trial step too small for the symbols

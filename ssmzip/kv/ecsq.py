@@ -162,7 +162,7 @@ def native():
                 quantize = lib.ssmzip_ecsq_quantize
                 encode = lib.ssmzip_ecsq_encode
                 decode = lib.ssmzip_ecsq_decode
-            K.quantize.argtypes = [P, I, I, I, F, F, F, P, P, P, P]
+            K.quantize.argtypes = [P, I, I, I, I, I, I, F, F, F, P, P, P, P]
             K.encode.argtypes = [P, I, I, P, P, P, P, P, I, P, P, P, I, P, P]
             K.decode.argtypes = [P, I, P, P, P, P, P, P, I, P, I, F, I, I, I, P]
             for f in (K.quantize, K.encode, K.decode):
@@ -171,7 +171,7 @@ def native():
             K.choose.restype = None
             K.scatter.argtypes = [P, I, I, I, I, I, I, P, I, I]
             K.scatter.restype = None
-            K.sumsq.argtypes = [P, I, I, P]
+            K.sumsq.argtypes = [P, I, I, I, I, I, I, P]
             K.sumsq.restype = ctypes.c_double
             _NATIVE = K
     return _NATIVE or None
@@ -264,14 +264,16 @@ def _f32_to_word(x, code):
 
 @njit(cache=True, nogil=True)
 def _quantize(words, code, inv, step, qT, recT, sums, stats):
-    """For stored words [T, C] of dtype code: qT[c, t] = round(x * inv),
+    """For stored words [H, T, D] of dtype code (channel c = h * D + d):
+    qT[c, t] = round(x * inv),
     recT[c, t] = the stored word of float32(q) * step (both channel-major),
     sums[c] = (sum q, sum q^2), stats = (squared error, largest error) of the
     reconstruction; the squared errors of a channel's 32-token tile are summed
     in float32 in four chains (t & 3), then into a float64 total (native/
     ecsq_kernels.h does the same). False if a value is not finite or its
     symbol too large."""
-    T, C = words.shape
+    H, T, D = words.shape
+    C = H * D
     se = 0.0
     mx = np.float32(0.0)
     bad = False
@@ -284,7 +286,7 @@ def _quantize(words, code, inv, step, qT, recT, sums, stats):
             s2 = np.int64(0)
             e2[:] = 0
             for t in range(t0, t1):
-                x = _word_to_f32(words[t, c], code)
+                x = _word_to_f32(words[c // D, t, c % D], code)
                 v = x * inv
                 bad |= not (abs(v) <= lim)
                 q = np.int64(math.floor(v + np.float32(0.5))) if not bad else np.int64(0)
@@ -324,25 +326,51 @@ def err_stats(x, y):
 
 @njit(cache=True, nogil=True)
 def _sumsq_words(words, code, bad):
+    H, T, D = words.shape
     a = np.zeros(4, np.float64)
     nb = 0
-    for i in range(words.shape[0]):
-        x = _word_to_f32(words[i], code)
-        nb += not np.isfinite(x)
-        a[i & 3] += np.float64(x) * np.float64(x)
+    i = 0
+    for t in range(T):
+        for h in range(H):
+            for d in range(D):
+                x = _word_to_f32(words[h, t, d], code)
+                nb += not np.isfinite(x)
+                a[i & 3] += np.float64(x) * np.float64(x)
+                i += 1
     bad[0] = nb
     return (a[0] + a[1]) + (a[2] + a[3])
 
 
+def as_heads(words):
+    """A [heads, tokens, head_dim] view (head_dim contiguous) of stored words
+    given so or as [tokens, channels] (one head); copies only if it must."""
+    if words.ndim == 2:
+        words = words[None]
+    if words.strides[2] != words.itemsize or words.strides[1] % words.itemsize or words.strides[0] % words.itemsize:
+        words = np.ascontiguousarray(words)
+    return words
+
+
+def _strides(w):
+    return w.strides[0] // w.itemsize, w.strides[1] // w.itemsize
+
+
+def _addr(a):
+    return a.__array_interface__["data"][0]
+
+
 def sumsq_words(words, code):
-    """(sum of x^2 in float64, in four chains as native/ecsq.c; all finite?) of stored words."""
-    words = np.ascontiguousarray(words).reshape(-1)
+    """(sum of x^2 in float64 over the elements in (token, head, head_dim) order, in
+    four chains as native/ecsq.c; all finite?) of stored words [H, T, D] or [T, C]."""
+    w = as_heads(words)
+    H, T, D = w.shape
     bad = np.zeros(1, np.int64)
     nat = native()
     if nat is not None:
-        a = nat.sumsq(_p(words), code, words.shape[0], _p(bad))
+        sH, sT = _strides(w)
+        a = nat.sumsq(_addr(w), code, H, T, D, sH, sT, _p(bad)) if w.size else 0.0
     else:
-        a = _sumsq_words(words, code, bad)
+        a = _sumsq_words(w, code, bad)
     return float(a), bool(bad[0] == 0)
 
 
@@ -508,11 +536,13 @@ def _scratch(name, n, dtype):
 
 def quantize(words, code, step):
     """(qT int32 [C, T], reconstructed words [C, T] (channel-major), sums [C, 2],
-    (squared error, largest error)) for stored words [T, C] of dtype code.
-    qT and the words are per-thread scratch buffers: valid until the next call."""
+    (squared error, largest error)) for stored words [H, T, D] (channel h * D + d)
+    or [T, C] of dtype code. qT and the words are per-thread scratch buffers:
+    valid until the next call."""
     step = _check_step(step)
-    words = np.ascontiguousarray(words)
-    T, C = words.shape
+    words = as_heads(words)
+    H, T, D = words.shape
+    C = H * D
     qT = _scratch("q", C * T, np.int32).reshape(C, T)
     recT = _scratch("r", C * T, words.dtype).reshape(C, T)
     sums = np.zeros((C, 2), np.int64)
@@ -520,8 +550,9 @@ def quantize(words, code, step):
     nat = native()
     inv = np.float32(1.0) / step
     if nat is not None:
-        ok = nat.quantize(_p(words), code, T, C, float(inv), float(step), float(np.float32(MAX_ABS_Q)), _p(qT),
-                          _p(recT), _p(sums), _p(stats)) == 0
+        sH, sT = _strides(words)
+        ok = nat.quantize(_addr(words), code, T, C, D, sH, sT, float(inv), float(step), float(np.float32(MAX_ABS_Q)),
+                          _p(qT), _p(recT), _p(sums), _p(stats)) == 0
     else:
         ok = _quantize(words, code, inv, step, qT, recT, sums, stats)
     if not ok:
@@ -538,13 +569,13 @@ def encode(x, step):
 
 
 def encode_words(words, code, step):
-    """Payload (list of bytes pieces) coding stored words [T, C] of dtype code
-    (1 float32, 2 float16, 3 bfloat16) with one step. Returns (pieces,
-    reconstructed words [C, T] (channel-major: what the chunk checksum covers),
-    (squared error, largest error))."""
+    """Payload (list of bytes pieces) coding stored words [T, C], or [H, T, D]
+    with channel c = h * D + d, of dtype code (1 float32, 2 float16, 3 bfloat16)
+    with one step. Returns (pieces, reconstructed words [C, T] (channel-major:
+    what the chunk checksum covers), (squared error, largest error))."""
     tb = tables()
-    T, C = words.shape
     qT, recT, sums, stats = quantize(words, code, step)
+    C, T = qT.shape
     b0, k, b2, keys, _ = _fit(qT, sums)
     out = np.empty(C * T + STATE_WORDS + 1, np.uint16)
     esc = np.empty(C * T, np.int64)
@@ -574,7 +605,6 @@ def encode_words(words, code, step):
 def estimate_bits(words, code, step):
     """The model's code length (bits) of the symbols encode_words would code,
     without coding them or counting the chunk's parameters (for rate control)."""
-    T, C = words.shape
     qT, _, sums, _ = quantize(words, code, step)
     return float(_fit(qT, sums)[4].sum()) / COST_ONE
 
