@@ -465,13 +465,20 @@ def encode_symbols(words, rbits, smask, C, ctxmap, remap, enc0, enc1, nsym, out)
     st[5] = x5
     st[6] = x6
     st[7] = x7
+    return out.shape[0] - flush_states(st, out, pos)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def flush_states(st, out, pos):
+    """Push the 8 final encoder states (lane 7 first, high word before low word)
+    below out[pos]; returns the new position: the stream opens with lane 0."""
     for lane in range(LANES - 1, -1, -1):
         x = st[lane]
         pos -= 1
         out[pos] = np.uint16(x >> 16)
         pos -= 1
         out[pos] = np.uint16(x & 0xFFFF)
-    return out.shape[0] - pos
+    return pos
 
 
 # ---------------------------------------------------------------- decoding

@@ -467,12 +467,7 @@ def _encode_symbols(qT, b0, k, b2, keys, W, width, enc0, enc1, out, esc):
                 x1, pos, nesc = _estep(x1, _sym(qT[c, t + 1], bc, kc, b2c), w, kb, enc0, enc1, out, pos, esc, nesc)
                 x0, pos, nesc = _estep(x0, _sym(qT[c, t], bc, kc, b2c), w, kb, enc0, enc1, out, pos, esc, nesc)
             st[0], st[1], st[2], st[3], st[4], st[5], st[6], st[7] = x0, x1, x2, x3, x4, x5, x6, x7
-    for lane in range(LANES - 1, -1, -1):
-        x = st[lane]
-        pos -= 1
-        out[pos] = np.uint16(x >> 16)
-        pos -= 1
-        out[pos] = np.uint16(x & 0xFFFF)
+    pos = _rans.flush_states(st, out, pos)
     esc[:nesc] = esc[:nesc][::-1].copy()
     return out.shape[0] - pos, nesc
 
