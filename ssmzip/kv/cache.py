@@ -125,6 +125,12 @@ class _Tensors:
         a, b, _ = self.body_stats(i, 0)
         return a + b
 
+    def rows(self, i, t0, t1):
+        """Token-major words [t1 - t0, H*D] of tokens [t0, t1) of tensor i."""
+        if self._tm[i] is not None:
+            return self._tm[i][t0:t1]
+        return np.ascontiguousarray(self.src[i][:, t0:t1].transpose(1, 0, 2)).reshape(t1 - t0, self.H * self.D)
+
     def words(self, i):
         """Token-major words [T, H*D] of tensor i (what lossless and sparse chunks hold)."""
         if self._tm[i] is None:
@@ -166,7 +172,7 @@ def _code_block(tens, i, t0, t1, exact, mode, step, sparsity):
     if exact or mode == "lossless":     # the same whatever the step: coded once (rate control asks again)
         key = (i, t0, t1)
         if key not in tens.exact:
-            words = tens.words(i)[t0:t1]
+            words = tens.rows(i, t0, t1)
             method, pieces, csum = encode_chunk(words.reshape(-1), tens.code, words.shape[1])
             tens.exact[key] = (method, pieces, csum, n, nbytes, 0.0, 0.0)
         return tens.exact[key]
