@@ -434,20 +434,20 @@ static double sumsq_f16c(const void *w, int64_t code, int64_t H, int64_t T, int6
     /* D % 4 == 0: element (t, h, d) is in chain d & 3, the lane of a four-double register */
     const uint16_t *h16 = (const uint16_t *)w;
     __m256d acc = _mm256_setzero_pd();
-    int64_t nb = 0;
+    __m128i exp = _mm_set1_epi16(0x7C00), nonfinite = _mm_setzero_si128();
     for (int64_t t = 0; t < T; t++)
         for (int64_t h = 0; h < H; h++) {
             const uint16_t *row = h16 + h * sH + t * sT;
             for (int64_t d = 0; d < D; d += 4) {
-                __m256d x = _mm256_cvtps_pd(_mm_cvtph_ps(_mm_loadl_epi64((const __m128i *)(row + d))));
+                __m128i v = _mm_loadl_epi64((const __m128i *)(row + d));
+                nonfinite = _mm_or_si128(nonfinite, _mm_cmpeq_epi16(_mm_and_si128(v, exp), exp));
+                __m256d x = _mm256_cvtps_pd(_mm_cvtph_ps(v));
                 acc = _mm256_add_pd(acc, _mm256_mul_pd(x, x));
             }
-            for (int64_t d = 0; d < D; d++)
-                nb += (row[d] & 0x7C00) == 0x7C00;
         }
     double a[4];
     _mm256_storeu_pd(a, acc);
-    *bad = nb;
+    *bad = (_mm_movemask_epi8(nonfinite) & 0xFF) != 0;     /* the low four lanes hold the data */
     return (a[0] + a[1]) + (a[2] + a[3]);
 }
 #pragma GCC pop_options
