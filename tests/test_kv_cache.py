@@ -319,3 +319,20 @@ def test_calibration_sensitivity_on_a_tiny_model():
     ids = torch.randint(0, 64, (1, 48))
     sens = calibrate.sensitivity(model, ids, context=32, step=0.5, sinks=2)
     assert sens.shape == (2, 2) and np.all(sens >= 0) and np.any(sens > 0)
+
+
+@pytest.mark.parametrize("mode,kw", [("lossy", {"step": 0.3}), ("lossless", {}), ("sparse", {"sparsity": 0.5})])
+def test_append_to_an_empty_cache(mode, kw):
+    empty = make_cache(L=2, T=0)
+    more = make_cache(L=2, T=9, seed=3)
+    data = kv.append_cache(kv.encode_cache(empty, mode=mode, **kw), more)
+    y = kv.decode_cache(data)
+    assert y.shape == more.shape
+    assert kv.inspect(data)["cache"]["segments"] == [[0, 0], [0, 9]]
+    if mode == "lossless":
+        assert y.tobytes() == more.tobytes()
+
+
+def test_append_refuses_a_non_cache_archive():
+    with pytest.raises(SSMZipError, match="not a KV cache"):
+        kv.append_cache(kv.encode(np.zeros(10, np.float32)), make_cache(L=1, T=2))

@@ -566,29 +566,6 @@ class ArchiveReader:
         c = entry.chunks[j]
         return self._read(c.offset, c.clen)
 
-    def read_rows(self, entry, r0, r1, threads=1):
-        """Words of rows [r0, r1) of the entry (1-D); only the chunks that hold them are decoded."""
-        row = entry.row
-        out = np.empty((r1 - r0) * row, word_dtype(entry.code))
-        jobs = []
-        s = 0
-        for j, c in enumerate(entry.chunks):
-            a, b = s, s + c.n                    # words of this chunk
-            s = b
-            lo, hi = max(a, r0 * row), min(b, r1 * row)
-            if lo < hi:
-                jobs.append((j, a, lo, hi))
-
-        def one(job):
-            j, a, lo, hi = job
-            c = entry.chunks[j]
-            buf = np.empty(c.n, word_dtype(entry.code))
-            self._decode_one(entry, j, buf)
-            out[lo - r0 * row:hi - r0 * row] = buf[lo - a:hi - a]
-        for _ in ordered_map(one, jobs, threads):
-            pass
-        return out
-
     def read_words(self, name_or_entry, threads=1):
         """The tensor's words (1-D numpy array), chunks decoded in parallel threads."""
         e = name_or_entry if isinstance(name_or_entry, Entry) else self.entry(name_or_entry)

@@ -345,11 +345,17 @@ def _header(tens, mode, sinks, recent, block, steps, rel, target, achieved, spar
     }
 
 
-def _write(f, tens, plan, results, header, resume=None, seg_name=""):
+def _entry_name(l, kv, seg_start, first):
+    """Segment 0 of layer l's K: "<l>.k"; a later segment (an append): "<l>.k@<its first token>"."""
+    return f"{l}.{kv}" + ("" if first else f"@{seg_start}")
+
+
+def _write(f, tens, plan, results, header, resume=None, seg_start=0):
+    """The chunks of a new segment (the whole cache, or an append: resume=) and the index."""
     w = ArchiveWriter(f, version=VERSION_LOSSY, resume=resume)
     per = len(plan.blocks)
     for i in range(tens.n):
-        name = f"{i // 2}.{'kv'[i % 2]}{seg_name}"
+        name = _entry_name(i // 2, "kv"[i % 2], seg_start, resume is None)
         e = w.add_entry(name, tens.code, (tens.T, tens.H, tens.D))
         for r in results[i * per:(i + 1) * per]:
             w.add_chunk(e, *r[:5])
@@ -484,15 +490,11 @@ def _read_header(r):
     for j, (a, b) in enumerate(segs):
         for l in range(L):
             for kv in "kv":
-                name = f"{l}.{kv}" + (f"@{a}" if j else "")
+                name = _entry_name(l, kv, a, j == 0)
                 e = r._by_name.get(name)
                 if e is None or e.shape != (b - a, H, D) or DTYPES[e.code][0] != h.get("dtype"):
                     raise SSMZipError(f"corrupt data: KV cache entry {name!r} missing or of the wrong shape")
     return h, segs
-
-
-def _entry_name(l, kv, seg_start, first):
-    return f"{l}.{kv}" + ("" if first else f"@{seg_start}")
 
 
 def decode_cache(data, *, layers=None, tokens=None, out="numpy", threads=1):
@@ -606,7 +608,7 @@ def _append(f, tens, h, entries, ioff, threads):
     results = plan.code(steps, threads)
     h["segments"].append([T0, T0 + tens.T])
     h["tokens"] = T0 + tens.T
-    _write(f, tens, plan, results, h, resume=(entries, ioff), seg_name=f"@{T0}")
+    _write(f, tens, plan, results, h, resume=(entries, ioff), seg_start=T0)
 
 
 # ---------------------------------------------------------------- adapters out

@@ -119,7 +119,6 @@ class Tables:
             bits = np.where(self.freqs > 0, PROB_BITS - np.log2(np.maximum(self.freqs, 1)), 0.0)
         # code lengths in 1/65536 bit, as integers: their sums do not depend on order or machine
         self.cost = np.rint(bits * COST_ONE).astype(np.int64)
-        self.sigmas = np.array([sigma_of(s) for s in range(NSIG)])
         # for the C kernels: the tables' addresses (they live as long as the process)
         self.addr = {n: getattr(self, n).__array_interface__["data"][0] for n in ("W", "enc0", "enc1", "cost", "dec")}
 

@@ -14,7 +14,7 @@ Pruned elements decode as +0.0.
 import numpy as np
 
 from ssmzip.errors import SSMZipError
-from ssmzip.kv import _rans, ecsq
+from ssmzip.kv import ecsq
 from ssmzip.kv._arrays import DTYPES
 from ssmzip.kv._io import Reader, varint
 from ssmzip.kv.floatsplit import FLOAT_SPECS, decode_split, encode_split
@@ -94,6 +94,3 @@ def decode(payload, code, out, where):
         raise SSMZipError(f"corrupt data: unknown value mode {vmode} in {where}")
     out[mask] = kept
 
-
-def checksum(words):
-    return _rans.checksum(np.ascontiguousarray(words))
