@@ -3,7 +3,8 @@
 The extension is optional: without a C compiler, or if the build fails, the
 install still succeeds and ssmzip runs on its numba kernels (same bytes).
 Flags: -O2, no fused multiply-add, never -ffast-math (see native/cm.c).
-native/ecsq.c holds the lossy KV codec's loops (ssmzip/kv/ecsq.py).
+native/ecsq.c holds the lossy KV codec's loops (ssmzip/kv/ecsq.py), native/split.c
+the lossless float codec's (ssmzip/kv/floatsplit.py).
 """
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
@@ -24,6 +25,6 @@ class BuildNative(build_ext):
 
 
 setup(
-    ext_modules=[Extension("ssmzip._native", sources=["native/cm.c", "native/ecsq.c"], depends=["native/ecsq_kernels.h"], optional=True)],
+    ext_modules=[Extension("ssmzip._native", sources=["native/cm.c", "native/ecsq.c", "native/split.c"], depends=["native/ecsq_kernels.h"], optional=True)],
     cmdclass={"build_ext": BuildNative},
 )

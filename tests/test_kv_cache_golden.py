@@ -1,7 +1,9 @@
-"""Lossy KV cache format stability (archive version 2, ECSQ chunks): a small cache
-coded once must decode to the same words on every machine, and re-encoding must
-reproduce it. A failure means the lossy format (or its shared tables) changed:
-bump the archive version and keep decoding this one.
+"""Lossy KV cache format stability (archive version 4, ECSQ chunks, 32-lane
+sink chunks): a small cache coded once must decode to the same words on every
+machine, and re-encoding must reproduce it; the same cache written as version 2
+(8-lane sink chunks) must still decode to those words. A failure means the
+lossy format (or its shared tables) changed: bump the archive version and keep
+decoding this one.
 """
 import hashlib
 
@@ -10,8 +12,34 @@ import numpy as np
 import ssmzip.kv as kv
 from ssmzip.kv import ecsq
 
-GOLDEN = bytes.fromhex(
+GOLDEN_V2 = bytes.fromhex(  # version 2: 8-lane sink chunks
     "fd53534b56000d0a0200000000000000e63febb6d33d453090b80d4169c37cc579364841c4c12a3701ba0d3dab36eab7"
+    "2b485d3f022a02053106002c02012a01023006042d0501220703300600001a007e01e17089d86b2bc0e6c301aeae0000"
+    "42680e0277fe01002a01ed0136c7af007da9e920b8ca6c98ea866b1e11547427f020d7fe2b485d3f002a04002b070026"
+    "03032b00013003003100002102033103000019008d72f600bfd98f0cb3d3c50076d26703738500004c29e208cbdf7805"
+    "c35aa234bbaf7b9697a0a1ae15f9312ee6598050cb9e2b485d3f002401002901003105002d05002201042d0303280700"
+    "28030000160007810303bada700164c662008478f701a4ff5208f913be0d0080000000800000aa7922770bc2825fb0f2"
+    "e9066db84337cac0614755c1f6b732bbacb10b3001b39a39fac5d63b86b876b8434104d1603f002f05002701022f0202"
+    "2800033004033107012d04032a0300001800bf58e63b04f9bf295150b039d78b080435e4a54ad5de940923d65845996b"
+    "4401d455c412e3abd27e7fbcb980e06485a804d1603f012706012a01002f00032e01052b00052e07023000012d020000"
+    "1a008e9872023d8b0200d15a90086a9a46387e6b07146609d5001360040036e8780279c0a5d990bc975cf38a2a56424d"
+    "8669fafa68db04d1603f012c00052a07012400022e04002d04022807002707011b050000160046690e00e0f1d500db89"
+    "680048573704f3dec30033625a1400800000008000009a0899d709afedb59100455f0203302e6b020318020404001020"
+    "0cc58d90e2e97b460340544a236ce6c0dcfc47034052e540d10a5ab96ce903304c3c8e60e7ac01134003302e76020318"
+    "020404001020b3c51020720300690340503832b71450d2324e0340543b99b32708d5f8d303304c5afa266fe2328bbaa4"
+    "037b226b696e64223a226b762d6361636865222c226c6179657273223a312c226865616473223a322c22686561645f64"
+    "696d223a342c22746f6b656e73223a32342c226474797065223a22666c6f61743136222c226d6f6465223a226c6f7373"
+    "79222c2273696e6b73223a322c22726563656e74223a302c22626c6f636b5f746f6b656e73223a382c227365676d656e"
+    "7473223a5b5b302c32345d5d2c227374657073223a5b5b302e383634333832343435383132323235332c302e38373831"
+    "3839333235333332363431365d5d2c2272656c61746976655f73746570223a302e332c22746172676574223a7b227374"
+    "6570223a302e337d2c226163686965766564223a7b2272656c5f6572726f72223a302e30383336363038373938373033"
+    "373437372c2272656c5f6572726f725f6b223a302e30383337343537303137333636353435332c2272656c5f6572726f"
+    "725f76223a302e30383335383034363432393234343132372c226d61785f616273223a302e3433373938383238313235"
+    "7d2c227370617273697479223a6e756c6c2c2276616c7565735f73746570223a6e756c6c7d3202000000000000130200"
+    "00c6a6ffc053534b56454e4400"
+)
+GOLDEN = bytes.fromhex(  # version 4
+    "fd53534b56000d0a0400000000000000e63febb6d33d453090b80d4169c37cc579364841c4c12a3701ba0d3dab36eab7"
     "2b485d3f022a02053106002c02012a01023006042d0501220703300600001a007e01e17089d86b2bc0e6c301aeae0000"
     "42680e0277fe01002a01ed0136c7af007da9e920b8ca6c98ea866b1e11547427f020d7fe2b485d3f002a04002b070026"
     "03032b00013003003100002102033103000019008d72f600bfd98f0cb3d3c50076d26703738500004c29e208cbdf7805"
@@ -57,13 +85,24 @@ def test_shared_tables_are_the_same_everywhere():
 
 
 def test_golden_lossy_cache_decodes():
-    info = kv.inspect(GOLDEN)
-    assert info["version"] == 2 and info["cache"]["mode"] == "lossy"
-    y = kv.decode_cache(GOLDEN)
-    assert y.shape == (1, 2, 2, 24, 4) and y.dtype == np.float16
-    assert hashlib.sha256(y.tobytes()).hexdigest() == DECODED_SHA256
-    step = max(max(pair) for pair in info["cache"]["steps"])      # 0.3 x RMS of each tensor
-    assert np.abs(y.astype(np.float32) - golden_cache().astype(np.float32)).max() <= step / 2 + 1e-2
+    for data, version in ((GOLDEN, 4), (GOLDEN_V2, 2)):
+        info = kv.inspect(data)
+        assert info["version"] == version and info["cache"]["mode"] == "lossy"
+        y = kv.decode_cache(data)
+        assert y.shape == (1, 2, 2, 24, 4) and y.dtype == np.float16
+        assert hashlib.sha256(y.tobytes()).hexdigest() == DECODED_SHA256
+        step = max(max(pair) for pair in info["cache"]["steps"])      # 0.3 x RMS of each tensor
+        assert np.abs(y.astype(np.float32) - golden_cache().astype(np.float32)).max() <= step / 2 + 1e-2
+
+
+def test_appending_to_a_version_2_cache_keeps_its_format():
+    """New chunks in an old file use its 8-lane streams: the file stays a valid version 2 archive."""
+    more = golden_cache()[:, :, :, :9]
+    out = kv.append_cache(GOLDEN_V2, more)
+    assert kv.inspect(out)["version"] == 2
+    y = kv.decode_cache(out)
+    assert y.shape == (1, 2, 2, 33, 4)
+    assert np.array_equal(y[:, :, :, :24], kv.decode_cache(GOLDEN_V2))
 
 
 def test_golden_lossy_cache_reencodes_identically():

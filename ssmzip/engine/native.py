@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 ENV = "SSMZIP_BACKEND"
-ABI = 3                    # native/cm.c's SSMZIP_ABI: the layout of Segment below, ecsq.c present
+ABI = 4                    # native/cm.c's SSMZIP_ABI: the layout of Segment below, ecsq.c and split.c present
 _c_i64 = ctypes.c_int64
 _ptr = ctypes.c_void_p
 
@@ -98,6 +98,21 @@ def library():
     return _LIB
 
 
+def bind(signatures: dict):
+    """A namespace of the library's functions with their ctypes signatures
+    ({name: (argtypes, restype)}), or None when numba is to be used."""
+    lib = library()
+    if lib is None:
+        return None
+    ns = type("Kernels", (), {})()
+    for name, (argtypes, restype) in signatures.items():
+        fn = getattr(lib, name)
+        fn.argtypes = argtypes
+        fn.restype = restype
+        setattr(ns, name, fn)
+    return ns
+
+
 def describe() -> str:
     """Which backend codes here, in words (for --version)."""
     try:
@@ -107,9 +122,10 @@ def describe() -> str:
     return DESCRIPTION
 
 
-def _addr(a: np.ndarray) -> int:
+def address(a: np.ndarray) -> int:
+    """The address of a C-contiguous array (cheaper than a.ctypes.data)."""
     assert a.flags.c_contiguous
-    return a.ctypes.data
+    return a.__array_interface__["data"][0]
 
 
 def run_segment(fn, model, sq, st, state_next, priority, recip, mode, buf, start, end, io) -> None:
@@ -119,13 +135,13 @@ def run_segment(fn, model, sq, st, state_next, priority, recip, mode, buf, start
                   table_bits=p.table_bits, use_runs=p.runs, match_min=p.match_min, n_mixers=p.mixers,
                   lr=p.mixer_lr, final_lr=p.final_lr, n_apms=p.apms, apm_rate=p.apm_rate,
                   match_mask=model.mindex.shape[0] - 1, n_states=priority.shape[0],
-                  buf=_addr(buf), io=_addr(io), sq=_addr(sq), st=_addr(st), state_next=_addr(state_next),
-                  priority=_addr(priority), recip=_addr(recip),
-                  **{n: _addr(getattr(model, n)) for n in _POINTERS[2:25]})
+                  buf=address(buf), io=address(io), sq=address(sq), st=address(st), state_next=address(state_next),
+                  priority=address(priority), recip=address(recip),
+                  **{n: address(getattr(model, n)) for n in _POINTERS[2:25]})
     if p.has_ssm:
         cb = model.ssm_callbacks
         seg.use_ssm = 1
-        seg.ssm_ctx = _addr(model.ssm_ctx)
+        seg.ssm_ctx = address(model.ssm_ctx)
         seg.ssm_byte, seg.ssm_bit, seg.ssm_end = cb.ssm_byte.address, cb.ssm_bit.address, cb.ssm_end.address
     if fn(ctypes.byref(seg)) != 0:
         raise ValueError("the C kernel refused the preset")

@@ -75,6 +75,8 @@ class Reader:
             b = self.u8()
             v |= (b & 0x7F) << shift
             if not b & 0x80:
+                if b == 0 and shift:  # over-long: every value has one encoding, so no bit flip goes unseen
+                    raise SSMZipError(f"corrupt data: bad varint in {self.what}")
                 break
             shift += 7
             if shift > 63:

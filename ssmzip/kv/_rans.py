@@ -2,7 +2,8 @@
 
 rANS (FORMAT.md, "rANS stream"):
 
-- 8 interleaved lanes, element ``i`` is coded by lane ``i % 8``;
+- 8 or 32 interleaved lanes (32 in files written since archive version 3),
+  element ``i`` is coded by lane ``i % lanes``;
 - 32-bit states kept in ``[2**15, 2**31)``, renormalised by 16-bit words, at
   most one word per symbol;
 - frequencies quantised to 12 bits (each table sums to 4096);
@@ -39,7 +40,7 @@ PROB_SCALE = 1 << PROB_BITS
 PROB_MASK = PROB_SCALE - 1
 RANS_L = 1 << 15
 LANES = 8
-STATE_WORDS = 2 * LANES  # the 8 final encoder states (low word, high word) open the stream
+STATE_WORDS = 2 * LANES  # the 8 final encoder states (low word, high word) open an 8-lane stream
 
 _U = np.uint64
 
@@ -407,72 +408,28 @@ def _estep(x, w, rbits, smask, remap, enc0, enc1, tb, out, pos):
 
 
 @njit(cache=True, nogil=True)
-def encode_symbols(words, rbits, smask, C, ctxmap, remap, enc0, enc1, nsym, out):
-    """rANS-code the symbols of one chunk; table of element i is ctxmap[i % C].
+def encode_symbols(words, rbits, smask, C, ctxmap, remap, enc0, enc1, nsym, lanes, out):
+    """rANS-code the symbols of one chunk with `lanes` interleaved states
+    (element i on lane i % lanes); table of element i is ctxmap[i % C].
 
-    out: uint16 buffer with room for n + STATE_WORDS + 1 words, filled from
-    its end. Returns the number of words used (the stream is out[-nwords:]).
+    out: uint16 buffer with room for n + 2 * lanes + 1 words, filled from its
+    end. Returns the number of words used (the stream is out[-nwords:]).
     """
     n = words.shape[0]
     pos = out.shape[0]
-    tmap = period_map(C, ctxmap, nsym)
-    P = tmap.shape[0]
-    st = np.full(LANES, RANS_L, np.int64)
-    nfull = n & ~(LANES - 1)
-    # the last n % 8 elements first (backwards), then whole blocks of 8
-    for i in range(n - 1, nfull - 1, -1):
-        st[i & 7], pos = _estep(st[i & 7], words[i], rbits, smask, remap, enc0, enc1, tmap[i % P], out, pos)
-    x0 = st[0]
-    x1 = st[1]
-    x2 = st[2]
-    x3 = st[3]
-    x4 = st[4]
-    x5 = st[5]
-    x6 = st[6]
-    x7 = st[7]
-    single = True
-    for c in range(P):
-        if tmap[c] != 0:
-            single = False
-    z = np.int64(0)
-    if single:
-        for b in range(nfull - LANES, -1, -LANES):
-            x7, pos = _estep(x7, words[b + 7], rbits, smask, remap, enc0, enc1, z, out, pos)
-            x6, pos = _estep(x6, words[b + 6], rbits, smask, remap, enc0, enc1, z, out, pos)
-            x5, pos = _estep(x5, words[b + 5], rbits, smask, remap, enc0, enc1, z, out, pos)
-            x4, pos = _estep(x4, words[b + 4], rbits, smask, remap, enc0, enc1, z, out, pos)
-            x3, pos = _estep(x3, words[b + 3], rbits, smask, remap, enc0, enc1, z, out, pos)
-            x2, pos = _estep(x2, words[b + 2], rbits, smask, remap, enc0, enc1, z, out, pos)
-            x1, pos = _estep(x1, words[b + 1], rbits, smask, remap, enc0, enc1, z, out, pos)
-            x0, pos = _estep(x0, words[b], rbits, smask, remap, enc0, enc1, z, out, pos)
-        nfull = 0
-    ci = (nfull - LANES) % P if nfull > 0 else 0
-    for b in range(nfull - LANES, -1, -LANES):
-        x7, pos = _estep(x7, words[b + 7], rbits, smask, remap, enc0, enc1, tmap[ci + 7], out, pos)
-        x6, pos = _estep(x6, words[b + 6], rbits, smask, remap, enc0, enc1, tmap[ci + 6], out, pos)
-        x5, pos = _estep(x5, words[b + 5], rbits, smask, remap, enc0, enc1, tmap[ci + 5], out, pos)
-        x4, pos = _estep(x4, words[b + 4], rbits, smask, remap, enc0, enc1, tmap[ci + 4], out, pos)
-        x3, pos = _estep(x3, words[b + 3], rbits, smask, remap, enc0, enc1, tmap[ci + 3], out, pos)
-        x2, pos = _estep(x2, words[b + 2], rbits, smask, remap, enc0, enc1, tmap[ci + 2], out, pos)
-        x1, pos = _estep(x1, words[b + 1], rbits, smask, remap, enc0, enc1, tmap[ci + 1], out, pos)
-        x0, pos = _estep(x0, words[b], rbits, smask, remap, enc0, enc1, tmap[ci], out, pos)
-        ci = ci - LANES if ci > 0 else P - LANES
-    st[0] = x0
-    st[1] = x1
-    st[2] = x2
-    st[3] = x3
-    st[4] = x4
-    st[5] = x5
-    st[6] = x6
-    st[7] = x7
+    st = np.full(lanes, RANS_L, np.int64)
+    for i in range(n - 1, -1, -1):
+        lane = i % lanes
+        tb = np.int64(ctxmap[i % C]) * nsym
+        st[lane], pos = _estep(st[lane], words[i], rbits, smask, remap, enc0, enc1, tb, out, pos)
     return out.shape[0] - flush_states(st, out, pos)
 
 
 @njit(cache=True, nogil=True, inline="always")
 def flush_states(st, out, pos):
-    """Push the 8 final encoder states (lane 7 first, high word before low word)
-    below out[pos]; returns the new position: the stream opens with lane 0."""
-    for lane in range(LANES - 1, -1, -1):
+    """Push the final encoder states (the last lane first, high word before low
+    word) below out[pos]; returns the new position: the stream opens with lane 0."""
+    for lane in range(st.shape[0] - 1, -1, -1):
         x = st[lane]
         pos -= 1
         out[pos] = np.uint16(x >> 16)
@@ -758,6 +715,41 @@ def decode_chunk(stream, nwords, C, ctxmap, dec, parts, nbytes, mbits, packed, p
     return True
 
 
+@njit(cache=True, nogil=True)
+def decode_lanes(stream, nwords, C, ctxmap, dec, parts, nbytes, mbits, packed, rbits, lanes, out):
+    """decode_chunk for any number of lanes, one element at a time: the
+    reference for streams of 32 lanes (native/split.c has the fast decoder)."""
+    n = out.shape[0]
+    if nwords < 2 * lanes or nwords > stream.shape[0]:
+        return False
+    st = np.empty(lanes, np.int64)
+    for lane in range(lanes):
+        x = np.int64(stream[2 * lane]) | (np.int64(stream[2 * lane + 1]) << 16)
+        if x < RANS_L or x >= (np.int64(1) << 31):
+            return False
+        st[lane] = x
+    p = 2 * lanes
+    for i in range(n):
+        lane = i % lanes
+        x = st[lane]
+        e = np.int64(dec[(np.int64(ctxmap[i % C]) << PROB_BITS) + (x & PROB_MASK)])
+        x = ((e >> 16) & 0xFFFF) * (x >> PROB_BITS) + (e & 0xFFFF)
+        if x < RANS_L:
+            if p >= nwords:
+                return False
+            x = (x << 16) | np.int64(stream[p])
+            p += 1
+        st[lane] = x
+        out[i] = e >> 32
+    _combine(parts, nbytes, mbits, packed, rbits, out, 0, n)
+    if p != nwords:
+        return False
+    for lane in range(lanes):
+        if st[lane] != RANS_L:
+            return False
+    return True
+
+
 # ---------------------------------------------------------------- checksum
 
 _P1 = _U(0x9E3779B185EBCA87)
@@ -861,7 +853,7 @@ def pack_varints(vals, out):
 @njit(cache=True, nogil=True, inline="always")
 def read_varint(buf, pos, end):
     """(value, new position) of the LEB128 at buf[pos:end]; position -1 if
-    truncated or longer than 9 bytes."""
+    truncated, over-long or longer than 9 bytes."""
     v = np.int64(0)
     shift = 0
     while True:
@@ -871,6 +863,8 @@ def read_varint(buf, pos, end):
         pos += 1
         v |= (b & 0x7F) << shift
         if b < 0x80:
+            if b == 0 and shift > 0:  # over-long
+                return v, -1
             return v, pos
         shift += 7
 

@@ -29,9 +29,17 @@ from ssmzip.kv.floatsplit import FLOAT_SPECS, decode_split, encode_split
 
 MAGIC = b"\xfdSSKV\x00\r\n"
 END_MAGIC = b"SSKVEND\x00"
-VERSION = 1                 # files with lossless chunks only (methods 0-2)
-VERSION_LOSSY = 2           # files that may also hold lossy chunks (methods 3-4)
-READ_VERSIONS = (VERSION, VERSION_LOSSY)
+# versions 1 and 2 (files written before 32-lane rANS): split chunks have 8-lane streams
+VERSION = 3                 # files with lossless chunks only (methods 0-2)
+VERSION_LOSSY = 4           # files that may also hold lossy chunks (methods 3-4)
+OLD_VERSION, OLD_VERSION_LOSSY = 1, 2
+READ_VERSIONS = (OLD_VERSION, OLD_VERSION_LOSSY, VERSION, VERSION_LOSSY)
+LOSSY_VERSIONS = (OLD_VERSION_LOSSY, VERSION_LOSSY)
+
+
+def stream_lanes(version):
+    """rANS lanes of the split chunks written into an archive of this version."""
+    return 8 if version < VERSION else 32
 _HEAD = struct.Struct("<8sHHI")
 _TRAIL = struct.Struct("<QII8s")
 HEADER_SIZE = _HEAD.size    # 16
@@ -64,14 +72,15 @@ def is_archive(head):
 
 
 class Chunk:
-    __slots__ = ("method", "n", "clen", "checksum", "offset")
+    __slots__ = ("method", "n", "clen", "checksum", "offset", "lanes")
 
-    def __init__(self, method, n, clen, checksum, offset):
+    def __init__(self, method, n, clen, checksum, offset, lanes):
         self.method = method
         self.n = n
         self.clen = clen
         self.checksum = checksum
         self.offset = offset
+        self.lanes = lanes      # of its rANS streams, from the archive's version
 
 
 class Entry:
@@ -125,12 +134,13 @@ class Entry:
 
 # ---------------------------------------------------------------- chunk coding
 
-def encode_chunk(words, code, C=1, zlevel=6):
-    """(method, payload pieces, checksum) for one chunk of words (1-D contiguous)."""
+def encode_chunk(words, code, C=1, zlevel=6, lanes=32):
+    """(method, payload pieces, checksum) for one chunk of words (1-D contiguous);
+    lanes: of the rANS streams (stream_lanes of the archive's version)."""
     csum = _rans.checksum(words)
     if is_float(code):
         W, E, _ = FLOAT_SPECS[DTYPES[code][0]]
-        p = encode_split(words, W, E, C)
+        p = encode_split(words, W, E, C, lanes)
         if p is not None:
             return METHOD_SPLIT, p, csum
     else:
@@ -150,7 +160,7 @@ def decode_chunk(chunk, payload, code, out, where, row=1):
         out.view(np.uint8)[:] = np.frombuffer(payload, np.uint8)
     elif m == METHOD_SPLIT:
         W, E, _ = FLOAT_SPECS[DTYPES[code][0]]
-        decode_split(payload, W, E, out)
+        decode_split(payload, W, E, out, chunk.lanes)
     elif m == METHOD_ZLIB:
         d = zlib.decompressobj()
         try:
@@ -165,7 +175,7 @@ def decode_chunk(chunk, payload, code, out, where, row=1):
         return
     elif m == METHOD_SPARSE:
         from ssmzip.kv import sparse
-        sparse.decode(payload, code, out, where)
+        sparse.decode(payload, code, out, where, chunk.lanes)
     else:  # validated when the index was read
         raise SSMZipError(f"corrupt data: unknown chunk method {m} in {where}")
     if _rans.checksum(out) != chunk.checksum:
@@ -249,6 +259,7 @@ class ArchiveWriter:
         if version not in READ_VERSIONS:
             raise ValueError(f"unknown archive version {version}")
         self.version = version
+        self.lanes = stream_lanes(version)
         self.entries = []
         self._names = set()
         self._pending = deque()
@@ -305,8 +316,8 @@ class ArchiveWriter:
 
     def add_chunk(self, entry, method, pieces, checksum, n, nbytes):
         """Write one chunk coded by the caller (e.g. a lossy one) to entry."""
-        if method in LOSSY_METHODS and self.version < VERSION_LOSSY:
-            raise ValueError("lossy chunks need an archive of version 2")
+        if method in LOSSY_METHODS and self.version not in LOSSY_VERSIONS:
+            raise ValueError(f"lossy chunks need an archive of version {VERSION_LOSSY}")
         self._drain()
         self._store(entry, (method, pieces, checksum, n, nbytes))
 
@@ -314,7 +325,7 @@ class ArchiveWriter:
         entry = self.add_entry(name, code, shape)
 
         def work(words):
-            return encode_chunk(np.ascontiguousarray(words), code, C) + (words.shape[0], words.nbytes)
+            return encode_chunk(np.ascontiguousarray(words), code, C, lanes=self.lanes) + (words.shape[0], words.nbytes)
 
         for words in chunk_iter:
             if self._pool is None:
@@ -331,7 +342,7 @@ class ArchiveWriter:
         for p in pieces:
             self.f.write(p)
             clen += p.nbytes if isinstance(p, np.ndarray) else len(p)
-        entry.chunks.append(Chunk(method, n, clen, csum, self.pos))
+        entry.chunks.append(Chunk(method, n, clen, csum, self.pos, self.lanes))
         self.pos += clen
         if self.progress is not None:
             self.progress(nb)
@@ -510,13 +521,13 @@ class ArchiveReader:
                     ok = is_float(code) and n * unit <= SPLIT_MAX_RATIO * clen
                 elif method == METHOD_ZLIB:
                     ok = not is_float(code) and n <= ZLIB_MAX_RATIO * clen + 64
-                elif method in LOSSY_METHODS and self.version >= VERSION_LOSSY:
+                elif method in LOSSY_METHODS and self.version in LOSSY_VERSIONS:
                     ok = code in LOSSY_CODES and row > 0 and n % row == 0 and n * unit <= SPLIT_MAX_RATIO * clen
                 else:
                     raise SSMZipError(f"corrupt data: unknown method {method} in {where}")
                 if not ok:
                     raise SSMZipError(f"corrupt data: sizes inconsistent in {where}")
-                chunks.append(Chunk(method, n, clen, csum, pos))
+                chunks.append(Chunk(method, n, clen, csum, pos, stream_lanes(self.version)))
                 pos += clen
                 total += n
                 if pos > data_end:

@@ -37,7 +37,7 @@ from ssmzip.kv._rans import checksum
 from ssmzip.kv._arrays import word_dtype
 from ssmzip.kv.archive import (
     METHOD_ECSQ, METHOD_SPARSE, VERSION_LOSSY, ArchiveReader, ArchiveWriter, _Pieces, decode_chunk, decode_ecsq,
-    encode_chunk, ordered_map,
+    encode_chunk, ordered_map, stream_lanes,
 )
 
 KIND = "kv-cache"
@@ -111,6 +111,8 @@ class _Tensors:
         self._f32 = [None] * len(self.src)
         self._stats = {}
         self.exact = {}         # (tensor, t0, t1) -> the result of a losslessly coded chunk
+        self.version = VERSION_LOSSY  # of the archive written (an append keeps the file's)
+        self.lanes = stream_lanes(self.version)
 
     def body_stats(self, i, sinks):
         """(sum of x^2 of tokens [0, sinks), of tokens [sinks, T), all finite?) of tensor i."""
@@ -173,7 +175,7 @@ def _code_block(tens, i, t0, t1, exact, mode, step, sparsity):
         key = (i, t0, t1)
         if key not in tens.exact:
             words = tens.rows(i, t0, t1)
-            method, pieces, csum = encode_chunk(words.reshape(-1), tens.code, words.shape[1])
+            method, pieces, csum = encode_chunk(words.reshape(-1), tens.code, words.shape[1], lanes=tens.lanes)
             tens.exact[key] = (method, pieces, csum, n, nbytes, 0.0, 0.0)
         return tens.exact[key]
     if mode == "lossy":                 # read in place: [heads, tokens, head_dim]
@@ -182,7 +184,7 @@ def _code_block(tens, i, t0, t1, exact, mode, step, sparsity):
     flat = tens.words(i)[t0:t1].reshape(-1)
     x = tens.f32(i)[t0:t1]
     mask = sparse.prune_mask(x.reshape(t1 - t0, tens.H, tens.D), sparsity).reshape(-1)
-    pieces, rw = sparse.encode(flat, tens.code, mask, step)
+    pieces, rw = sparse.encode(flat, tens.code, mask, step, tens.lanes)
     se, mx, _ = ecsq.err_stats(x, ecsq.from_words(rw, tens.code))
     return METHOD_SPARSE, pieces, checksum(rw), flat.shape[0], flat.nbytes, se, mx
 
@@ -352,7 +354,7 @@ def _entry_name(l, kv, seg_start, first):
 
 def _write(f, tens, plan, results, header, resume=None, seg_start=0):
     """The chunks of a new segment (the whole cache, or an append: resume=) and the index."""
-    w = ArchiveWriter(f, version=VERSION_LOSSY, resume=resume)
+    w = ArchiveWriter(f, version=tens.version, resume=resume)
     per = len(plan.blocks)
     for i in range(tens.n):
         name = _entry_name(i // 2, "kv"[i % 2], seg_start, resume is None)
@@ -572,6 +574,7 @@ def append_cache(target, new, *, threads=1, dtype=None):
         with ArchiveReader(target) as r:
             h, segs = _read_header(r)
             ioff, entries = r.index_offset, r.entries
+            tens.version, tens.lanes = r.version, stream_lanes(r.version)
         f = io.BytesIO()
         f.write(bytes(memoryview(target)[:ioff]))
         _append(f, tens, h, entries, ioff, threads)
@@ -580,6 +583,7 @@ def append_cache(target, new, *, threads=1, dtype=None):
     with ArchiveReader(path) as r:
         h, segs = _read_header(r)
         ioff, entries, size = r.index_offset, r.entries, r.size
+        tens.version, tens.lanes = r.version, stream_lanes(r.version)
     with open(path, "r+b") as f:
         f.seek(ioff)
         old_tail = f.read()             # index + trailer: restored if anything fails

@@ -32,6 +32,7 @@ import threading
 import numpy as np
 from numba import njit
 
+from ssmzip.engine.native import address as _p
 from ssmzip.errors import SSMZipError
 from ssmzip.kv import _rans
 from ssmzip.kv._io import Reader, varint
@@ -146,40 +147,32 @@ def native():
     when the C library was not built or SSMZIP_BACKEND=numba (same bytes)."""
     global _NATIVE
     if _NATIVE is None:
+        import ctypes
+
         from ssmzip.engine import native as nat
-        lib = nat.library()
-        if lib is None:
+        P, I, F = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float
+        k = nat.bind({
+            "ssmzip_ecsq_quantize": ([P, I, I, I, I, I, I, F, F, F, P, P, P, P], I),
+            "ssmzip_ecsq_encode": ([P, I, I, P, P, P, P, P, I, P, P, P, I, P, P], I),
+            "ssmzip_ecsq_decode": ([P, I, P, P, P, P, P, P, I, P, I, F, I, I, I, P], I),
+            "ssmzip_ecsq_choose": ([P, I, I, P, P, P, P, P, I, P, P, I, P, P, I, I], None),
+            "ssmzip_ecsq_scatter": ([P, I, I, I, I, I, I, P, I, I], None),
+            "ssmzip_ecsq_sumsq": ([P, I, I, I, I, I, I, P], ctypes.c_double),
+        })
+        if k is None:
             _NATIVE = False
         else:
-            import ctypes
-            P, I, F = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float
-
             class K:
-                choose = lib.ssmzip_ecsq_choose
-                scatter = lib.ssmzip_ecsq_scatter
-                sumsq = lib.ssmzip_ecsq_sumsq
-                quantize = lib.ssmzip_ecsq_quantize
-                encode = lib.ssmzip_ecsq_encode
-                decode = lib.ssmzip_ecsq_decode
-            K.quantize.argtypes = [P, I, I, I, I, I, I, F, F, F, P, P, P, P]
-            K.encode.argtypes = [P, I, I, P, P, P, P, P, I, P, P, P, I, P, P]
-            K.decode.argtypes = [P, I, P, P, P, P, P, P, I, P, I, F, I, I, I, P]
-            for f in (K.quantize, K.encode, K.decode):
-                f.restype = I
-            K.choose.argtypes = [P, I, I, P, P, P, P, P, I, P, P, I, P, P, I, I]
-            K.choose.restype = None
-            K.scatter.argtypes = [P, I, I, I, I, I, I, P, I, I]
-            K.scatter.restype = None
-            K.sumsq.argtypes = [P, I, I, I, I, I, I, P]
-            K.sumsq.restype = ctypes.c_double
+                quantize = k.ssmzip_ecsq_quantize
+                encode = k.ssmzip_ecsq_encode
+                decode = k.ssmzip_ecsq_decode
+                choose = k.ssmzip_ecsq_choose
+                scatter = k.ssmzip_ecsq_scatter
+                sumsq = k.ssmzip_ecsq_sumsq
             _NATIVE = K
     return _NATIVE or None
 
 
-def _p(a):
-    """The address of a C-contiguous array (cheaper than a.ctypes.data)."""
-    assert a.flags.c_contiguous
-    return a.__array_interface__["data"][0]
 
 
 # ---------------------------------------------------------------- float conversions inside kernels

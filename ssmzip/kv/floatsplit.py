@@ -7,9 +7,17 @@ static model per chunk, or, when the caller gives a channel period ``C`` (the
 tensor's last dimension), with up to 32 models, each used by a group of
 channels (channels grouped by k-means on their symbol histograms); whichever
 is smaller. The raw bits are stored as they are. See FORMAT.md, "split chunk".
+
+The loops run in C (native/split.c) when the library is built, else in the
+numba kernels of _rans.py; both give the same bytes.
 """
+import ctypes
+import math
+
 import numpy as np
 
+from ssmzip.engine import native as _nat
+from ssmzip.engine.native import address as _p
 from ssmzip.errors import SSMZipError
 from ssmzip.kv import _rans
 from ssmzip.kv._io import Reader, varint
@@ -23,6 +31,8 @@ FLOAT_SPECS = {
     "float8_e5m2": (8, 5, np.uint8),
 }
 
+LANES = 32          # rANS lanes of the streams written (8 in files before archive version 3)
+LANES32_FLAG = 0x80  # in the chunk's first byte (with S): its streams have 32 lanes, else 8
 KMAX = 3            # mantissa bits that may join the exponent in the symbol
 MAX_SYMBOLS = 256   # distinct symbols per chunk (index fits the table entry)
 MAX_TABLES = 64     # decoder limit (the encoder uses at most 32)
@@ -33,6 +43,37 @@ MIN_ROWS = 32       # channel models only when each channel has this many elemen
 PART_SAMPLE = 1 << 16  # raw-bit values looked at before deciding a part is incompressible
 MAX_CHANNELS = 1 << 16
 _TABLE_BITS_PER_SYMBOL = 11.0   # rough cost of one stored frequency (model selection only)
+
+
+_NATIVE = None
+
+
+def native():
+    """The C kernels (native/split.c) or None when numba is to be used."""
+    global _NATIVE
+    if _NATIVE is None:
+        P, I = ctypes.c_void_p, ctypes.c_int64
+        _NATIVE = _nat.bind({
+            "ssmzip_split_hist": ([P, I, I, I, I, P], None),
+            "ssmzip_split_rest": ([P, I, I, I, I, I, P], None),
+            "ssmzip_split_pack_bits": ([P, I, I, P], I),
+            "ssmzip_split_encode": ([P, I, I, I, I, I, P, P, P, I, I, I, P, P, I], I),
+            "ssmzip_split_decode": ([P, I, I, P, P, P, I, I, P, P, I, I, I, P, I, I, P, I, I], I),
+            "ssmzip_split_simd": ([I], I),
+        }) or False
+    return _NATIVE or None
+
+
+def _hist(words, rbits, smask):
+    """int64[smask + 1]: counts of the symbols (w >> rbits) & smask."""
+    nat = native()
+    h = np.zeros(smask + 1, np.int64)
+    if nat is not None:
+        nat.ssmzip_split_hist(_p(words), words.shape[0], words.itemsize, rbits, smask, _p(h))
+        return h
+    hist4 = np.zeros((4, smask + 1), np.int64)
+    _rans.hist_symbols(words, rbits, smask, hist4)
+    return hist4.sum(axis=0)
 
 
 def _layout(W, S):
@@ -84,9 +125,7 @@ def choose_model(words, W, E, C=1):
     kmax = min(KMAX, W - 1 - E)
     S0 = E + kmax
     R0 = W - 1 - S0
-    hist4 = np.zeros((4, 1 << S0), np.int64)
-    _rans.hist_symbols(words, R0, (1 << S0) - 1, hist4)
-    h0 = hist4.sum(axis=0)
+    h0 = _hist(words, R0, (1 << S0) - 1)
     best = None
     for k in range(kmax + 1):
         S = E + k
@@ -212,19 +251,29 @@ _NO_BYTES = np.zeros(0, np.uint8)
 _NO_WORDS = np.zeros(0, np.uint64)
 
 
-def _code_stream(words, rbits, sbits, used, freqs, C, ctxmap):
-    """rANS-code symbols (w >> rbits) & (2**sbits - 1); returns the word stream (uint16)."""
+def _code_stream(words, rbits, sbits, used, freqs, C, ctxmap, lanes):
+    """rANS-code symbols (w >> rbits) & (2**sbits - 1) with `lanes` states; returns the word stream (uint16)."""
     n = words.shape[0]
     nsym = used.shape[0]
     T = freqs.shape[0]
+    out = np.empty(n + 2 * lanes + 1, np.uint16)
+    if T == 1:
+        C, ctxmap = 1, _ZERO_MAP
+    nat = native()
+    if nat is not None:
+        smask = (1 << sbits) - 1
+        freqs = np.ascontiguousarray(freqs, np.uint32)
+        used = np.ascontiguousarray(used, np.int64)
+        tab = np.empty(T * (smask + 1), np.uint64)
+        nwords = nat.ssmzip_split_encode(_p(words), n, words.itemsize, rbits, smask, C, _p(ctxmap), _p(freqs),
+                                         _p(used), T, nsym, lanes, _p(tab), _p(out), out.shape[0])
+        return out[out.shape[0] - nwords:]
     remap = np.zeros(1 << sbits, np.int32)
     remap[used] = np.arange(nsym, dtype=np.int32)
     enc0 = np.empty(T * nsym, np.uint64)
     enc1 = np.empty(T * nsym, np.uint64)
     _rans.build_enc_table(freqs, enc0, enc1)
-    out = np.empty(n + _rans.STATE_WORDS + 1, np.uint16)
-    nwords = _rans.encode_symbols(words, rbits, (1 << sbits) - 1, C if T > 1 else 1,
-                                  ctxmap if T > 1 else _ZERO_MAP, remap, enc0, enc1, nsym, out)
+    nwords = _rans.encode_symbols(words, rbits, (1 << sbits) - 1, C, ctxmap, remap, enc0, enc1, nsym, lanes, out)
     return out[out.shape[0] - nwords:]
 
 
@@ -233,20 +282,17 @@ def _pad_even(head):
         head.append(0)
 
 
-def _encode_part(vals, nbits):
+def _encode_part(vals, nbits, lanes):
     """One raw-bit part (uint8 values < 2**nbits): b"\\x00" + raw, or b"\\x01" + model + rANS stream."""
     n = vals.shape[0]
     raw_bytes = n if nbits == 8 else (n * nbits + 7) // 8
-    hist4 = np.zeros((4, 256), np.int64)
     # a sample first: the raw bits of real floats are nearly always incompressible
     m = min(n, PART_SAMPLE)
-    _rans.hist_symbols(vals[:m], 0, 255, hist4)
+    h = _hist(vals[:m], 0, 255)
     if m < n:
-        h = hist4.sum(axis=0)
         if _rans.entropy_bits(h) + np.count_nonzero(h) * _TABLE_BITS_PER_SYMBOL > 0.97 * m * nbits:
             return _raw_part(vals, nbits)
-        _rans.hist_symbols(vals[m:], 0, 255, hist4)
-    h = hist4.sum(axis=0)
+        h += _hist(vals[m:], 0, 255)
     used = np.flatnonzero(h)
     est = _rans.entropy_bits(h) + used.shape[0] * _TABLE_BITS_PER_SYMBOL + 64 * 8
     if est < 0.98 * 8 * raw_bytes:
@@ -254,7 +300,7 @@ def _encode_part(vals, nbits):
         if bits + used.shape[0] * _TABLE_BITS_PER_SYMBOL + 64 * 8 < 0.98 * 8 * raw_bytes:
             head = bytearray(b"\x01")
             _write_model(head, used, f.reshape(1, -1))
-            stream = _code_stream(vals, 0, 8, used, f.reshape(1, -1), 1, None)
+            stream = _code_stream(vals, 0, 8, used, f.reshape(1, -1), 1, None, lanes)
             head += varint(stream.shape[0])
             return head, stream
     return _raw_part(vals, nbits)
@@ -265,21 +311,26 @@ def _raw_part(vals, nbits):
         return bytearray(b"\x00"), vals
     raw_bytes = (vals.shape[0] * nbits + 7) // 8
     packed = np.empty(raw_bytes + 8, np.uint8)
-    _rans.pack_bits(vals, nbits, packed)
+    nat = native()
+    if nat is not None:
+        nat.ssmzip_split_pack_bits(_p(vals), vals.shape[0], nbits, _p(packed))
+    else:
+        _rans.pack_bits(vals, nbits, packed)
     return bytearray(b"\x00"), packed[:raw_bytes]
 
 
-def encode_split(words, W, E, C=1):
-    """Code one chunk (1-D contiguous uint8/16/32 words). Returns the payload as a
-    list of bytes-like pieces (to be written or joined in order), or None if
-    it would not be smaller than the raw words."""
+def encode_split(words, W, E, C=1, lanes=LANES):
+    """Code one chunk (1-D contiguous uint8/16/32 words) with rANS streams of
+    `lanes` (32, or 8 for archives older than version 3). Returns the payload
+    as a list of bytes-like pieces (to be written or joined in order), or None
+    if it would not be smaller than the raw words."""
     n = words.shape[0]
     S, used, freqs, ctxmap = choose_model(words, W, E, C)
     R, nbytes, mbits = _layout(W, S)
     T = freqs.shape[0]
-    head = bytearray((S, T))
+    head = bytearray((S | (LANES32_FLAG if lanes == 32 else 0), T))
     _write_model(head, used, freqs, C, ctxmap)
-    stream = _code_stream(words, R, S, used, freqs, C, ctxmap)
+    stream = _code_stream(words, R, S, used, freqs, C, ctxmap, lanes)
     head += varint(stream.shape[0])
     _pad_even(head)
     pieces = [bytes(head), stream]
@@ -287,9 +338,13 @@ def encode_split(words, W, E, C=1):
     nparts = nbytes + (1 if mbits else 0)
     if nparts:
         parts = np.empty((nparts, n), np.uint8)
-        _rans.split_rest(words, R, nbytes, mbits, parts)
+        nat = native()
+        if nat is not None:
+            nat.ssmzip_split_rest(_p(words), n, words.itemsize, R, nbytes, mbits, _p(parts))
+        else:
+            _rans.split_rest(words, R, nbytes, mbits, parts)
         for j in range(nparts):
-            ph, pdata = _encode_part(parts[j], 8 if j < nbytes else mbits)
+            ph, pdata = _encode_part(parts[j], 8 if j < nbytes else mbits, lanes)
             if ph[0] == 1:  # a coded stream: keep its words 2-byte aligned
                 if (size + len(ph)) & 1:
                     ph.append(0)
@@ -315,21 +370,39 @@ def _stream_at(r, payload, nwords):
     return stream
 
 
-def _decode_stream(stream, nwords, used, freqs, C, ctxmap, rbits, parts, nbytes, mbits, packed, packed64, out):
-    dec = np.empty(freqs.shape[0] << _rans.PROB_BITS, np.uint64)
-    _rans.build_dec_table(freqs, used << rbits, dec)
-    if not _rans.decode_chunk(stream, nwords, C, ctxmap, dec, parts, nbytes, mbits, packed, packed64, rbits, out):
+def _decode_stream(stream, nwords, used, freqs, C, ctxmap, rbits, parts, nbytes, mbits, packed, packed64, out, lanes):
+    T, nsym = freqs.shape
+    nat = native() if lanes == 32 else None
+    if nat is not None:
+        symval = (used << rbits).astype(np.uint32)
+        P = C * 32 // math.gcd(C, 32)
+        scratch = np.empty((T << _rans.PROB_BITS) + P // 2 + 1, np.uint64)
+        ok = nat.ssmzip_split_decode(_p(stream), nwords, C, _p(ctxmap), _p(freqs), _p(symval), T, nsym, _p(scratch),
+                                     _p(parts), parts.shape[0], nbytes, mbits, _p(packed), packed.shape[0], rbits,
+                                     _p(out), out.shape[0], out.itemsize)
+    else:
+        dec = np.empty(T << _rans.PROB_BITS, np.uint64)
+        _rans.build_dec_table(freqs, used << rbits, dec)
+        if lanes == 8:  # files before archive version 3
+            ok = _rans.decode_chunk(stream, nwords, C, ctxmap, dec, parts, nbytes, mbits, packed, packed64, rbits, out)
+        else:
+            ok = _rans.decode_lanes(stream, nwords, C, ctxmap, dec, parts, nbytes, mbits, packed, rbits, lanes, out)
+    if not ok:
         raise SSMZipError("corrupt data: entropy-coded stream does not decode")
 
 
-def decode_split(payload, W, E, out):
-    """Decode a split chunk into out (1-D contiguous uint8/16/32 of n elements).
+def decode_split(payload, W, E, out, lanes=LANES):
+    """Decode a split chunk into out (1-D contiguous uint8/16/32 of n elements);
+    its streams must have `lanes` lanes (archive.stream_lanes of the file's version).
 
     Raises SSMZipError on any inconsistency.
     """
     n = out.shape[0]
     r = Reader(payload, "split chunk")
     S = r.u8()
+    if (32 if S & LANES32_FLAG else 8) != lanes:
+        raise SSMZipError(f"corrupt data: split chunk without {lanes}-lane streams (archive version mismatch)")
+    S &= ~LANES32_FLAG
     T = r.u8()
     if not E <= S <= W - 1:
         raise SSMZipError(f"corrupt data: symbol width {S} invalid for this dtype")
@@ -337,7 +410,7 @@ def decode_split(payload, W, E, out):
         raise SSMZipError(f"corrupt data: {T} model tables (max {MAX_TABLES})")
     R, nbytes, mbits = _layout(W, S)
     used, freqs, C, ctxmap = _read_model(r, payload, S, T)
-    nwords = r.varint(n + _rans.STATE_WORDS)
+    nwords = r.varint(n + 2 * lanes)
     stream = _stream_at(r, payload, nwords)
     nparts = nbytes + (1 if mbits else 0)
     packed = _NO_BYTES
@@ -357,9 +430,10 @@ def decode_split(payload, W, E, out):
                 packed[:nb] = np.frombuffer(r.take(nb), np.uint8)
         elif mode == 1:
             pused, pfreqs, _, _ = _read_model(r, payload, nbits, 1)
-            pn = r.varint(n + _rans.STATE_WORDS)
+            pn = r.varint(n + 2 * lanes)
             pstream = _stream_at(r, payload, pn)
-            _decode_stream(pstream, pn, pused, pfreqs, 1, _ZERO_MAP, 0, _NO_PARTS, 0, 0, _NO_BYTES, _NO_WORDS, parts[j])
+            _decode_stream(pstream, pn, pused, pfreqs, 1, _ZERO_MAP, 0, _NO_PARTS, 0, 0, _NO_BYTES, _NO_WORDS, parts[j],
+                           lanes)
             if j == nbytes:
                 coded_top = True
         else:
@@ -367,4 +441,4 @@ def decode_split(payload, W, E, out):
     r.done()
     if mbits and not coded_top:
         parts = parts[:nbytes] if nbytes else np.empty((0, n), np.uint8)
-    _decode_stream(stream, nwords, used, freqs, C, ctxmap, R, parts, nbytes, mbits, packed, packed64, out)
+    _decode_stream(stream, nwords, used, freqs, C, ctxmap, R, parts, nbytes, mbits, packed, packed64, out, lanes)

@@ -37,16 +37,17 @@ def prune_mask(x, sparsity):
     return mask
 
 
-def encode(words, code, mask, step=None):
+def encode(words, code, mask, step=None, lanes=32):
     """(payload pieces, reconstructed words) for the words of one chunk (1-D)
-    with mask (bool, same length); values quantised when step is given."""
+    with mask (bool, same length); values quantised when step is given.
+    lanes: of the exact values' rANS streams (archive.stream_lanes)."""
     kept = words[mask]
     bitmap = np.packbits(mask, bitorder="little").tobytes()
     head = bytearray()
     rec = np.zeros_like(words)
     if step is None:
         W, E, _ = FLOAT_SPECS[DTYPES[code][0]]
-        p = encode_split(np.ascontiguousarray(kept), W, E, 1) if kept.shape[0] else None
+        p = encode_split(np.ascontiguousarray(kept), W, E, 1, lanes) if kept.shape[0] else None
         body = [kept.tobytes()] if p is None else p
         head += bytes((VALUES_EXACT,)) + varint(kept.shape[0]) + bitmap + bytes((0 if p is None else 1,))
         rec[mask] = kept
@@ -59,7 +60,7 @@ def encode(words, code, mask, step=None):
     return [bytes(head)] + list(body), rec
 
 
-def decode(payload, code, out, where):
+def decode(payload, code, out, where, lanes=32):
     """Decode a sparse chunk into out (the chunk's words)."""
     n = out.shape[0]
     r = Reader(payload, where)
@@ -79,7 +80,7 @@ def decode(payload, code, out, where):
             kept.view(np.uint8)[:] = np.frombuffer(rest, np.uint8)
         elif how == 1 and nk:
             W, E, _ = FLOAT_SPECS[DTYPES[code][0]]
-            decode_split(rest, W, E, kept)
+            decode_split(rest, W, E, kept, lanes)
         else:
             raise SSMZipError(f"corrupt data: bad value coding in {where}")
     elif vmode == VALUES_ECSQ:

@@ -1,0 +1,592 @@
+/* The lossless float codec's hot loops in C: field split, rANS encoding and
+ * decoding of split chunks (FORMAT.md, "split chunk" and "rANS stream").
+ *
+ * ssmzip/kv/_rans.py is the reference: its numba kernels (split_rest,
+ * pack_bits, encode_symbols, decode_lanes) define the bytes; these loops
+ * compute the same integers, so both backends write the same streams and
+ * decode the same words, and a corrupted stream fails here exactly when it
+ * fails there. tests/test_kv_native.py checks it. The decoder here reads
+ * 32-lane streams (files since archive version 3); 8-lane streams of older
+ * files decode in numba.
+ *
+ * Decoders never read or write outside the arrays they are given, whatever
+ * the bytes: the fast loops run only while a whole block of 8 stream words is
+ * left, the rest is read one checked word at a time.
+ */
+#include <stdint.h>
+#include <string.h>
+
+#define PROB_BITS 12
+#define PROB_SCALE (1 << PROB_BITS)
+#define PROB_MASK (PROB_SCALE - 1)
+#define RANS_L (1u << 15)
+#define LANES 32 /* the decoder's; the encoder writes 8 or 32 */
+#define STATE_WORDS (2 * LANES)
+#define SUB 4096 /* elements per pass of the generic path (symbols, then raw bits) */
+
+#define INLINE static inline __attribute__((always_inline))
+
+/* element i of a 1-, 2- or 4-byte word array (width is a constant after inlining) */
+INLINE uint32_t get_word(const void *w, int64_t i, int width)
+{
+    if (width == 1)
+        return ((const uint8_t *)w)[i];
+    if (width == 2)
+        return ((const uint16_t *)w)[i];
+    return ((const uint32_t *)w)[i];
+}
+
+INLINE void put_word(void *w, int64_t i, uint32_t v, int width)
+{
+    if (width == 1)
+        ((uint8_t *)w)[i] = (uint8_t)v;
+    else if (width == 2)
+        ((uint16_t *)w)[i] = (uint16_t)v;
+    else
+        ((uint32_t *)w)[i] = v;
+}
+
+INLINE void or_word(void *w, int64_t i, uint32_t v, int width)
+{
+    put_word(w, i, get_word(w, i, width) | v, width);
+}
+
+/* ---------------------------------------------------------------- field split (encoder side) */
+
+/* As _rans.split_rest + pack_bits of the top part: the raw bits r = sign << rbits |
+ * low rbits bits of each element; bytes[b][i] = byte b of r (b < nbytes), top[i] =
+ * the mbits bits above them (top may be NULL when mbits == 0). */
+static void split_rest_w(const void *words, int64_t n, int width, int64_t rbits, int64_t nbytes, int64_t mbits,
+                         uint8_t *bytes, uint8_t *top)
+{
+    const uint32_t lowmask = (uint32_t)((1ull << rbits) - 1), mmask = (1u << mbits) - 1;
+    const int wtop = 8 * width - 1, lowbits = (int)(8 * nbytes);
+    if (nbytes == 1 && mbits == 0) {
+        for (int64_t i = 0; i < n; i++) {
+            uint32_t w = get_word(words, i, width);
+            bytes[i] = (uint8_t)((((w >> wtop) & 1) << rbits) | (w & lowmask));
+        }
+        return;
+    }
+    if (nbytes == 0) {
+        for (int64_t i = 0; i < n; i++) {
+            uint32_t w = get_word(words, i, width);
+            top[i] = (uint8_t)((((w >> wtop) & 1) << rbits) | (w & lowmask));
+        }
+        return;
+    }
+    for (int64_t i = 0; i < n; i++) {
+        uint32_t w = get_word(words, i, width);
+        uint32_t r = (((w >> wtop) & 1) << rbits) | (w & lowmask);
+        for (int64_t b = 0; b < nbytes; b++)
+            bytes[b * n + i] = (uint8_t)(r >> (8 * b));
+        if (mbits)
+            top[i] = (uint8_t)((r >> lowbits) & mmask);
+    }
+}
+
+void ssmzip_split_rest(const void *words, int64_t n, int64_t width, int64_t rbits, int64_t nbytes, int64_t mbits,
+                       uint8_t *parts)
+{
+    uint8_t *top = mbits ? parts + nbytes * n : 0;
+    if (width == 1)
+        split_rest_w(words, n, 1, rbits, nbytes, mbits, parts, top);
+    else if (width == 2)
+        split_rest_w(words, n, 2, rbits, nbytes, mbits, parts, top);
+    else
+        split_rest_w(words, n, 4, rbits, nbytes, mbits, parts, top);
+}
+
+/* As _rans.pack_bits: 8 values of mbits bits fill mbits bytes, LSB first; out needs
+ * 8 bytes of slack. Returns the bytes written. */
+int64_t ssmzip_split_pack_bits(const uint8_t *vals, int64_t n, int64_t mbits, uint8_t *out)
+{
+    int64_t nfull = n - (n & 7), o = 0;
+    for (int64_t i = 0; i < nfull; i += 8) {
+        uint64_t v = 0;
+        for (int j = 0; j < 8; j++)
+            v |= (uint64_t)vals[i + j] << (j * mbits);
+        memcpy(out + o, &v, 8); /* little-endian machine: checked by _rans on import */
+        o += mbits;
+    }
+    uint64_t v = 0;
+    for (int64_t j = 0; j < n - nfull; j++)
+        v |= (uint64_t)vals[nfull + j] << (j * mbits);
+    int64_t nb = ((n - nfull) * mbits + 7) >> 3;
+    for (int64_t k = 0; k < nb; k++)
+        out[o + k] = (uint8_t)(v >> (8 * k));
+    return o + nb;
+}
+
+/* ---------------------------------------------------------------- histograms */
+
+/* As _rans.hist_symbols, into one int64 histogram (the counts are the same). */
+void ssmzip_split_hist(const void *words, int64_t n, int64_t width, int64_t rbits, int64_t smask, int64_t *hist)
+{
+    /* four sub-histograms hide the store-to-load latency of repeated symbols */
+    uint32_t *h4 = (uint32_t *)__builtin_alloca(4 * (size_t)(smask + 1) * sizeof(uint32_t));
+    memset(h4, 0, 4 * (size_t)(smask + 1) * sizeof(uint32_t));
+    uint32_t *h0 = h4, *h1 = h4 + (smask + 1), *h2 = h1 + (smask + 1), *h3 = h2 + (smask + 1);
+    const uint32_t sm = (uint32_t)smask;
+    int64_t i = 0;
+    /* counts stay below 2**32: chunks hold far fewer than 2**32 elements (the caller checks) */
+#define HIST_LOOP(W)                                                                                               \
+    for (; i + 4 <= n; i += 4) {                                                                                   \
+        h0[(get_word(words, i, W) >> rbits) & sm]++;                                                               \
+        h1[(get_word(words, i + 1, W) >> rbits) & sm]++;                                                           \
+        h2[(get_word(words, i + 2, W) >> rbits) & sm]++;                                                           \
+        h3[(get_word(words, i + 3, W) >> rbits) & sm]++;                                                           \
+    }                                                                                                              \
+    for (; i < n; i++)                                                                                             \
+        h0[(get_word(words, i, W) >> rbits) & sm]++;
+    if (width == 1) {
+        HIST_LOOP(1)
+    } else if (width == 2) {
+        HIST_LOOP(2)
+    } else {
+        HIST_LOOP(4)
+    }
+#undef HIST_LOOP
+    for (int64_t s = 0; s <= smask; s++)
+        hist[s] += (int64_t)h0[s] + h1[s] + h2[s] + h3[s];
+}
+
+/* ---------------------------------------------------------------- encoding */
+
+/* One encoder table entry per (table, symbol value), in one word: the
+ * reciprocal (bits 0-31), the frequency f (32-44), the bias (45-57) and the
+ * shift (58-61), the numbers of _rans.build_enc_table; x >= x_max is
+ * (x >> 19) >= f here (never when f = 4096). */
+#define E_F(e) ((uint32_t)((e) >> 32) & 0x1FFF)
+#define E_BIAS(e) ((uint32_t)((e) >> 45) & 0x1FFF)
+#define E_SHIFT(e) ((uint32_t)((e) >> 58))
+
+static uint64_t enc_entry(uint32_t f, uint32_t cum)
+{
+    uint64_t rcp, shift, bias;
+    if (f < 2) {
+        rcp = 0xFFFFFFFFu;
+        shift = 0;
+        bias = cum + PROB_SCALE - 1;
+    } else {
+        shift = 0;
+        while (f > (1u << shift))
+            shift++;
+        rcp = ((1ull << (shift + 31)) + f - 1) / f;
+        shift -= 1;
+        bias = cum;
+    }
+    return rcp | (uint64_t)f << 32 | bias << 45 | shift << 58;
+}
+
+INLINE int64_t encode_w(const void *words, int64_t n, int width, int64_t rbits, uint32_t smask, int64_t C,
+                        const uint8_t *ctxmap, const uint64_t *tab, int64_t lanes, uint16_t *out, int64_t pos)
+{
+    uint32_t st[LANES];
+    const int64_t S1 = (int64_t)smask + 1;
+    for (int l = 0; l < lanes; l++)
+        st[l] = RANS_L;
+    int64_t c = n > 0 ? (n - 1) % C : 0;
+    /* backwards; the lanes are independent, so each state's chain is `lanes` elements long */
+    for (int64_t i = n - 1; i >= 0; i--) {
+        uint32_t *px = st + (i & (lanes - 1));
+        uint64_t e = tab[ctxmap[c] * S1 + ((get_word(words, i, width) >> rbits) & smask)];
+        c = c > 0 ? c - 1 : C - 1;
+        uint32_t x = *px, f = E_F(e);
+        uint32_t nd = (x >> 19) >= f; /* x >= ((RANS_L >> PROB_BITS) << 16) * f */
+        out[pos - 1] = (uint16_t)x;
+        x >>= nd << 4; /* a shift, not a branch: renormalisation is unpredictable */
+        pos -= nd;
+        uint32_t q = (uint32_t)(((uint64_t)x * (uint32_t)e) >> 32) >> E_SHIFT(e);
+        *px = x + E_BIAS(e) + q * (PROB_SCALE - f);
+    }
+    /* the final states, last lane first, high word before low word: the stream opens with lane 0 */
+    for (int64_t l = lanes - 1; l >= 0; l--) {
+        out[--pos] = (uint16_t)(st[l] >> 16);
+        out[--pos] = (uint16_t)st[l];
+    }
+    return pos;
+}
+
+/* As _rans.encode_symbols: rANS-code (w >> rbits) & smask of each word with
+ * `lanes` (8 or 32) states; element i uses table ctxmap[i % C]. freqs:
+ * uint32[ntab, nsym] for the symbol values used[nsym]; tab: scratch
+ * uint64[ntab * (smask + 1)]. out: room for n + 2 * lanes + 1 words, filled
+ * from its end. Returns the number of words, or -1 for a bad argument. */
+int64_t ssmzip_split_encode(const void *words, int64_t n, int64_t width, int64_t rbits, int64_t smask, int64_t C,
+                            const uint8_t *ctxmap, const uint32_t *freqs, const int64_t *used, int64_t ntab,
+                            int64_t nsym, int64_t lanes, uint64_t *tab, uint16_t *out, int64_t outlen)
+{
+    if ((lanes != 8 && lanes != 32) || C < 1 || outlen < n + 2 * lanes + 1)
+        return -1;
+    int64_t S1 = smask + 1;
+    memset(tab, 0, (size_t)(ntab * S1) * sizeof(uint64_t));
+    for (int64_t t = 0; t < ntab; t++) {
+        uint32_t cum = 0;
+        for (int64_t s = 0; s < nsym; s++) {
+            uint32_t f = freqs[t * nsym + s];
+            if (f) {
+                tab[t * S1 + used[s]] = enc_entry(f, cum);
+                cum += f;
+            }
+        }
+    }
+    int64_t pos;
+    if (width == 1)
+        pos = encode_w(words, n, 1, rbits, (uint32_t)smask, C, ctxmap, tab, lanes, out, outlen);
+    else if (width == 2)
+        pos = encode_w(words, n, 2, rbits, (uint32_t)smask, C, ctxmap, tab, lanes, out, outlen);
+    else
+        pos = encode_w(words, n, 4, rbits, (uint32_t)smask, C, ctxmap, tab, lanes, out, outlen);
+    return outlen - pos;
+}
+
+/* ---------------------------------------------------------------- decoding */
+
+typedef struct {
+    const uint8_t *parts; /* [nparts, n] byte planes */
+    int64_t nparts, nbytes, mbits;
+    const uint8_t *packed; /* bit-packed top bits (when not a plane), packed_len bytes */
+    int64_t packed_len, rbits;
+} Raw;
+
+/* As _rans._combine: OR the raw bits of elements [a, b) (a multiple of 8) into out. */
+INLINE void combine(const Raw *r, void *out, int64_t n, int width, int64_t a, int64_t b)
+{
+    const int64_t nbytes = r->nbytes, mbits = r->mbits;
+    if (nbytes == 0 && mbits == 0)
+        return;
+    const int wtop = 8 * width - 1;
+    const uint32_t lowmask = (uint32_t)((1ull << r->rbits) - 1);
+    const int64_t rbits = r->rbits;
+    if (mbits == 0 || r->nparts > nbytes) {
+        for (int64_t i = a; i < b; i++) {
+            uint32_t v = 0;
+            for (int64_t k = 0; k < r->nparts; k++)
+                v |= (uint32_t)r->parts[k * n + i] << (8 * k);
+            or_word(out, i, ((v >> rbits) << wtop) | (v & lowmask), width);
+        }
+        return;
+    }
+    const uint32_t mmask = (1u << mbits) - 1;
+    const int lowbits = (int)(8 * nbytes);
+    int64_t ob = (a * mbits) >> 3;
+    for (int64_t i = a; i < b;) {
+        uint64_t v = 0;
+        for (int64_t k = 0; k < mbits && ob + k < r->packed_len; k++)
+            v |= (uint64_t)r->packed[ob + k] << (8 * k);
+        ob += mbits;
+        int64_t e = b < i + 8 ? b : i + 8;
+        for (int64_t j = 0; j < e - i; j++) {
+            uint32_t t = (uint32_t)((v >> (j * mbits)) & mmask) << lowbits;
+            for (int64_t k = 0; k < nbytes; k++)
+                t |= (uint32_t)r->parts[k * n + i + j] << (8 * k);
+            or_word(out, i + j, ((t >> rbits) << wtop) | (t & lowmask), width);
+        }
+        i = e;
+    }
+}
+
+/* The decoder's table, one word per (table, slot), as _rans.build_dec_table:
+ * slot - cum (bits 0-15), the frequency (16-31) and the symbol's output bits
+ * (32-63). */
+typedef struct {
+    const uint16_t *stream, *sp, *send; /* the words; the next one; the end */
+    const uint64_t *dec;
+    const int32_t *bmap; /* table offset of each element position over one period P */
+    int64_t P;
+    uint32_t st[LANES];
+} Decoder;
+
+/* Elements [i, n) one at a time, every read checked; 0 when the stream ends too early. */
+static int64_t decode_rest(Decoder *d, void *out, int64_t i, int64_t n, int width)
+{
+    int64_t c = i % d->P;
+    for (; i < n; i++, c = c + 1 < d->P ? c + 1 : 0) {
+        uint32_t *px = d->st + (i & (LANES - 1));
+        uint32_t x = *px;
+        uint64_t e = d->dec[d->bmap[c] + (x & PROB_MASK)];
+        x = ((uint32_t)(e >> 16) & 0xFFFF) * (x >> PROB_BITS) + ((uint32_t)e & 0xFFFF);
+        if (x < RANS_L) {
+            if (d->sp >= d->send)
+                return 0;
+            x = (x << 16) | *d->sp++;
+        }
+        *px = x;
+        put_word(out, i, (uint32_t)(e >> 32), width);
+    }
+    return 1;
+}
+
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+#include <immintrin.h>
+#define HAVE_X86 1
+#endif
+
+#if defined(HAVE_X86)
+/* for renormalisation mask m (bit j: lane j of a group of 8 needs a word),
+ * lane j takes word number popcount(m & ((1 << j) - 1)) of the 8 words at the
+ * stream position: the lanes read in lane order, as the scalar loop */
+static int32_t renorm_perm[256][8] __attribute__((aligned(32)));
+
+__attribute__((constructor)) static void init_renorm_perm(void)
+{
+    for (int m = 0; m < 256; m++) {
+        int k = 0;
+        for (int j = 0; j < 8; j++) {
+            renorm_perm[m][j] = k;
+            k += (m >> j) & 1;
+        }
+    }
+}
+
+#pragma GCC push_options
+#pragma GCC target("avx2,popcnt")
+/* Whole blocks of 32 elements [i, iend) while 32 stream words are left, the
+ * 32 states in four AVX2 registers of 8 lanes. The four groups' table
+ * lookups and state updates are independent, so their latencies overlap;
+ * only the stream position is passed from group to group (lane order). The
+ * table entries come by scalar loads (faster than a gather here). Raw bits:
+ * mode 1 one byte plane, mode 2 bit-packed, both merged in the same pass
+ * (word width 2 only); mode 0 none here. The same integers as decode_rest. */
+INLINE int64_t avx2_blocks(Decoder *d, void *out, int width, int64_t i, int64_t iend, int mapped, int mode,
+                           const Raw *raw, int64_t *pci)
+{
+    const uint16_t *sp = d->sp, *slast = d->send - LANES;
+    const uint64_t *dec = d->dec;
+    const int32_t *bm = d->bmap + *pci, *bend = d->bmap + d->P;
+    __m256i x0 = _mm256_loadu_si256((const __m256i *)d->st), x1 = _mm256_loadu_si256((const __m256i *)(d->st + 8));
+    __m256i x2 = _mm256_loadu_si256((const __m256i *)(d->st + 16)), x3 = _mm256_loadu_si256((const __m256i *)(d->st + 24));
+    const __m256i L = _mm256_set1_epi32(RANS_L), M12 = _mm256_set1_epi32(PROB_MASK), M16 = _mm256_set1_epi32(0xFFFF);
+    const int64_t mbits = raw->mbits;
+    const __m128i rsh = _mm_cvtsi32_si128((int)raw->rbits), wsh = _mm_cvtsi32_si128(8 * width - 1);
+    const __m256i lowmask = _mm256_set1_epi32((int)((1u << raw->rbits) - 1)), mm = _mm256_set1_epi32((1 << mbits) - 1);
+    const __m256i sh_even = _mm256_setr_epi64x(0, 2 * mbits, 4 * mbits, 6 * mbits);
+    const __m256i sh_odd = _mm256_setr_epi64x(mbits, 3 * mbits, 5 * mbits, 7 * mbits);
+    const uint8_t *src = mode == 1 ? raw->parts + i : mode == 2 ? raw->packed + (i >> 3) * mbits : 0;
+    int32_t idx[32] __attribute__((aligned(32)));
+    for (; i < iend && sp <= slast; i += LANES) {
+        __m256i b0 = _mm256_and_si256(x0, M12), b1 = _mm256_and_si256(x1, M12);
+        __m256i b2 = _mm256_and_si256(x2, M12), b3 = _mm256_and_si256(x3, M12);
+        if (mapped) {
+            b0 = _mm256_add_epi32(b0, _mm256_loadu_si256((const __m256i *)bm));
+            b1 = _mm256_add_epi32(b1, _mm256_loadu_si256((const __m256i *)(bm + 8)));
+            b2 = _mm256_add_epi32(b2, _mm256_loadu_si256((const __m256i *)(bm + 16)));
+            b3 = _mm256_add_epi32(b3, _mm256_loadu_si256((const __m256i *)(bm + 24)));
+            bm += LANES;
+            if (bm == bend)
+                bm = d->bmap;
+        }
+        _mm256_store_si256((__m256i *)idx, b0);
+        _mm256_store_si256((__m256i *)(idx + 8), b1);
+        _mm256_store_si256((__m256i *)(idx + 16), b2);
+        _mm256_store_si256((__m256i *)(idx + 24), b3);
+        __m256i lo[4], hi[4], need[4];
+        unsigned m[4];
+        __m256i *xs[4] = {&x0, &x1, &x2, &x3};
+        for (int g = 0; g < 4; g++) {
+            const int32_t *k = idx + 8 * g;
+            /* entries e0..e7 as [e0 e1 e4 e5] and [e2 e3 e6 e7]: one shuffle then splits low and high halves */
+            __m256i A = _mm256_set_epi64x((long long)dec[k[5]], (long long)dec[k[4]], (long long)dec[k[1]],
+                                          (long long)dec[k[0]]);
+            __m256i B = _mm256_set_epi64x((long long)dec[k[7]], (long long)dec[k[6]], (long long)dec[k[3]],
+                                          (long long)dec[k[2]]);
+            lo[g] = _mm256_castps_si256(_mm256_shuffle_ps(_mm256_castsi256_ps(A), _mm256_castsi256_ps(B), 0x88));
+            hi[g] = _mm256_castps_si256(_mm256_shuffle_ps(_mm256_castsi256_ps(A), _mm256_castsi256_ps(B), 0xDD));
+            __m256i x = *xs[g];
+            x = _mm256_add_epi32(_mm256_mullo_epi32(_mm256_srli_epi32(lo[g], 16), _mm256_srli_epi32(x, PROB_BITS)),
+                                 _mm256_and_si256(lo[g], M16));
+            need[g] = _mm256_cmpgt_epi32(L, x);
+            m[g] = (unsigned)_mm256_movemask_ps(_mm256_castsi256_ps(need[g]));
+            *xs[g] = x;
+        }
+        for (int g = 0; g < 4; g++) {
+            __m256i x = *xs[g];
+            __m256i w = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)sp));
+            w = _mm256_permutevar8x32_epi32(w, _mm256_load_si256((const __m256i *)renorm_perm[m[g]]));
+            *xs[g] = _mm256_blendv_epi8(x, _mm256_or_si256(_mm256_slli_epi32(x, 16), w), need[g]);
+            sp += _mm_popcnt_u32(m[g]);
+            __m256i v = hi[g];
+            if (mode) {
+                __m256i r;
+                if (mode == 1) {
+                    r = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)src));
+                    src += 8;
+                } else {
+                    uint64_t b;
+                    memcpy(&b, src, 8); /* 16 bytes of slack after the packed bits */
+                    src += mbits;
+                    __m256i Bv = _mm256_set1_epi64x((long long)b);
+                    r = _mm256_blend_epi32(_mm256_srlv_epi64(Bv, sh_even),
+                                           _mm256_slli_epi64(_mm256_srlv_epi64(Bv, sh_odd), 32), 0xAA);
+                    r = _mm256_and_si256(r, mm);
+                }
+                v = _mm256_or_si256(v, _mm256_or_si256(_mm256_sll_epi32(_mm256_srl_epi32(r, rsh), wsh),
+                                                       _mm256_and_si256(r, lowmask)));
+            }
+            int64_t o = i + 8 * g;
+            if (width == 4) {
+                _mm256_storeu_si256((__m256i *)((uint32_t *)out + o), v);
+            } else {
+                __m128i h = _mm_packus_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+                if (width == 2)
+                    _mm_storeu_si128((__m128i *)((uint16_t *)out + o), h);
+                else
+                    _mm_storel_epi64((__m128i *)((uint8_t *)out + o), _mm_packus_epi16(h, h));
+            }
+        }
+    }
+    _mm256_storeu_si256((__m256i *)d->st, x0);
+    _mm256_storeu_si256((__m256i *)(d->st + 8), x1);
+    _mm256_storeu_si256((__m256i *)(d->st + 16), x2);
+    _mm256_storeu_si256((__m256i *)(d->st + 24), x3);
+    d->sp = sp;
+    *pci = bm - d->bmap;
+    return i;
+}
+
+#define AVX2_VARIANT(W, MAPPED, MODE)                                                                              \
+    static __attribute__((noinline)) int64_t avx2_##W##_##MAPPED##_##MODE(Decoder *d, void *out, int64_t i,        \
+                                                                           int64_t iend, const Raw *raw,            \
+                                                                           int64_t *pci)                            \
+    {                                                                                                              \
+        return avx2_blocks(d, out, W, i, iend, MAPPED, MODE, raw, pci);                                            \
+    }
+AVX2_VARIANT(2, 0, 0)
+AVX2_VARIANT(2, 1, 0)
+AVX2_VARIANT(2, 0, 1)
+AVX2_VARIANT(2, 1, 1)
+AVX2_VARIANT(2, 0, 2)
+AVX2_VARIANT(2, 1, 2)
+AVX2_VARIANT(1, 0, 0)
+AVX2_VARIANT(1, 1, 0)
+AVX2_VARIANT(4, 0, 0)
+AVX2_VARIANT(4, 1, 0)
+#pragma GCC pop_options
+
+typedef int64_t (*blocks_fn)(Decoder *, void *, int64_t, int64_t, const Raw *, int64_t *);
+
+static int simd_allowed = 1; /* tests turn it off to check the portable loop (ssmzip_split_simd) */
+
+/* the block loop for this word width, table layout and raw-bit mode, or NULL without AVX2 */
+static blocks_fn avx2_for(int width, int mapped, int mode)
+{
+    static int has = -1;
+    if (has < 0)
+        has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("popcnt") ? 1 : 0;
+    if (!has || !simd_allowed)
+        return 0;
+    if (width == 2)
+        return mode == 1 ? (mapped ? avx2_2_1_1 : avx2_2_0_1)
+             : mode == 2 ? (mapped ? avx2_2_1_2 : avx2_2_0_2)
+                         : (mapped ? avx2_2_1_0 : avx2_2_0_0);
+    if (width == 1)
+        return mapped ? avx2_1_1_0 : avx2_1_0_0;
+    return mapped ? avx2_4_1_0 : avx2_4_0_0;
+}
+#else
+typedef int64_t (*blocks_fn)(Decoder *, void *, int64_t, int64_t, const Raw *, int64_t *);
+static int simd_allowed = 0;
+static blocks_fn avx2_for(int width, int mapped, int mode) { (void)width, (void)mapped, (void)mode; return 0; }
+#endif
+
+/* Allow (1) or forbid (0) the SIMD decoder, for tests; returns the previous setting. Not thread-safe. */
+int64_t ssmzip_split_simd(int64_t allow)
+{
+    int64_t old = simd_allowed;
+    simd_allowed = allow != 0;
+    return old;
+}
+
+static int64_t decode_chunk(Decoder *d, const Raw *raw, void *out, int64_t n, int width)
+{
+    int64_t nwords = d->send - d->stream;
+    if (nwords < STATE_WORDS)
+        return 0;
+    for (int l = 0; l < LANES; l++) {
+        uint32_t x = (uint32_t)d->stream[2 * l] | (uint32_t)d->stream[2 * l + 1] << 16;
+        if (x < RANS_L || x >= (1u << 31))
+            return 0;
+        d->st[l] = x;
+    }
+    d->sp = d->stream + STATE_WORDS;
+    int mapped = 0;
+    for (int64_t c = 0; c < d->P; c++)
+        mapped |= d->bmap[c] != 0;
+    const int64_t nbytes = raw->nbytes, mbits = raw->mbits;
+    /* raw-bit fast paths (16-bit words): 1 = one byte plane, 2 = bit-packed only (with slack), 0 = combine() */
+    int mode = 0;
+    if (width == 2 && nbytes == 1 && mbits == 0 && raw->nparts == 1)
+        mode = 1;
+    else if (width == 2 && nbytes == 0 && mbits > 0 && raw->nparts == 0 && raw->packed_len >= (n * mbits + 7) / 8 + 16)
+        mode = 2;
+    int64_t i = 0, ci = 0;
+    const int64_t nblk = n - (n & (LANES - 1));
+    blocks_fn fn = avx2_for(width, mapped, mode);
+    if (fn && mode) {
+        i = fn(d, out, 0, nblk, raw, &ci);
+    } else if (fn) {
+        while (i < nblk) {
+            int64_t i0 = i, iend = nblk < i + SUB ? nblk : i + SUB;
+            i = fn(d, out, i, iend, raw, &ci);
+            combine(raw, out, n, width, i0, i);
+            if (i < iend)
+                break;
+        }
+    }
+    /* the rest (everything without AVX2), one element at a time */
+    int64_t i0 = i;
+    if (!decode_rest(d, out, i, n, width))
+        return 0;
+    combine(raw, out, n, width, i0, n);
+    if (d->sp != d->send)
+        return 0;
+    for (int l = 0; l < LANES; l++)
+        if (d->st[l] != RANS_L)
+            return 0;
+    return 1;
+}
+
+/* As _rans.decode_lanes with 32 lanes: decode one split chunk into out (n
+ * words of width bytes). The symbol of element i has table ctxmap[i % C];
+ * freqs: uint32[ntab, nsym] (rows sum to 4096); symval[s]: the output bits of
+ * symbol rank s; scratch: uint64[ntab * 4096 + lcm(C, 32) / 2 + 1]. Raw bits:
+ * parts uint8[nparts, n] byte planes; packed: the bit-packed top bits,
+ * packed_len bytes (16 bytes of slack for the fast path). Returns 1 iff all
+ * words were consumed and every lane ended in the encoder's initial state. */
+int64_t ssmzip_split_decode(const uint16_t *stream, int64_t nwords, int64_t C, const uint8_t *ctxmap,
+                            const uint32_t *freqs, const uint32_t *symval, int64_t ntab, int64_t nsym,
+                            uint64_t *scratch, const uint8_t *parts, int64_t nparts, int64_t nbytes, int64_t mbits,
+                            const uint8_t *packed, int64_t packed_len, int64_t rbits, void *out, int64_t n,
+                            int64_t width)
+{
+    uint64_t *dec = scratch;
+    for (int64_t t = 0; t < ntab; t++) {
+        uint64_t *dt = dec + t * PROB_SCALE;
+        uint32_t cum = 0;
+        for (int64_t s = 0; s < nsym; s++) {
+            uint32_t f = freqs[t * nsym + s];
+            uint64_t hi = (uint64_t)symval[s] << 32 | (uint64_t)f << 16;
+            for (uint32_t j = 0; j < f; j++)
+                dt[cum + j] = hi | j;
+            cum += f;
+        }
+    }
+    int64_t g = C, b = LANES;
+    while (b) {
+        int64_t t = g % b;
+        g = b;
+        b = t;
+    }
+    Decoder d;
+    d.stream = stream;
+    d.send = stream + nwords;
+    d.dec = dec;
+    d.P = C * LANES / g;
+    int32_t *bmap = (int32_t *)(scratch + ntab * PROB_SCALE);
+    for (int64_t c = 0; c < d.P; c++)
+        bmap[c] = (int32_t)ctxmap[c % C] * PROB_SCALE;
+    d.bmap = bmap;
+    Raw raw = {parts, nparts, nbytes, mbits, packed, packed_len, rbits};
+    return decode_chunk(&d, &raw, out, n, (int)width);
+}

@@ -1,0 +1,123 @@
+"""The lossless float codec's C kernels (native/split.c) against the numba
+reference (ssmzip/kv/_rans.py): the same bytes, the same decoded words, the
+same verdict on bad data; with the SIMD decoder and with the portable loop."""
+import os
+
+import numpy as np
+import pytest
+
+from ssmzip.errors import SSMZipError
+from ssmzip.kv import floatsplit
+
+if floatsplit.native() is None:
+    if os.environ.get("SSMZIP_EXPECT_NATIVE") == "1":
+        raise RuntimeError("SSMZIP_EXPECT_NATIVE=1 but the C library is not there")
+    pytest.skip("the C library was not built (numba only)", allow_module_level=True)
+
+SPECS = floatsplit.FLOAT_SPECS
+
+
+@pytest.fixture(params=["simd", "portable"])
+def backends(request, monkeypatch):
+    """run(fn) -> (numba result, C result); the C decoder with or without SIMD."""
+    nat = floatsplit.native()
+
+    def run(fn):
+        monkeypatch.setattr(floatsplit, "_NATIVE", False)
+        a = fn()
+        monkeypatch.setattr(floatsplit, "_NATIVE", nat)
+        old = nat.ssmzip_split_simd(request.param == "simd")
+        try:
+            b = fn()
+        finally:
+            nat.ssmzip_split_simd(old)
+        return a, b
+    return run
+
+
+def words(dtype, n, seed=0, few_mantissas=False, C=1):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_t(5, n) * rng.choice([0.01, 1.0, 50.0], n, p=[0.2, 0.7, 0.1])
+    if C > 1:                              # channels of very different scales: several tables pay
+        span = 4 if dtype == "float16" else 12
+        x = (x.reshape(-1, C) * 2.0 ** rng.integers(-span, span, C)).reshape(-1)
+    if few_mantissas:                      # compressible raw bits: the part streams get coded
+        x = np.round(x * 4) / 4
+    if n > 10:
+        x[3], x[7], x[9] = 0.0, -0.0, 1e-30
+    if dtype == "bfloat16":
+        return (x.astype(np.float32).view(np.uint32) >> 16).astype(np.uint16)
+    if dtype == "float8_e4m3fn":
+        return rng.integers(0, 120, n).astype(np.uint8) | (rng.integers(0, 2, n).astype(np.uint8) << 7)
+    return x.astype(dtype).view({"float32": np.uint32, "float16": np.uint16}[dtype])
+
+
+def roundtrip(w, dtype, C, lanes):
+    W, E, _ = SPECS[dtype]
+    p = floatsplit.encode_split(w, W, E, C, lanes)
+    if p is None:
+        return None, None
+    data = b"".join(bytes(memoryview(x)) for x in p)
+    out = np.empty_like(w)
+    floatsplit.decode_split(data, W, E, out, lanes)
+    return data, out
+
+
+CASES = [
+    ("bfloat16", 5000, 1, False), ("bfloat16", 64 * 200, 64, False), ("bfloat16", 31, 1, False),
+    ("bfloat16", 33, 1, False), ("bfloat16", 96 * 40 + 0, 96, True), ("bfloat16", 6000, 1, True),
+    ("float16", 4099, 1, False), ("float16", 24 * 70, 24, False), ("float16", 3000, 1, True),
+    ("float32", 2048 + 5, 1, False), ("float32", 40 * 64, 40, False), ("float32", 5000, 1, True),
+    ("float8_e4m3fn", 999, 1, False), ("float8_e4m3fn", 16 * 64, 16, False),
+]
+
+
+@pytest.mark.parametrize("dtype,n,C,few", CASES)
+@pytest.mark.parametrize("lanes", [8, 32])
+def test_same_bytes_and_words(dtype, n, C, few, lanes, backends):
+    w = words(dtype, n, seed=n, few_mantissas=few, C=C)
+    (da, oa), (db, ob) = backends(lambda: roundtrip(w, dtype, C, lanes))
+    assert da == db
+    if da is not None:
+        assert np.array_equal(oa, w) and np.array_equal(ob, w)
+
+
+def test_modes_are_exercised():
+    """The cases above reach the fast paths: one byte plane (S = 8 bf16), bit-packed
+    high bits (S > 8), several tables, coded part streams."""
+    seen = set()
+    for dtype, n, C, few in CASES:
+        W, E, _ = SPECS[dtype]
+        w = words(dtype, n, seed=n, few_mantissas=few, C=C)
+        S, used, freqs, ctxmap = floatsplit.choose_model(w, W, E, C)
+        seen.add((dtype, S == E, S > E, freqs.shape[0] > 1))
+    assert ("bfloat16", True, False, False) in seen or ("bfloat16", True, False, True) in seen
+    assert any(d == "bfloat16" and wide for d, _, wide, _ in seen)
+    assert any(multi for *_, multi in seen)
+
+
+@pytest.mark.parametrize("dtype,n,C", [("bfloat16", 4000, 1), ("bfloat16", 64 * 100, 64), ("float32", 3000, 1),
+                                       ("float16", 24 * 70, 24)])
+def test_garbage_same_verdict(dtype, n, C, backends):
+    """Flipped bits and truncated streams: numba and C both raise, or both decode the same words."""
+    W, E, _ = SPECS[dtype]
+    w = words(dtype, n, seed=3, C=C)
+    data = b"".join(bytes(memoryview(x)) for x in floatsplit.encode_split(w, W, E, C, 32))
+    rng = np.random.default_rng(9)
+    for trial in range(60):
+        bad = bytearray(data)
+        if trial % 3 == 0:
+            bad = bad[:int(rng.integers(1, len(bad)))]
+        for _ in range(int(rng.integers(1, 4))):
+            if bad:
+                bad[int(rng.integers(len(bad)))] ^= 1 << int(rng.integers(8))
+
+        def attempt():
+            out = np.zeros_like(w)
+            try:
+                floatsplit.decode_split(bytes(bad), W, E, out, 32)
+            except SSMZipError:
+                return None
+            return out.tobytes()
+        a, b = backends(attempt)
+        assert a == b
