@@ -26,6 +26,24 @@
 
 #define INLINE static inline __attribute__((always_inline))
 
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+#include <cpuid.h>
+#include <immintrin.h>
+#define HAVE_X86 1
+#endif
+
+static int simd_allowed = 1; /* tests turn it off to check the portable loops (ssmzip_split_simd) */
+
+#if defined(HAVE_X86)
+static int have_avx2(void)
+{
+    static int has = -1;
+    if (has < 0)
+        has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("popcnt") ? 1 : 0;
+    return has && simd_allowed;
+}
+#endif
+
 /* element i of a 1-, 2- or 4-byte word array (width is a constant after inlining) */
 INLINE uint32_t get_word(const void *w, int64_t i, int width)
 {
@@ -53,26 +71,21 @@ INLINE void or_word(void *w, int64_t i, uint32_t v, int width)
 
 /* ---------------------------------------------------------------- field split (encoder side) */
 
-/* As _rans.split_rest + pack_bits of the top part: the raw bits r = sign << rbits |
- * low rbits bits of each element; bytes[b][i] = byte b of r (b < nbytes), top[i] =
- * the mbits bits above them (top may be NULL when mbits == 0). */
-static void split_rest_w(const void *words, int64_t n, int width, int64_t rbits, int64_t nbytes, int64_t mbits,
+/* As _rans.split_rest: the raw bits r = sign << rbits | low rbits bits of each
+ * element; bytes[b][i] = byte b of r (b < nbytes), top[i] = the mbits bits
+ * above them (top may be NULL when mbits == 0). The two common layouts have
+ * loops of their own that the compiler vectorises. */
+INLINE void split_rest_w(const void *words, int64_t n, int width, int64_t rbits, int64_t nbytes, int64_t mbits,
                          uint8_t *bytes, uint8_t *top)
 {
     const uint32_t lowmask = (uint32_t)((1ull << rbits) - 1), mmask = (1u << mbits) - 1;
     const int wtop = 8 * width - 1, lowbits = (int)(8 * nbytes);
-    if (nbytes == 1 && mbits == 0) {
-        for (int64_t i = 0; i < n; i++) {
-            uint32_t w = get_word(words, i, width);
-            bytes[i] = (uint8_t)((((w >> wtop) & 1) << rbits) | (w & lowmask));
-        }
-        return;
-    }
-    if (nbytes == 0) {
-        for (int64_t i = 0; i < n; i++) {
-            uint32_t w = get_word(words, i, width);
-            top[i] = (uint8_t)((((w >> wtop) & 1) << rbits) | (w & lowmask));
-        }
+    if (width == 2 && ((nbytes == 1 && mbits == 0) || nbytes == 0)) {
+        const uint16_t *w = words;
+        uint8_t *dst = nbytes ? bytes : top;
+        const uint16_t lm = (uint16_t)lowmask;
+        for (int64_t i = 0; i < n; i++)
+            dst[i] = (uint8_t)(((w[i] >> 15) << rbits) | (w[i] & lm));
         return;
     }
     for (int64_t i = 0; i < n; i++) {
@@ -85,10 +98,16 @@ static void split_rest_w(const void *words, int64_t n, int width, int64_t rbits,
     }
 }
 
+/* parts: uint8[nparts, n], nparts = nbytes + (mbits > 0), or only the nbytes
+ * byte planes when top_too is 0 */
 void ssmzip_split_rest(const void *words, int64_t n, int64_t width, int64_t rbits, int64_t nbytes, int64_t mbits,
-                       uint8_t *parts)
+                       int64_t top_too, uint8_t *parts)
 {
-    uint8_t *top = mbits ? parts + nbytes * n : 0;
+    uint8_t *top = mbits && top_too ? parts + nbytes * n : 0;
+    if (!top)
+        mbits = 0;
+    if (nbytes == 0 && mbits == 0)
+        return;
     if (width == 1)
         split_rest_w(words, n, 1, rbits, nbytes, mbits, parts, top);
     else if (width == 2)
@@ -113,6 +132,81 @@ int64_t ssmzip_split_pack_bits(const uint8_t *vals, int64_t n, int64_t mbits, ui
     for (int64_t j = 0; j < n - nfull; j++)
         v |= (uint64_t)vals[nfull + j] << (j * mbits);
     int64_t nb = ((n - nfull) * mbits + 7) >> 3;
+    for (int64_t k = 0; k < nb; k++)
+        out[o + k] = (uint8_t)(v >> (8 * k));
+    return o + nb;
+}
+
+#if defined(HAVE_X86)
+#pragma GCC push_options
+#pragma GCC target("bmi2")
+/* pack_bits of the top bits of 16-bit words with no byte plane below them
+ * (bfloat16 with S > 8): r's bits are the word's bits 0..rbits-1 and 15, in
+ * that order, so one pext per 4 words lines them up */
+static __attribute__((noinline)) int64_t pack_top16_pext(const uint16_t *w, int64_t nfull, int64_t rbits, uint8_t *out)
+{
+    const uint64_t one = 0x8000u | ((1u << rbits) - 1);
+    const uint64_t mask = one | one << 16 | one << 32 | one << 48;
+    const int64_t mbits = rbits + 1;
+    int64_t o = 0;
+    for (int64_t i = 0; i < nfull; i += 8, o += mbits) {
+        uint64_t a, b;
+        memcpy(&a, w + i, 8);
+        memcpy(&b, w + i + 4, 8);
+        uint64_t v = _pext_u64(a, mask) | _pext_u64(b, mask) << (4 * mbits);
+        memcpy(out + o, &v, 8);
+    }
+    return o;
+}
+#pragma GCC pop_options
+
+/* pext is one fast instruction on Intel since Haswell and AMD since Zen 3
+ * (family 0x19); earlier AMD chips run it as slow microcode */
+static int fast_pext(void)
+{
+    static int has = -1;
+    if (has < 0) {
+        unsigned a, b, c, d;
+        has = 0;
+        if (__builtin_cpu_supports("bmi2") && __get_cpuid(0, &a, &b, &c, &d)) {
+            int amd = b == 0x68747541; /* "Auth"enticAMD */
+            __get_cpuid(1, &a, &b, &c, &d);
+            unsigned family = ((a >> 8) & 0xF) + (((a >> 8) & 0xF) == 0xF ? (a >> 20) & 0xFF : 0);
+            has = !amd || family >= 0x19;
+        }
+    }
+    return has && simd_allowed;
+}
+#endif
+
+/* The bit-packed top bits (pack_bits of split_rest's top part) straight from
+ * the words; out: room for ceil(n * mbits / 8) + 8 bytes. Returns the bytes written. */
+int64_t ssmzip_split_pack_top(const void *words, int64_t n, int64_t width, int64_t rbits, int64_t nbytes,
+                              int64_t mbits, uint8_t *out)
+{
+    int64_t nfull = n - (n & 7), o = 0, i = 0;
+#if defined(HAVE_X86)
+    if (width == 2 && nbytes == 0 && fast_pext()) {
+        o = pack_top16_pext(words, nfull, rbits, out);
+        i = nfull;
+    }
+#endif
+    const uint32_t lowmask = (uint32_t)((1ull << rbits) - 1), mmask = (1u << mbits) - 1;
+    const int wtop = 8 * (int)width - 1, lowbits = (int)(8 * nbytes);
+    uint64_t v = 0;
+    int j = 0;
+    for (; i < n; i++) {
+        uint32_t w = get_word(words, i, (int)width);
+        uint32_t r = (((w >> wtop) & 1) << rbits) | (w & lowmask);
+        v |= (uint64_t)((r >> lowbits) & mmask) << (j * mbits);
+        if (++j == 8) {
+            memcpy(out + o, &v, 8);
+            o += mbits;
+            v = 0;
+            j = 0;
+        }
+    }
+    int64_t nb = (j * mbits + 7) >> 3;
     for (int64_t k = 0; k < nb; k++)
         out[o + k] = (uint8_t)(v >> (8 * k));
     return o + nb;
@@ -179,16 +273,16 @@ static uint64_t enc_entry(uint32_t f, uint32_t cum)
     return rcp | (uint64_t)f << 32 | bias << 45 | shift << 58;
 }
 
-INLINE int64_t encode_w(const void *words, int64_t n, int width, int64_t rbits, uint32_t smask, int64_t C,
-                        const uint8_t *ctxmap, const uint64_t *tab, int64_t lanes, uint16_t *out, int64_t pos)
+/* Elements [lo, hi) backwards, one at a time, states in st (element i on lane
+ * i & (lanes - 1)); words pushed below out[pos]. Returns the new pos. */
+INLINE int64_t encode_w(const void *words, int64_t lo, int64_t hi, int width, int64_t rbits, uint32_t smask,
+                        int64_t C, const uint8_t *ctxmap, const uint64_t *tab, int64_t lanes, uint32_t *st,
+                        uint16_t *out, int64_t pos)
 {
-    uint32_t st[LANES];
     const int64_t S1 = (int64_t)smask + 1;
-    for (int l = 0; l < lanes; l++)
-        st[l] = RANS_L;
-    int64_t c = n > 0 ? (n - 1) % C : 0;
-    /* backwards; the lanes are independent, so each state's chain is `lanes` elements long */
-    for (int64_t i = n - 1; i >= 0; i--) {
+    int64_t c = hi > 0 ? (hi - 1) % C : 0;
+    /* the lanes are independent, so each state's chain is `lanes` elements long */
+    for (int64_t i = hi - 1; i >= lo; i--) {
         uint32_t *px = st + (i & (lanes - 1));
         uint64_t e = tab[ctxmap[c] * S1 + ((get_word(words, i, width) >> rbits) & smask)];
         c = c > 0 ? c - 1 : C - 1;
@@ -200,26 +294,122 @@ INLINE int64_t encode_w(const void *words, int64_t n, int width, int64_t rbits, 
         uint32_t q = (uint32_t)(((uint64_t)x * (uint32_t)e) >> 32) >> E_SHIFT(e);
         *px = x + E_BIAS(e) + q * (PROB_SCALE - f);
     }
-    /* the final states, last lane first, high word before low word: the stream opens with lane 0 */
-    for (int64_t l = lanes - 1; l >= 0; l--) {
-        out[--pos] = (uint16_t)(st[l] >> 16);
-        out[--pos] = (uint16_t)st[l];
-    }
     return pos;
 }
 
+#if defined(HAVE_X86)
+/* for renormalisation mask m of a group of 8 lanes, output slot j (of 8) takes
+ * the word of lane enc_perm[m][j]: the k pushed words fill the top k slots in
+ * lane order, as the scalar loop pushes them (lane 7 first, downwards) */
+static int32_t enc_perm[256][8] __attribute__((aligned(32)));
+
+__attribute__((constructor)) static void init_enc_perm(void)
+{
+    for (int m = 0; m < 256; m++) {
+        int k = __builtin_popcount((unsigned)m), r = 0;
+        for (int j = 0; j < 8; j++)
+            enc_perm[m][j] = 0;
+        for (int l = 0; l < 8; l++)
+            if ((m >> l) & 1)
+                enc_perm[m][8 - k + r++] = l;
+    }
+}
+
+#pragma GCC push_options
+#pragma GCC target("avx2,popcnt")
+/* Whole blocks of 32 elements [0, nfull) backwards with 32 lanes, the states
+ * in four AVX2 registers; the same integers as encode_w. Table entries by
+ * scalar loads; the pushed words of a group of 8 are gathered to the top of a
+ * 16-byte store ending at pos (the slack below is overwritten later). bmap:
+ * table offsets (ctxmap * (smask + 1)) over one period P (a multiple of 32). */
+INLINE int64_t encode_blocks_avx2(const void *words, int64_t nfull, int width, int64_t rbits, uint32_t smask,
+                                  const int32_t *bmap, int64_t P, int mapped, const uint64_t *tab, uint32_t *st,
+                                  uint16_t *out, int64_t pos)
+{
+    __m256i xs[4];
+    for (int g = 0; g < 4; g++)
+        xs[g] = _mm256_loadu_si256((const __m256i *)(st + 8 * g));
+    const __m128i rsh = _mm_cvtsi32_si128((int)rbits);
+    const __m256i sm = _mm256_set1_epi32((int)smask), M13 = _mm256_set1_epi32(0x1FFF);
+    const __m256i M16 = _mm256_set1_epi32(0xFFFF), SCALE = _mm256_set1_epi32(PROB_SCALE);
+    int32_t idx[8] __attribute__((aligned(32)));
+    int64_t ci = nfull > 0 ? (nfull - LANES) % P : 0;
+    for (int64_t b = nfull - LANES; b >= 0; b -= LANES) {
+        for (int g = 3; g >= 0; g--) {
+            int64_t i = b + 8 * g;
+            __m256i w;
+            if (width == 2)
+                w = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)((const uint16_t *)words + i)));
+            else if (width == 4)
+                w = _mm256_loadu_si256((const __m256i *)((const uint32_t *)words + i));
+            else
+                w = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)((const uint8_t *)words + i)));
+            __m256i k = _mm256_and_si256(_mm256_srl_epi32(w, rsh), sm);
+            if (mapped)
+                k = _mm256_add_epi32(k, _mm256_loadu_si256((const __m256i *)(bmap + ci + 8 * g)));
+            _mm256_store_si256((__m256i *)idx, k);
+            __m256i A = _mm256_set_epi64x((long long)tab[idx[5]], (long long)tab[idx[4]], (long long)tab[idx[1]],
+                                          (long long)tab[idx[0]]);
+            __m256i B = _mm256_set_epi64x((long long)tab[idx[7]], (long long)tab[idx[6]], (long long)tab[idx[3]],
+                                          (long long)tab[idx[2]]);
+            __m256i rcp = _mm256_castps_si256(_mm256_shuffle_ps(_mm256_castsi256_ps(A), _mm256_castsi256_ps(B), 0x88));
+            __m256i hi = _mm256_castps_si256(_mm256_shuffle_ps(_mm256_castsi256_ps(A), _mm256_castsi256_ps(B), 0xDD));
+            __m256i f = _mm256_and_si256(hi, M13);
+            __m256i bias = _mm256_and_si256(_mm256_srli_epi32(hi, 13), M13);
+            __m256i shift = _mm256_srli_epi32(hi, 26);
+            __m256i x = xs[g];
+            /* (x >> 19) >= f, i.e. > f - 1 (all small: a signed compare is right) */
+            __m256i nd = _mm256_cmpgt_epi32(_mm256_srli_epi32(x, 19), _mm256_sub_epi32(f, _mm256_set1_epi32(1)));
+            unsigned m = (unsigned)_mm256_movemask_ps(_mm256_castsi256_ps(nd));
+            int cnt = _mm_popcnt_u32(m);
+            __m256i lowx = _mm256_permutevar8x32_epi32(_mm256_and_si256(x, M16),
+                                                      _mm256_load_si256((const __m256i *)enc_perm[m]));
+            __m128i packed = _mm_packus_epi32(_mm256_castsi256_si128(lowx), _mm256_extracti128_si256(lowx, 1));
+            _mm_storeu_si128((__m128i *)(out + pos - 8), packed);
+            pos -= cnt;
+            x = _mm256_blendv_epi8(x, _mm256_srli_epi32(x, 16), nd);
+            /* q = (x * rcp) >> 32 >> shift, even and odd lanes by the 32 x 32 -> 64 multiply */
+            __m256i pe = _mm256_srli_epi64(_mm256_mul_epu32(x, rcp), 32);
+            __m256i po = _mm256_mul_epu32(_mm256_srli_epi64(x, 32), _mm256_srli_epi64(rcp, 32));
+            __m256i q = _mm256_srlv_epi32(_mm256_blend_epi32(pe, po, 0xAA), shift);
+            xs[g] = _mm256_add_epi32(_mm256_add_epi32(x, bias), _mm256_mullo_epi32(q, _mm256_sub_epi32(SCALE, f)));
+        }
+        ci = ci > 0 ? ci - LANES : P - LANES;
+    }
+    for (int g = 0; g < 4; g++)
+        _mm256_storeu_si256((__m256i *)(st + 8 * g), xs[g]);
+    return pos;
+}
+
+#define ENC_VARIANT(W, MAPPED)                                                                                     \
+    static __attribute__((noinline)) int64_t enc_avx2_##W##_##MAPPED(                                              \
+        const void *words, int64_t nfull, int64_t rbits, uint32_t smask, const int32_t *bmap, int64_t P,           \
+        const uint64_t *tab, uint32_t *st, uint16_t *out, int64_t pos)                                             \
+    {                                                                                                              \
+        return encode_blocks_avx2(words, nfull, W, rbits, smask, bmap, P, MAPPED, tab, st, out, pos);              \
+    }
+ENC_VARIANT(1, 0)
+ENC_VARIANT(1, 1)
+ENC_VARIANT(2, 0)
+ENC_VARIANT(2, 1)
+ENC_VARIANT(4, 0)
+ENC_VARIANT(4, 1)
+#pragma GCC pop_options
+#endif
+
 /* As _rans.encode_symbols: rANS-code (w >> rbits) & smask of each word with
  * `lanes` (8 or 32) states; element i uses table ctxmap[i % C]. freqs:
- * uint32[ntab, nsym] for the symbol values used[nsym]; tab: scratch
- * uint64[ntab * (smask + 1)]. out: room for n + 2 * lanes + 1 words, filled
- * from its end. Returns the number of words, or -1 for a bad argument. */
+ * uint32[ntab, nsym] for the symbol values used[nsym]; scratch: uint64[ntab *
+ * (smask + 1) + lcm(C, 32) / 2 + 1]. out: room for n + 2 * lanes + 1 words,
+ * filled from its end. Returns the number of words, or -1 for a bad argument. */
 int64_t ssmzip_split_encode(const void *words, int64_t n, int64_t width, int64_t rbits, int64_t smask, int64_t C,
                             const uint8_t *ctxmap, const uint32_t *freqs, const int64_t *used, int64_t ntab,
-                            int64_t nsym, int64_t lanes, uint64_t *tab, uint16_t *out, int64_t outlen)
+                            int64_t nsym, int64_t lanes, uint64_t *scratch, uint16_t *out, int64_t outlen)
 {
-    if ((lanes != 8 && lanes != 32) || C < 1 || outlen < n + 2 * lanes + 1)
+    if ((lanes != 8 && lanes != 32) || C < 1 || outlen < n + 2 * lanes + 1 || (width != 1 && width != 2 && width != 4))
         return -1;
-    int64_t S1 = smask + 1;
+    const int64_t S1 = smask + 1;
+    uint64_t *tab = scratch;
     memset(tab, 0, (size_t)(ntab * S1) * sizeof(uint64_t));
     for (int64_t t = 0; t < ntab; t++) {
         uint32_t cum = 0;
@@ -231,13 +421,48 @@ int64_t ssmzip_split_encode(const void *words, int64_t n, int64_t width, int64_t
             }
         }
     }
-    int64_t pos;
-    if (width == 1)
-        pos = encode_w(words, n, 1, rbits, (uint32_t)smask, C, ctxmap, tab, lanes, out, outlen);
-    else if (width == 2)
-        pos = encode_w(words, n, 2, rbits, (uint32_t)smask, C, ctxmap, tab, lanes, out, outlen);
-    else
-        pos = encode_w(words, n, 4, rbits, (uint32_t)smask, C, ctxmap, tab, lanes, out, outlen);
+    uint32_t st[LANES];
+    for (int l = 0; l < lanes; l++)
+        st[l] = RANS_L;
+    int64_t pos = outlen, lo = 0;
+#if defined(HAVE_X86)
+    if (lanes == LANES && have_avx2()) {
+        /* the last n % 32 elements one at a time (they come first, backwards), then whole blocks */
+        int64_t nfull = n & ~(int64_t)(LANES - 1);
+        pos = encode_w(words, nfull, n, (int)width, rbits, (uint32_t)smask, C, ctxmap, tab, lanes, st, out, pos);
+        int64_t g = C, b = LANES;
+        while (b) {
+            int64_t t = g % b;
+            g = b;
+            b = t;
+        }
+        int64_t P = C * LANES / g;
+        int32_t *bmap = (int32_t *)(scratch + ntab * S1);
+        int mapped = 0;
+        for (int64_t c = 0; c < P; c++)
+            mapped |= (bmap[c] = (int32_t)(ctxmap[c % C] * S1)) != 0;
+        if (width == 1)
+            pos = (mapped ? enc_avx2_1_1 : enc_avx2_1_0)(words, nfull, rbits, (uint32_t)smask, bmap, P, tab, st, out, pos);
+        else if (width == 2)
+            pos = (mapped ? enc_avx2_2_1 : enc_avx2_2_0)(words, nfull, rbits, (uint32_t)smask, bmap, P, tab, st, out, pos);
+        else
+            pos = (mapped ? enc_avx2_4_1 : enc_avx2_4_0)(words, nfull, rbits, (uint32_t)smask, bmap, P, tab, st, out, pos);
+        n = 0; /* done */
+    }
+#endif
+    if (n > lo) {
+        if (width == 1)
+            pos = encode_w(words, lo, n, 1, rbits, (uint32_t)smask, C, ctxmap, tab, lanes, st, out, pos);
+        else if (width == 2)
+            pos = encode_w(words, lo, n, 2, rbits, (uint32_t)smask, C, ctxmap, tab, lanes, st, out, pos);
+        else
+            pos = encode_w(words, lo, n, 4, rbits, (uint32_t)smask, C, ctxmap, tab, lanes, st, out, pos);
+    }
+    /* the final states, last lane first, high word before low word: the stream opens with lane 0 */
+    for (int64_t l = lanes - 1; l >= 0; l--) {
+        out[--pos] = (uint16_t)(st[l] >> 16);
+        out[--pos] = (uint16_t)st[l];
+    }
     return outlen - pos;
 }
 
@@ -317,11 +542,6 @@ static int64_t decode_rest(Decoder *d, void *out, int64_t i, int64_t n, int widt
     }
     return 1;
 }
-
-#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
-#include <immintrin.h>
-#define HAVE_X86 1
-#endif
 
 #if defined(HAVE_X86)
 /* for renormalisation mask m (bit j: lane j of a group of 8 needs a word),
@@ -466,15 +686,10 @@ AVX2_VARIANT(4, 1, 0)
 
 typedef int64_t (*blocks_fn)(Decoder *, void *, int64_t, int64_t, const Raw *, int64_t *);
 
-static int simd_allowed = 1; /* tests turn it off to check the portable loop (ssmzip_split_simd) */
-
 /* the block loop for this word width, table layout and raw-bit mode, or NULL without AVX2 */
 static blocks_fn avx2_for(int width, int mapped, int mode)
 {
-    static int has = -1;
-    if (has < 0)
-        has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("popcnt") ? 1 : 0;
-    if (!has || !simd_allowed)
+    if (!have_avx2())
         return 0;
     if (width == 2)
         return mode == 1 ? (mapped ? avx2_2_1_1 : avx2_2_0_1)
@@ -486,7 +701,6 @@ static blocks_fn avx2_for(int width, int mapped, int mode)
 }
 #else
 typedef int64_t (*blocks_fn)(Decoder *, void *, int64_t, int64_t, const Raw *, int64_t *);
-static int simd_allowed = 0;
 static blocks_fn avx2_for(int width, int mapped, int mode) { (void)width, (void)mapped, (void)mode; return 0; }
 #endif
 

@@ -69,6 +69,8 @@ CASES = [
     ("float16", 4099, 1, False), ("float16", 24 * 70, 24, False), ("float16", 3000, 1, True),
     ("float32", 2048 + 5, 1, False), ("float32", 40 * 64, 40, False), ("float32", 5000, 1, True),
     ("float8_e4m3fn", 999, 1, False), ("float8_e4m3fn", 16 * 64, 16, False),
+    # more than PART_SAMPLE elements: the top bits are packed straight from the words
+    ("bfloat16", 70001, 1, False), ("bfloat16", 64 * 1100, 64, False), ("float32", 66000, 1, False),
 ]
 
 

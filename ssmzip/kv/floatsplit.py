@@ -55,7 +55,8 @@ def native():
         P, I = ctypes.c_void_p, ctypes.c_int64
         _NATIVE = _nat.bind({
             "ssmzip_split_hist": ([P, I, I, I, I, P], None),
-            "ssmzip_split_rest": ([P, I, I, I, I, I, P], None),
+            "ssmzip_split_rest": ([P, I, I, I, I, I, I, P], None),
+            "ssmzip_split_pack_top": ([P, I, I, I, I, I, P], I),
             "ssmzip_split_pack_bits": ([P, I, I, P], I),
             "ssmzip_split_encode": ([P, I, I, I, I, I, P, P, P, I, I, I, P, P, I], I),
             "ssmzip_split_decode": ([P, I, I, P, P, P, I, I, P, P, I, I, I, P, I, I, P, I, I], I),
@@ -264,7 +265,7 @@ def _code_stream(words, rbits, sbits, used, freqs, C, ctxmap, lanes):
         smask = (1 << sbits) - 1
         freqs = np.ascontiguousarray(freqs, np.uint32)
         used = np.ascontiguousarray(used, np.int64)
-        tab = np.empty(T * (smask + 1), np.uint64)
+        tab = np.empty(T * (smask + 1) + C * 32 // math.gcd(C, 32) // 2 + 1, np.uint64)
         nwords = nat.ssmzip_split_encode(_p(words), n, words.itemsize, rbits, smask, C, _p(ctxmap), _p(freqs),
                                          _p(used), T, nsym, lanes, _p(tab), _p(out), out.shape[0])
         return out[out.shape[0] - nwords:]
@@ -290,7 +291,7 @@ def _encode_part(vals, nbits, lanes):
     m = min(n, PART_SAMPLE)
     h = _hist(vals[:m], 0, 255)
     if m < n:
-        if _rans.entropy_bits(h) + np.count_nonzero(h) * _TABLE_BITS_PER_SYMBOL > 0.97 * m * nbits:
+        if _sample_says_raw(h, m, nbits):
             return _raw_part(vals, nbits)
         h += _hist(vals[m:], 0, 255)
     used = np.flatnonzero(h)
@@ -304,6 +305,29 @@ def _encode_part(vals, nbits, lanes):
             head += varint(stream.shape[0])
             return head, stream
     return _raw_part(vals, nbits)
+
+
+def _sample_says_raw(h, m, nbits):
+    """True if m sampled values (histogram h) of nbits bits look incompressible."""
+    return _rans.entropy_bits(h) + np.count_nonzero(h) * _TABLE_BITS_PER_SYMBOL > 0.97 * m * nbits
+
+
+def _raw_top(words, R, nbytes, mbits):
+    """The packed top bits of the raw values straight from the words (C only),
+    if a sample says they are incompressible (as _encode_part would), else None."""
+    nat = native()
+    n = words.shape[0]
+    m = PART_SAMPLE
+    if nat is None or not mbits or n <= m:
+        return None
+    sample = np.empty((nbytes + 1, m), np.uint8)
+    nat.ssmzip_split_rest(_p(words[:m]), m, words.itemsize, R, nbytes, mbits, 1, _p(sample))
+    if not _sample_says_raw(_hist(sample[nbytes], 0, 255), m, mbits):
+        return None
+    nb = (n * mbits + 7) // 8
+    packed = np.empty(nb + 8, np.uint8)
+    nat.ssmzip_split_pack_top(_p(words), n, words.itemsize, R, nbytes, mbits, _p(packed))
+    return packed[:nb]
 
 
 def _raw_part(vals, nbits):
@@ -337,14 +361,18 @@ def encode_split(words, W, E, C=1, lanes=LANES):
     size = len(head) + stream.nbytes
     nparts = nbytes + (1 if mbits else 0)
     if nparts:
-        parts = np.empty((nparts, n), np.uint8)
+        top = _raw_top(words, R, nbytes, mbits)
+        parts = np.empty((nparts if top is None else nbytes, n), np.uint8)
         nat = native()
         if nat is not None:
-            nat.ssmzip_split_rest(_p(words), n, words.itemsize, R, nbytes, mbits, _p(parts))
+            nat.ssmzip_split_rest(_p(words), n, words.itemsize, R, nbytes, mbits, top is None, _p(parts))
         else:
             _rans.split_rest(words, R, nbytes, mbits, parts)
         for j in range(nparts):
-            ph, pdata = _encode_part(parts[j], 8 if j < nbytes else mbits, lanes)
+            if j == nbytes and top is not None:
+                ph, pdata = bytearray(b"\x00"), top
+            else:
+                ph, pdata = _encode_part(parts[j], 8 if j < nbytes else mbits, lanes)
             if ph[0] == 1:  # a coded stream: keep its words 2-byte aligned
                 if (size + len(ph)) & 1:
                     ph.append(0)
