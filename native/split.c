@@ -14,6 +14,7 @@
  * left, the rest is read one checked word at a time.
  */
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 #define PROB_BITS 12
@@ -243,6 +244,63 @@ void ssmzip_split_hist(const void *words, int64_t n, int64_t width, int64_t rbit
 #undef HIST_LOOP
     for (int64_t s = 0; s <= smask; s++)
         hist[s] += (int64_t)h0[s] + h1[s] + h2[s] + h3[s];
+}
+
+/* As _rans.hist_channels2d: hist[c][remap[symbol]] (int32[C, nsym], zeroed)
+ * over nrows rows of C words, row r starting at words + r * stride. */
+void ssmzip_split_hist_channels(const void *words, int64_t nrows, int64_t stride, int64_t C, int64_t width,
+                                int64_t rbits, int64_t smask, const int32_t *remap, int64_t nsym, int32_t *hist)
+{
+    const uint32_t sm = (uint32_t)smask;
+#define HC_LOOP(W)                                                                                                 \
+    for (int64_t r = 0; r < nrows; r++)                                                                            \
+        for (int64_t c = 0; c < C; c++)                                                                            \
+            hist[c * nsym + remap[(get_word(words, r * stride + c, W) >> rbits) & sm]]++;
+    if (width == 1) {
+        HC_LOOP(1)
+    } else if (width == 2) {
+        HC_LOOP(2)
+    } else {
+        HC_LOOP(4)
+    }
+#undef HC_LOOP
+}
+
+/* As _rans.hist_groups: hist[g][remap[symbol]] (int64[T, nsym], zeroed) over
+ * all n words (n % C == 0), g = ctxmap[i % C]. Four sub-histograms (by channel
+ * mod 4) hide the store-to-load latency when neighbours hit the same count.
+ * Returns -1 if out of memory. */
+int64_t ssmzip_split_hist_groups(const void *words, int64_t n, int64_t width, int64_t rbits, int64_t smask,
+                                 int64_t C, const uint8_t *ctxmap, const int32_t *remap, int64_t nsym, int64_t T,
+                                 int64_t *hist)
+{
+    const int64_t tn = T * nsym;
+    uint32_t *sub = (uint32_t *)calloc((size_t)(4 * tn + C), sizeof(uint32_t));
+    if (!sub)
+        return -1;
+    uint32_t *base = sub + 4 * tn; /* per channel: its sub-histogram and table offset */
+    for (int64_t c = 0; c < C; c++)
+        base[c] = (uint32_t)((c & 3) * tn + ctxmap[c] * nsym);
+    const uint32_t sm = (uint32_t)smask;
+    const int64_t rows = n / C;
+#define HG_LOOP(W)                                                                                                 \
+    for (int64_t r = 0; r < rows; r++) {                                                                           \
+        int64_t o = r * C;                                                                                         \
+        for (int64_t c = 0; c < C; c++)                                                                            \
+            sub[base[c] + remap[(get_word(words, o + c, W) >> rbits) & sm]]++;                                     \
+    }
+    if (width == 1) {
+        HG_LOOP(1)
+    } else if (width == 2) {
+        HG_LOOP(2)
+    } else {
+        HG_LOOP(4)
+    }
+#undef HG_LOOP
+    for (int64_t k = 0; k < tn; k++)
+        hist[k] += (int64_t)sub[k] + sub[tn + k] + sub[2 * tn + k] + sub[3 * tn + k];
+    free(sub);
+    return 0;
 }
 
 /* ---------------------------------------------------------------- encoding */

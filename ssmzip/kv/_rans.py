@@ -99,18 +99,32 @@ def hist_groups(words, rbits, smask, remap, C, ctxmap, hist):
             hist[t, s] = flat[t * nsym + s]
 
 
+NLOGN = np.zeros(1 << 12)  # k * log2(k): channel_bits looks small counts up instead of taking logs
+NLOGN[1:] = np.arange(1, 1 << 12) * np.log2(np.arange(1, 1 << 12))
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _nlogn(k, table):
+    return table[k] if k < table.shape[0] else k * np.log2(float(k))
+
+
 @njit(cache=True, nogil=True)
-def channel_bits(hist):
+def channel_bits(hist, nlogn):
     """Sum over channels of the order-0 bits of each channel's histogram, with
     the Miller-Madow correction ((m - 1) / (2 ln 2) bits for m used symbols)
-    so that short channels do not look better than they are."""
+    so that short channels do not look better than they are. nlogn: NLOGN."""
     b = 0.0
     for c in range(hist.shape[0]):
-        b += entropy_bits(hist[c])
+        tot = 0
+        s = 0.0
         m = 0
-        for s in range(hist.shape[1]):
-            if hist[c, s]:
+        for j in range(hist.shape[1]):
+            h = np.int64(hist[c, j])
+            if h:
+                tot += h
                 m += 1
+                s += _nlogn(h, nlogn)
+        b += _nlogn(tot, nlogn) - s
         if m > 1:
             b += (m - 1) * 0.7213475204444817
     return b
@@ -226,7 +240,8 @@ def cluster_channels(hist, T, iters, assign):
     for j in range(C):
         assign[order[j]] = (j * T) // C
     gh = np.zeros((T, nsym), np.int64)
-    logp = np.empty((T, nsym), np.float64)
+    logp = np.empty((nsym, T), np.float64)  # symbol-major: the group loop below is contiguous
+    v = np.empty(T, np.float64)
     for it in range(iters + 1):
         gh[:, :] = 0
         for c in range(C):
@@ -242,17 +257,20 @@ def cluster_channels(hist, T, iters, assign):
             # add-half smoothing so that a symbol new to a group costs finite bits
             den = np.log2(tot + 0.5 * nsym)
             for s in range(nsym):
-                logp[g, s] = den - np.log2(gh[g, s] + 0.5)
+                logp[s, g] = den - np.log2(gh[g, s] + 0.5)
         moved = 0
         for c in range(C):
+            v[:] = 0.0
+            for j in range(start[c], start[c + 1]):
+                k = cnt[j]
+                row = sym[j]
+                for g in range(T):
+                    v[g] += k * logp[row, g]
             best = assign[c]
             bestv = 1e300
             for g in range(T):
-                v = 0.0
-                for j in range(start[c], start[c + 1]):
-                    v += cnt[j] * logp[g, sym[j]]
-                if v < bestv:
-                    bestv = v
+                if v[g] < bestv:
+                    bestv = v[g]
                     best = g
             if best != assign[c]:
                 moved += 1
