@@ -217,9 +217,17 @@ def dfloat11_size(tensors, block_of):
     return size, None
 
 
+def _has_avx2():
+    try:
+        with open("/proc/cpuinfo") as f:
+            return " avx2" in f.read()
+    except OSError:
+        return False
+
+
 def coder_microbench(tensors, repeat, nmax=1 << 20):
     """Entropy coders alone on one exponent stream (bf16, k = 0, one table): constriction vs ssmzip.kv's rANS."""
-    from ssmzip.kv import _rans, floatsplit
+    from ssmzip.kv import floatsplit
 
     w = np.concatenate([a.reshape(-1) for a in tensors.values()])[:nmax]
     w = np.ascontiguousarray(w)
@@ -230,15 +238,29 @@ def coder_microbench(tensors, repeat, nmax=1 << 20):
         S, used, freqs, _ = floatsplit.choose_model(w, 16, 8, 1)
     finally:
         floatsplit.KMAX = kmax
-    tc, stream = best_time(lambda: floatsplit._code_stream(w, 7, 8, used, freqs, 1, None), repeat)
-    dec = np.empty(4096, np.uint64)
-    _rans.build_dec_table(freqs, used << 7, dec)
-    out = np.empty_like(w)
-    args = (stream, stream.shape[0], 1, np.zeros(1, np.uint8), dec, np.zeros((0, w.shape[0]), np.uint8), 0, 0,
-            np.zeros(0, np.uint8), np.zeros(0, np.uint64), 7, out)
-    td, ok = best_time(lambda: _rans.decode_chunk(*args), repeat)
-    ok = ok and np.array_equal(out, w & 0x7F80)
-    rows.append(("ssmzip.kv rANS (numba, 8 lanes, 12-bit tables)", stream.nbytes, tc, td, ok))
+    n = w.shape[0]
+    no_parts = np.zeros((0, n), np.uint8)
+    zmap = np.zeros(1, np.uint8)
+
+    def ours(lanes, backend):
+        saved = floatsplit._NATIVE
+        if backend == "numba":
+            floatsplit._NATIVE = False
+        try:
+            tc, stream = best_time(lambda: floatsplit._code_stream(w, 7, 8, used, freqs, 1, None, lanes), repeat)
+            out = np.empty_like(w)
+            td, _ = best_time(lambda: floatsplit._decode_stream(
+                stream, stream.shape[0], used, freqs, 1, zmap, 7, no_parts, 0, 0, np.zeros(0, np.uint8),
+                np.zeros(0, np.uint64), out, lanes), repeat)
+        finally:
+            floatsplit._NATIVE = saved
+        ok = bool(np.array_equal(out, w & 0x7F80))
+        return (f"ssmzip.kv rANS ({backend}, {lanes} lanes, 12-bit tables)", stream.nbytes, tc, td, ok)
+
+    if floatsplit.native() is not None:
+        rows.append(ours(32, "C, AVX2" if _has_avx2() else "C"))
+    rows.append(ours(32, "numba"))
+    rows.append(ours(8, "numba"))
     try:
         import constriction
     except ImportError:

@@ -5,13 +5,13 @@
  * pack_bits, encode_symbols, decode_lanes) define the bytes; these loops
  * compute the same integers, so both backends write the same streams and
  * decode the same words, and a corrupted stream fails here exactly when it
- * fails there. tests/test_kv_native.py checks it. The decoder here reads
+ * fails there. tests/test_kv_split_native.py checks it. The decoder here reads
  * 32-lane streams (files since archive version 3); 8-lane streams of older
  * files decode in numba.
  *
  * Decoders never read or write outside the arrays they are given, whatever
- * the bytes: the fast loops run only while a whole block of 8 stream words is
- * left, the rest is read one checked word at a time.
+ * the bytes: the fast loops run only while a whole block of 32 stream words
+ * is left, the rest is read one checked word at a time.
  */
 #include <stdint.h>
 #include <stdlib.h>
@@ -25,7 +25,11 @@
 #define STATE_WORDS (2 * LANES)
 #define SUB 4096 /* elements per pass of the generic path (symbols, then raw bits) */
 
+#if defined(__GNUC__)
 #define INLINE static inline __attribute__((always_inline))
+#else
+#define INLINE static inline
+#endif
 
 #if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
 #include <cpuid.h>
@@ -215,12 +219,14 @@ int64_t ssmzip_split_pack_top(const void *words, int64_t n, int64_t width, int64
 
 /* ---------------------------------------------------------------- histograms */
 
-/* As _rans.hist_symbols, into one int64 histogram (the counts are the same). */
-void ssmzip_split_hist(const void *words, int64_t n, int64_t width, int64_t rbits, int64_t smask, int64_t *hist)
+/* As _rans.hist_symbols, into one int64 histogram (the counts are the same).
+ * Returns -1 if out of memory. */
+int64_t ssmzip_split_hist(const void *words, int64_t n, int64_t width, int64_t rbits, int64_t smask, int64_t *hist)
 {
     /* four sub-histograms hide the store-to-load latency of repeated symbols */
-    uint32_t *h4 = (uint32_t *)__builtin_alloca(4 * (size_t)(smask + 1) * sizeof(uint32_t));
-    memset(h4, 0, 4 * (size_t)(smask + 1) * sizeof(uint32_t));
+    uint32_t *h4 = (uint32_t *)calloc(4 * (size_t)(smask + 1), sizeof(uint32_t));
+    if (!h4)
+        return -1;
     uint32_t *h0 = h4, *h1 = h4 + (smask + 1), *h2 = h1 + (smask + 1), *h3 = h2 + (smask + 1);
     const uint32_t sm = (uint32_t)smask;
     int64_t i = 0;
@@ -244,6 +250,8 @@ void ssmzip_split_hist(const void *words, int64_t n, int64_t width, int64_t rbit
 #undef HIST_LOOP
     for (int64_t s = 0; s <= smask; s++)
         hist[s] += (int64_t)h0[s] + h1[s] + h2[s] + h3[s];
+    free(h4);
+    return 0;
 }
 
 /* As _rans.hist_channels2d: hist[c][remap[symbol]] (int32[C, nsym], zeroed)

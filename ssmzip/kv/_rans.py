@@ -352,13 +352,13 @@ def build_dec_table(freqs, outvals, dec):
 
 
 @njit(cache=True, nogil=True)
-def period_map(C, ctxmap, scale):
-    """Table offsets (ctxmap[c % C] * scale) over one period P = lcm(C, 8)."""
+def period_map(C, ctxmap, scale, lanes=LANES):
+    """Table offsets (ctxmap[c % C] * scale) over one period P = lcm(C, lanes)."""
     g = C
-    b = LANES
+    b = lanes
     while b:
         g, b = b, g % b
-    P = C * LANES // g
+    P = C * lanes // g
     m = np.empty(P, np.int64)
     for c in range(P):
         m[c] = np.int64(ctxmap[c % C]) * scale
@@ -436,10 +436,13 @@ def encode_symbols(words, rbits, smask, C, ctxmap, remap, enc0, enc1, nsym, lane
     n = words.shape[0]
     pos = out.shape[0]
     st = np.full(lanes, RANS_L, np.int64)
+    lane = (n - 1) % lanes if n else 0
+    c = (n - 1) % C if n else 0
     for i in range(n - 1, -1, -1):
-        lane = i % lanes
-        tb = np.int64(ctxmap[i % C]) * nsym
+        tb = np.int64(ctxmap[c]) * nsym
         st[lane], pos = _estep(st[lane], words[i], rbits, smask, remap, enc0, enc1, tb, out, pos)
+        lane = lane - 1 if lane > 0 else lanes - 1
+        c = c - 1 if c > 0 else C - 1
     return out.shape[0] - flush_states(st, out, pos)
 
 
@@ -747,10 +750,29 @@ def decode_lanes(stream, nwords, C, ctxmap, dec, parts, nbytes, mbits, packed, r
             return False
         st[lane] = x
     p = 2 * lanes
-    for i in range(n):
-        lane = i % lanes
+    # whole blocks of `lanes` elements while a block of words is left: no checks
+    bmap = period_map(C, ctxmap, PROB_SCALE, lanes)
+    P = bmap.shape[0]
+    ci = 0
+    i = 0
+    while i + lanes <= n and p + lanes <= nwords:
+        for lane in range(lanes):
+            x = st[lane]
+            e = np.int64(dec[bmap[ci + lane] + (x & PROB_MASK)])
+            x = ((e >> 16) & 0xFFFF) * (x >> PROB_BITS) + (e & 0xFFFF)
+            nd = x < RANS_L
+            y = (x << 16) | np.int64(stream[p])
+            st[lane] = y if nd else x   # a select, not a branch: renormalisation is unpredictable
+            p += np.int64(nd)
+            out[i + lane] = e >> 32
+        i += lanes
+        ci = ci + lanes if ci + lanes < P else 0
+    # the rest, every read checked
+    lane = 0
+    c = i % C
+    for i in range(i, n):
         x = st[lane]
-        e = np.int64(dec[(np.int64(ctxmap[i % C]) << PROB_BITS) + (x & PROB_MASK)])
+        e = np.int64(dec[(np.int64(ctxmap[c]) << PROB_BITS) + (x & PROB_MASK)])
         x = ((e >> 16) & 0xFFFF) * (x >> PROB_BITS) + (e & 0xFFFF)
         if x < RANS_L:
             if p >= nwords:
@@ -759,6 +781,8 @@ def decode_lanes(stream, nwords, C, ctxmap, dec, parts, nbytes, mbits, packed, r
             p += 1
         st[lane] = x
         out[i] = e >> 32
+        lane = lane + 1 if lane + 1 < lanes else 0
+        c = c + 1 if c + 1 < C else 0
     _combine(parts, nbytes, mbits, packed, rbits, out, 0, n)
     if p != nwords:
         return False

@@ -56,7 +56,7 @@ def native():
     if _NATIVE is None:
         P, I = ctypes.c_void_p, ctypes.c_int64
         _NATIVE = _nat.bind({
-            "ssmzip_split_hist": ([P, I, I, I, I, P], None),
+            "ssmzip_split_hist": ([P, I, I, I, I, P], I),
             "ssmzip_split_hist_channels": ([P, I, I, I, I, I, I, P, I, P], None),
             "ssmzip_split_hist_groups": ([P, I, I, I, I, I, P, P, I, I, P], I),
             "ssmzip_split_rest": ([P, I, I, I, I, I, I, P], None),
@@ -89,7 +89,8 @@ def _hist(words, rbits, smask):
     nat = native()
     h = np.zeros(smask + 1, np.int64)
     if nat is not None:
-        nat.ssmzip_split_hist(_p(words), words.shape[0], words.itemsize, rbits, smask, _p(h))
+        if nat.ssmzip_split_hist(_p(words), words.shape[0], words.itemsize, rbits, smask, _p(h)) < 0:
+            raise MemoryError("symbol histogram")
         return h
     hist4 = np.zeros((4, smask + 1), np.int64)
     _rans.hist_symbols(words, rbits, smask, hist4)
