@@ -921,3 +921,28 @@ def unpack_varints(buf, pos, end, out, limit):
             return -1
         out[i] = v
     return pos
+
+
+@njit(cache=True, nogil=True)
+def read_runs(buf, pos, end, nruns, sbits, used):
+    """The symbol list as nruns (gap, length) varint pairs (FORMAT.md, "model")
+    into used (all of it); returns the new position, or -1 if the runs are
+    truncated, out of range or do not fill used exactly."""
+    nsym = used.shape[0]
+    k = 0
+    prev = 0
+    for _ in range(nruns):
+        gap, pos = read_varint(buf, pos, end)
+        if pos < 0 or gap > (1 << sbits):
+            return -1
+        length, pos = read_varint(buf, pos, end)
+        start = prev + gap
+        if pos < 0 or length < 1 or k + length > nsym or start + length > (1 << sbits):
+            return -1
+        for j in range(length):
+            used[k + j] = start + j
+        k += length
+        prev = start + length
+    if k != nsym:
+        return -1
+    return pos

@@ -250,18 +250,11 @@ def _read_model(r, payload, sbits, T):
         raise SSMZipError("corrupt data: model without symbols")
     nruns = r.varint(nsym)
     used = np.empty(nsym, np.int64)
-    k = 0
-    prev = 0
-    for _ in range(nruns):
-        start = prev + r.varint(1 << sbits)
-        length = r.varint(nsym)
-        if length < 1 or k + length > nsym or start + length > (1 << sbits):
-            raise SSMZipError("corrupt data: bad symbol list")
-        used[k:k + length] = np.arange(start, start + length)
-        k += length
-        prev = start + length
-    if k != nsym:
+    buf = np.frombuffer(payload, np.uint8)
+    pos = _rans.read_runs(buf, r.pos, r.end, nruns, sbits, used)
+    if pos < 0:
         raise SSMZipError("corrupt data: bad symbol list")
+    r.pos = pos
     C = 1
     ctxmap = _ZERO_MAP
     if T > 1:
@@ -272,7 +265,7 @@ def _read_model(r, payload, sbits, T):
         if int(ctxmap.max()) >= T:
             raise SSMZipError("corrupt data: channel table index out of range")
     freqs = np.empty((T, nsym), np.uint32)
-    pos = _rans.unpack_varints(np.frombuffer(payload, np.uint8), r.pos, r.end, freqs.reshape(-1), _rans.PROB_SCALE)
+    pos = _rans.unpack_varints(buf, r.pos, r.end, freqs.reshape(-1), _rans.PROB_SCALE)
     if pos < 0:
         raise SSMZipError("corrupt data: bad frequency table")
     r.pos = pos
