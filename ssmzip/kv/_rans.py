@@ -712,10 +712,18 @@ def decode_chunk(stream, nwords, C, ctxmap, dec, parts, nbytes, mbits, packed, p
     st[5] = x5
     st[6] = x6
     st[7] = x7
-    # the rest, one element at a time, every read checked
-    i0 = i
+    return _decode_rest(st, stream, nwords, p, dec, bmap, out, i, parts, nbytes, mbits, packed, rbits, i)
+
+
+@njit(cache=True, nogil=True)
+def _decode_rest(st, stream, nwords, p, dec, bmap, out, i, parts, nbytes, mbits, packed, rbits, i0):
+    """Elements [i, n) one at a time, every read checked; then the raw bits of
+    [i0, n) and the final checks: all words read, every lane back at L."""
+    n = out.shape[0]
+    lanes = st.shape[0]
+    P = bmap.shape[0]
     while i < n:
-        lane = i & (LANES - 1)
+        lane = i % lanes
         x = st[lane]
         e = np.int64(dec[bmap[i % P] + (x & PROB_MASK)])
         x = ((e >> 16) & 0xFFFF) * (x >> PROB_BITS) + (e & 0xFFFF)
@@ -730,7 +738,7 @@ def decode_chunk(stream, nwords, C, ctxmap, dec, parts, nbytes, mbits, packed, p
     _combine(parts, nbytes, mbits, packed, rbits, out, i0, n)
     if p != nwords:
         return False
-    for lane in range(LANES):
+    for lane in range(lanes):
         if st[lane] != RANS_L:
             return False
     return True
@@ -767,29 +775,7 @@ def decode_lanes(stream, nwords, C, ctxmap, dec, parts, nbytes, mbits, packed, r
             out[i + lane] = e >> 32
         i += lanes
         ci = ci + lanes if ci + lanes < P else 0
-    # the rest, every read checked
-    lane = 0
-    c = i % C
-    for i in range(i, n):
-        x = st[lane]
-        e = np.int64(dec[(np.int64(ctxmap[c]) << PROB_BITS) + (x & PROB_MASK)])
-        x = ((e >> 16) & 0xFFFF) * (x >> PROB_BITS) + (e & 0xFFFF)
-        if x < RANS_L:
-            if p >= nwords:
-                return False
-            x = (x << 16) | np.int64(stream[p])
-            p += 1
-        st[lane] = x
-        out[i] = e >> 32
-        lane = lane + 1 if lane + 1 < lanes else 0
-        c = c + 1 if c + 1 < C else 0
-    _combine(parts, nbytes, mbits, packed, rbits, out, 0, n)
-    if p != nwords:
-        return False
-    for lane in range(lanes):
-        if st[lane] != RANS_L:
-            return False
-    return True
+    return _decode_rest(st, stream, nwords, p, dec, bmap, out, i, parts, nbytes, mbits, packed, rbits, 0)
 
 
 # ---------------------------------------------------------------- checksum
