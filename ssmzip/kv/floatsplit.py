@@ -454,6 +454,7 @@ def decode_split(payload, W, E, out, lanes=LANES):
     Raises SSMZipError on any inconsistency.
     """
     n = out.shape[0]
+    payload = memoryview(payload)   # slices of it are views, not copies
     r = Reader(payload, "split chunk")
     S = r.u8()
     if (32 if S & LANES32_FLAG else 8) != lanes:
