@@ -535,14 +535,14 @@ int64_t ssmzip_split_encode(const void *words, int64_t n, int64_t width, int64_t
 /* ---------------------------------------------------------------- decoding */
 
 typedef struct {
-    const uint8_t *parts; /* [nparts, n] byte planes */
+    const uint8_t *plane[4]; /* byte planes 0 .. nparts-1 (n bytes each) */
     int64_t nparts, nbytes, mbits;
     const uint8_t *packed; /* bit-packed top bits (when not a plane), packed_len bytes */
     int64_t packed_len, rbits;
 } Raw;
 
 /* As _rans._combine: OR the raw bits of elements [a, b) (a multiple of 8) into out. */
-INLINE void combine(const Raw *r, void *out, int64_t n, int width, int64_t a, int64_t b)
+INLINE void combine(const Raw *r, void *out, int width, int64_t a, int64_t b)
 {
     const int64_t nbytes = r->nbytes, mbits = r->mbits;
     if (nbytes == 0 && mbits == 0)
@@ -554,7 +554,7 @@ INLINE void combine(const Raw *r, void *out, int64_t n, int width, int64_t a, in
         for (int64_t i = a; i < b; i++) {
             uint32_t v = 0;
             for (int64_t k = 0; k < r->nparts; k++)
-                v |= (uint32_t)r->parts[k * n + i] << (8 * k);
+                v |= (uint32_t)r->plane[k][i] << (8 * k);
             or_word(out, i, ((v >> rbits) << wtop) | (v & lowmask), width);
         }
         return;
@@ -571,7 +571,7 @@ INLINE void combine(const Raw *r, void *out, int64_t n, int width, int64_t a, in
         for (int64_t j = 0; j < e - i; j++) {
             uint32_t t = (uint32_t)((v >> (j * mbits)) & mmask) << lowbits;
             for (int64_t k = 0; k < nbytes; k++)
-                t |= (uint32_t)r->parts[k * n + i + j] << (8 * k);
+                t |= (uint32_t)r->plane[k][i + j] << (8 * k);
             or_word(out, i + j, ((t >> rbits) << wtop) | (t & lowmask), width);
         }
         i = e;
@@ -588,6 +588,18 @@ typedef struct {
     int64_t P;
     uint32_t st[LANES];
 } Decoder;
+
+/* lcm(C, 32): the period of the table pattern over whole blocks of 32 elements */
+static int64_t period(int64_t C)
+{
+    int64_t g = C, b = LANES;
+    while (b) {
+        int64_t t = g % b;
+        g = b;
+        b = t;
+    }
+    return C * LANES / g;
+}
 
 /* Elements [i, n) one at a time, every read checked; 0 when the stream ends too early. */
 static int64_t decode_rest(Decoder *d, void *out, int64_t i, int64_t n, int width)
@@ -649,7 +661,7 @@ INLINE int64_t avx2_blocks(Decoder *d, void *out, int width, int64_t i, int64_t 
     const __m256i lowmask = _mm256_set1_epi32((int)((1u << raw->rbits) - 1)), mm = _mm256_set1_epi32((1 << mbits) - 1);
     const __m256i sh_even = _mm256_setr_epi64x(0, 2 * mbits, 4 * mbits, 6 * mbits);
     const __m256i sh_odd = _mm256_setr_epi64x(mbits, 3 * mbits, 5 * mbits, 7 * mbits);
-    const uint8_t *src = mode == 1 ? raw->parts + i : mode == 2 ? raw->packed + (i >> 3) * mbits : 0;
+    const uint8_t *src = mode == 1 ? raw->plane[0] + i : mode == 2 ? raw->packed + (i >> 3) * mbits : 0;
     int32_t idx[32] __attribute__((aligned(32)));
     for (; i < iend && sp <= slast; i += LANES) {
         __m256i b0 = _mm256_and_si256(x0, M12), b1 = _mm256_and_si256(x1, M12);
@@ -809,7 +821,7 @@ static int64_t decode_chunk(Decoder *d, const Raw *raw, void *out, int64_t n, in
         while (i < nblk) {
             int64_t i0 = i, iend = nblk < i + SUB ? nblk : i + SUB;
             i = fn(d, out, i, iend, raw, &ci);
-            combine(raw, out, n, width, i0, i);
+            combine(raw, out, width, i0, i);
             if (i < iend)
                 break;
         }
@@ -818,7 +830,7 @@ static int64_t decode_chunk(Decoder *d, const Raw *raw, void *out, int64_t n, in
     int64_t i0 = i;
     if (!decode_rest(d, out, i, n, width))
         return 0;
-    combine(raw, out, n, width, i0, n);
+    combine(raw, out, width, i0, n);
     if (d->sp != d->send)
         return 0;
     for (int l = 0; l < LANES; l++)
@@ -834,11 +846,9 @@ static int64_t decode_chunk(Decoder *d, const Raw *raw, void *out, int64_t n, in
  * parts uint8[nparts, n] byte planes; packed: the bit-packed top bits,
  * packed_len bytes (16 bytes of slack for the fast path). Returns 1 iff all
  * words were consumed and every lane ended in the encoder's initial state. */
-int64_t ssmzip_split_decode(const uint16_t *stream, int64_t nwords, int64_t C, const uint8_t *ctxmap,
-                            const uint32_t *freqs, const uint32_t *symval, int64_t ntab, int64_t nsym,
-                            uint64_t *scratch, const uint8_t *parts, int64_t nparts, int64_t nbytes, int64_t mbits,
-                            const uint8_t *packed, int64_t packed_len, int64_t rbits, void *out, int64_t n,
-                            int64_t width)
+static int64_t decode_stream(const uint16_t *stream, int64_t nwords, int64_t C, const uint8_t *ctxmap,
+                             const uint32_t *freqs, const uint32_t *symval, int64_t ntab, int64_t nsym,
+                             uint64_t *scratch, const Raw *raw, void *out, int64_t n, int width)
 {
     uint64_t *dec = scratch;
     for (int64_t t = 0; t < ntab; t++) {
@@ -852,21 +862,285 @@ int64_t ssmzip_split_decode(const uint16_t *stream, int64_t nwords, int64_t C, c
             cum += f;
         }
     }
-    int64_t g = C, b = LANES;
-    while (b) {
-        int64_t t = g % b;
-        g = b;
-        b = t;
-    }
     Decoder d;
     d.stream = stream;
     d.send = stream + nwords;
     d.dec = dec;
-    d.P = C * LANES / g;
+    d.P = period(C);
     int32_t *bmap = (int32_t *)(scratch + ntab * PROB_SCALE);
     for (int64_t c = 0; c < d.P; c++)
         bmap[c] = (int32_t)ctxmap[c % C] * PROB_SCALE;
     d.bmap = bmap;
-    Raw raw = {parts, nparts, nbytes, mbits, packed, packed_len, rbits};
-    return decode_chunk(&d, &raw, out, n, (int)width);
+    return decode_chunk(&d, raw, out, n, width);
+}
+
+int64_t ssmzip_split_decode(const uint16_t *stream, int64_t nwords, int64_t C, const uint8_t *ctxmap,
+                            const uint32_t *freqs, const uint32_t *symval, int64_t ntab, int64_t nsym,
+                            uint64_t *scratch, const uint8_t *parts, int64_t nparts, int64_t nbytes, int64_t mbits,
+                            const uint8_t *packed, int64_t packed_len, int64_t rbits, void *out, int64_t n,
+                            int64_t width)
+{
+    Raw raw = {{0}, nparts, nbytes, mbits, packed, packed_len, rbits};
+    for (int64_t k = 0; k < nparts && k < 4; k++)
+        raw.plane[k] = parts + k * n;
+    return decode_stream(stream, nwords, C, ctxmap, freqs, symval, ntab, nsym, scratch, &raw, out, n, (int)width);
+}
+
+/* ---------------------------------------------------------------- a whole split chunk */
+
+/* The split chunk parser (FORMAT.md, "split chunk"), as floatsplit.decode_split
+ * with 32-lane streams: the same checks in the same order, so a payload is
+ * refused here exactly when it is refused there. Negative results name the
+ * fault (floatsplit.PAYLOAD_ERRORS has the messages). */
+enum {
+    E_TRUNCATED = -1, E_VARINT = -2, E_RANGE = -3, E_WIDTH = -4, E_TABLES = -5, E_NOSYMBOLS = -6,
+    E_SYMBOLS = -7, E_CHANNELS = -8, E_CTXMAP = -9, E_FREQS = -10, E_FREQSUM = -11, E_PADDING = -12,
+    E_PARTMODE = -13, E_TRAILING = -14, E_LANES = -15, E_MEMORY = -16
+};
+
+typedef struct {
+    const uint8_t *b;
+    int64_t pos, end;
+} Rd;
+
+static int64_t rd_u8(Rd *r, uint32_t *v)
+{
+    if (r->pos >= r->end)
+        return E_TRUNCATED;
+    *v = r->b[r->pos++];
+    return 0;
+}
+
+/* as _io.Reader.varint: canonical LEB128 of at most 64 bits, then <= limit */
+static int64_t rd_varint(Rd *r, uint64_t limit, uint64_t *out)
+{
+    uint64_t v = 0;
+    int shift = 0;
+    for (;;) {
+        if (r->pos >= r->end)
+            return E_TRUNCATED;
+        uint32_t b = r->b[r->pos++];
+        v |= (uint64_t)(b & 0x7F) << shift;
+        if (!(b & 0x80)) {
+            if (b == 0 && shift)
+                return E_VARINT;
+            break;
+        }
+        shift += 7;
+        if (shift > 56) /* 9 bytes at most; a 10th could only give a value beyond every limit */
+            return E_VARINT;
+    }
+    if (v > limit)
+        return E_RANGE;
+    *out = v;
+    return 0;
+}
+
+#define TRY(x)                                                                                                     \
+    do {                                                                                                           \
+        int64_t e_ = (x);                                                                                          \
+        if (e_ < 0)                                                                                                \
+            return e_;                                                                                             \
+    } while (0)
+
+typedef struct {
+    int64_t nsym, C;
+    int64_t used[256];
+    const uint8_t *ctxmap;
+    uint32_t *freqs; /* [T, nsym], room for 64 * 256 */
+} Model;
+
+static const uint8_t zero_map[1] = {0};
+
+/* as floatsplit._read_model */
+static int64_t read_model(Rd *r, int64_t sbits, int64_t T, Model *m)
+{
+    uint64_t v, nruns;
+    TRY(rd_varint(r, 256, &v));
+    if (v < 1)
+        return E_NOSYMBOLS;
+    m->nsym = (int64_t)v;
+    TRY(rd_varint(r, (uint64_t)m->nsym, &nruns));
+    /* the runs: as _rans.read_runs (truncation or a bad varint there is a bad symbol list) */
+    int64_t k = 0, prev = 0;
+    for (uint64_t j = 0; j < nruns; j++) {
+        uint64_t gap, len;
+        if (rd_varint(r, UINT64_MAX >> 1, &gap) < 0 || gap > (1ull << sbits))
+            return E_SYMBOLS;
+        if (rd_varint(r, UINT64_MAX >> 1, &len) < 0)
+            return E_SYMBOLS;
+        int64_t start = prev + (int64_t)gap;
+        if (len < 1 || k + (int64_t)len > m->nsym || start + (int64_t)len > (1ll << sbits))
+            return E_SYMBOLS;
+        for (int64_t q = 0; q < (int64_t)len; q++)
+            m->used[k + q] = start + q;
+        k += (int64_t)len;
+        prev = start + (int64_t)len;
+    }
+    if (k != m->nsym)
+        return E_SYMBOLS;
+    m->C = 1;
+    m->ctxmap = zero_map;
+    if (T > 1) {
+        TRY(rd_varint(r, 1 << 16, &v));
+        if (v < 2)
+            return E_CHANNELS;
+        m->C = (int64_t)v;
+        if (r->end - r->pos < m->C)
+            return E_TRUNCATED;
+        m->ctxmap = r->b + r->pos;
+        r->pos += m->C;
+        for (int64_t c = 0; c < m->C; c++)
+            if (m->ctxmap[c] >= T)
+                return E_CTXMAP;
+    }
+    /* frequencies: as _rans.unpack_varints (any fault is a bad table), then the sums */
+    for (int64_t q = 0; q < T * m->nsym; q++) {
+        if (rd_varint(r, PROB_SCALE, &v) < 0)
+            return E_FREQS;
+        m->freqs[q] = (uint32_t)v;
+    }
+    for (int64_t t = 0; t < T; t++) {
+        uint64_t sum = 0;
+        for (int64_t q = 0; q < m->nsym; q++)
+            sum += m->freqs[t * m->nsym + q];
+        if (sum != PROB_SCALE)
+            return E_FREQSUM;
+    }
+    return 0;
+}
+
+/* as floatsplit._stream_at: padding to an even position, then nwords words */
+static int64_t stream_at(Rd *r, uint64_t nwords, const uint8_t **at)
+{
+    if (r->pos & 1) {
+        uint32_t pad;
+        TRY(rd_u8(r, &pad));
+        if (pad)
+            return E_PADDING;
+    }
+    if ((uint64_t)(r->end - r->pos) < 2 * nwords)
+        return E_TRUNCATED;
+    *at = r->b + r->pos;
+    r->pos += (int64_t)(2 * nwords);
+    return 0;
+}
+
+static int64_t decode_model_stream(const uint8_t *at, uint64_t nwords, Model *m, int64_t T, int64_t rbits,
+                                   const Raw *raw, void *out, int64_t n, int width)
+{
+    /* the words as uint16: copied when the payload puts them at an odd address */
+    const uint16_t *stream = (const uint16_t *)at;
+    uint16_t *copy = 0;
+    if ((uintptr_t)at & 1) {
+        copy = (uint16_t *)malloc(2 * nwords + 2);
+        if (!copy)
+            return E_MEMORY;
+        memcpy(copy, at, 2 * nwords);
+        stream = copy;
+    }
+    uint32_t symval[256];
+    for (int64_t s = 0; s < m->nsym; s++)
+        symval[s] = (uint32_t)(m->used[s] << rbits);
+    uint64_t *scratch = (uint64_t *)malloc(((size_t)T * PROB_SCALE + (size_t)period(m->C) / 2 + 1) * 8);
+    int64_t ok = E_MEMORY;
+    if (scratch)
+        ok = decode_stream(stream, (int64_t)nwords, m->C, m->ctxmap, m->freqs, symval, T, m->nsym, scratch, raw, out,
+                           n, width);
+    free(scratch);
+    free(copy);
+    return ok;
+}
+
+/* Decode a split chunk's payload (32-lane streams) into out (n words of W
+ * bits, exponent E). Returns 1, 0 if an entropy-coded stream does not decode,
+ * or a negative fault code. */
+int64_t ssmzip_split_decode_payload(const uint8_t *payload, int64_t len, int64_t W, int64_t E, void *out, int64_t n)
+{
+    Rd r = {payload, 0, len};
+    uint32_t S, T;
+    TRY(rd_u8(&r, &S));
+    if (!(S & 0x80))
+        return E_LANES;
+    S &= 0x7F;
+    TRY(rd_u8(&r, &T));
+    if (!((uint32_t)E <= S && S <= (uint32_t)W - 1))
+        return E_WIDTH;
+    if (!(1 <= T && T <= 64))
+        return E_TABLES;
+    const int64_t R = W - 1 - S, nbytes = (R + 1) / 8, mbits = (R + 1) % 8, nparts = nbytes + (mbits ? 1 : 0);
+    const int width = (int)(W / 8);
+    int64_t result = E_MEMORY;
+    uint8_t *planes = 0, *packed = 0;
+    Model m, pm;
+    uint32_t *freqs = (uint32_t *)malloc((size_t)(T + 1) * 256 * sizeof(uint32_t));
+    if (!freqs)
+        return E_MEMORY;
+    m.freqs = freqs;
+    pm.freqs = freqs + T * 256;
+    Raw raw = {{0}, nbytes, nbytes, mbits, 0, 0, R};
+    int64_t e;
+    uint64_t nwords, pn;
+    const uint8_t *at, *pat;
+#define FAIL(x)                                                                                                    \
+    do {                                                                                                           \
+        if ((e = (x)) < 0) {                                                                                       \
+            result = e;                                                                                            \
+            goto done;                                                                                             \
+        }                                                                                                          \
+    } while (0)
+    FAIL(read_model(&r, S, T, &m));
+    FAIL(rd_varint(&r, (uint64_t)n + STATE_WORDS, &nwords));
+    FAIL(stream_at(&r, nwords, &at));
+    for (int64_t j = 0; j < nparts; j++) {
+        int64_t nbits = j < nbytes ? 8 : mbits;
+        uint32_t mode;
+        FAIL(rd_u8(&r, &mode));
+        if (mode == 0) {
+            if (j < nbytes) {
+                if (r.end - r.pos < n)
+                    FAIL(E_TRUNCATED);
+                raw.plane[j] = r.b + r.pos;
+                r.pos += n;
+            } else { /* bit-packed: copied with slack for the block reads */
+                int64_t nb = (n * mbits + 7) / 8;
+                if (r.end - r.pos < nb)
+                    FAIL(E_TRUNCATED);
+                packed = (uint8_t *)malloc((size_t)nb + 24);
+                if (!packed)
+                    FAIL(E_MEMORY);
+                memcpy(packed, r.b + r.pos, (size_t)nb);
+                memset(packed + nb, 0, 24);
+                raw.packed = packed;
+                raw.packed_len = nb + 24;
+                r.pos += nb;
+            }
+        } else if (mode == 1) {
+            FAIL(read_model(&r, nbits, 1, &pm));
+            FAIL(rd_varint(&r, (uint64_t)n + STATE_WORDS, &pn));
+            FAIL(stream_at(&r, pn, &pat));
+            if (!planes && !(planes = (uint8_t *)malloc((size_t)(nparts * n) + 1)))
+                FAIL(E_MEMORY);
+            Raw none = {{0}, 0, 0, 0, 0, 0, 0};
+            int64_t ok = decode_model_stream(pat, pn, &pm, 1, 0, &none, planes + j * n, n, 1);
+            if (ok <= 0) {
+                result = ok;
+                goto done;
+            }
+            raw.plane[j] = planes + j * n;
+            if (j == nbytes) /* a coded top part is a byte plane too */
+                raw.nparts = nparts;
+        } else {
+            FAIL(E_PARTMODE);
+        }
+    }
+    if (r.pos != r.end)
+        FAIL(E_TRAILING);
+    result = decode_model_stream(at, nwords, &m, T, R, &raw, out, n, width);
+done:
+#undef FAIL
+    free(freqs);
+    free(planes);
+    free(packed);
+    return result;
 }

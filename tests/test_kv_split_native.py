@@ -123,3 +123,45 @@ def test_garbage_same_verdict(dtype, n, C, backends):
             return out.tobytes()
         a, b = backends(attempt)
         assert a == b
+
+
+@pytest.mark.parametrize("dtype,n,C", [("bfloat16", 3000, 1), ("bfloat16", 64 * 40, 64), ("float16", 24 * 70, 24)])
+def test_header_bit_flips_same_verdict(dtype, n, C, backends):
+    """Every bit of the chunk's head (symbol width, tables, model, stream length):
+    the C parser refuses exactly what the Python one refuses."""
+    W, E, _ = SPECS[dtype]
+    w = words(dtype, n, seed=5, C=C)
+    data = b"".join(bytes(memoryview(x)) for x in floatsplit.encode_split(w, W, E, C, 32))
+    for pos in range(min(len(data), 80)):
+        for bit in range(8):
+            bad = bytearray(data)
+            bad[pos] ^= 1 << bit
+
+            def attempt():
+                out = np.zeros_like(w)
+                try:
+                    floatsplit.decode_split(bytes(bad), W, E, out, 32)
+                except SSMZipError as e:
+                    assert "\n" not in str(e)
+                    return "refused"
+                return out.tobytes()
+            a, b = backends(attempt)
+            assert a == b, (pos, bit)
+
+
+def test_stream_decoder_alone(backends):
+    """The stream-level entry (the bench's coder microbenchmark): C and numba agree."""
+    w = words("bfloat16", 5000, seed=2)
+    S, used, freqs, _ = floatsplit.choose_model(w, 16, 8, 1)
+    R = 15 - S
+
+    def run():
+        stream = floatsplit._code_stream(w, R, S, used, freqs, 1, None, 32)
+        out = np.empty_like(w)
+        floatsplit._decode_stream(stream, stream.shape[0], used, freqs, 1, np.zeros(1, np.uint8), R,
+                                  np.zeros((0, w.shape[0]), np.uint8), 0, 0, np.zeros(0, np.uint8),
+                                  np.zeros(0, np.uint64), out, 32)
+        return stream.tobytes(), out.tobytes()
+    a, b = backends(run)
+    assert a == b
+    assert np.array_equal(np.frombuffer(a[1], np.uint16), w & np.uint16(((1 << S) - 1) << R))

@@ -68,6 +68,7 @@ def native():
             "ssmzip_split_encode": ([P, I, I, I, I, I, P, P, P, I, I, I, P, P, I], I),
             "ssmzip_split_decode": ([P, I, I, P, P, P, I, I, P, P, I, I, I, P, I, I, P, I, I], I),
             "ssmzip_split_simd": ([I], I),
+            "ssmzip_split_decode_payload": ([P, I, I, I, P, I], I),
         }) or False
     return _NATIVE or None
 
@@ -447,6 +448,33 @@ def _decode_stream(stream, nwords, used, freqs, C, ctxmap, rbits, parts, nbytes,
         raise SSMZipError("corrupt data: entropy-coded stream does not decode")
 
 
+# native/split.c's fault codes for a split chunk payload -> the messages of the Python parser
+PAYLOAD_ERRORS = {
+    0: "entropy-coded stream does not decode",
+    -1: "split chunk is truncated",
+    -2: "bad varint in split chunk",
+    -3: "value out of range in split chunk",
+    -4: "symbol width invalid for this dtype",
+    -5: "bad number of model tables",
+    -6: "model without symbols",
+    -7: "bad symbol list",
+    -8: "bad channel count",
+    -9: "channel table index out of range",
+    -10: "bad frequency table",
+    -11: "frequency table does not sum to 4096",
+    -12: "bad padding",
+    -13: "unknown part mode",
+    -14: "unexpected trailing bytes in split chunk",
+    -15: "split chunk without 32-lane streams (archive version mismatch)",
+}
+
+
+def _payload_error(code):
+    if code == -16:
+        raise MemoryError("split chunk decoder")
+    raise SSMZipError(f"corrupt data: {PAYLOAD_ERRORS.get(code, f'split chunk fault {code}')}")
+
+
 def decode_split(payload, W, E, out, lanes=LANES):
     """Decode a split chunk into out (1-D contiguous uint8/16/32 of n elements);
     its streams must have `lanes` lanes (archive.stream_lanes of the file's version).
@@ -455,6 +483,13 @@ def decode_split(payload, W, E, out, lanes=LANES):
     """
     n = out.shape[0]
     payload = memoryview(payload)   # slices of it are views, not copies
+    nat = native() if lanes == 32 else None
+    if nat is not None:  # the whole chunk in one call: the same checks as below, in C
+        buf = np.frombuffer(payload, np.uint8)
+        code = nat.ssmzip_split_decode_payload(_p(buf), buf.shape[0], W, E, _p(out), n)
+        if code != 1:
+            _payload_error(code)
+        return
     r = Reader(payload, "split chunk")
     S = r.u8()
     if (32 if S & LANES32_FLAG else 8) != lanes:
