@@ -886,6 +886,61 @@ int64_t ssmzip_split_decode(const uint16_t *stream, int64_t nwords, int64_t C, c
     return decode_stream(stream, nwords, C, ctxmap, freqs, symval, ntab, nsym, scratch, &raw, out, n, (int)width);
 }
 
+/* ---------------------------------------------------------------- checksum */
+
+/* XXH64 with seed 0 (the archive's chunk checksum), as _rans.xxh64 */
+#define XP1 0x9E3779B185EBCA87ull
+#define XP2 0xC2B2AE3D27D4EB4Full
+#define XP3 0x165667B19E3779F9ull
+#define XP4 0x85EBCA77C2B2AE63ull
+#define XP5 0x27D4EB2F165667C5ull
+
+static inline uint64_t rotl64(uint64_t x, int r) { return (x << r) | (x >> (64 - r)); }
+static inline uint64_t xround(uint64_t acc, uint64_t v) { return rotl64(acc + v * XP2, 31) * XP1; }
+static inline uint64_t xmerge(uint64_t h, uint64_t v) { return (h ^ xround(0, v)) * XP1 + XP4; }
+static inline uint64_t load64(const uint8_t *p)
+{
+    uint64_t v;
+    memcpy(&v, p, 8); /* little-endian machine: checked by _rans on import */
+    return v;
+}
+
+uint64_t ssmzip_xxh64(const uint8_t *data, int64_t n)
+{
+    int64_t p = 0;
+    uint64_t h;
+    if (n >= 32) {
+        uint64_t v1 = XP1 + XP2, v2 = XP2, v3 = 0, v4 = 0 - XP1;
+        for (; p + 32 <= n; p += 32) {
+            v1 = xround(v1, load64(data + p));
+            v2 = xround(v2, load64(data + p + 8));
+            v3 = xround(v3, load64(data + p + 16));
+            v4 = xround(v4, load64(data + p + 24));
+        }
+        h = rotl64(v1, 1) + rotl64(v2, 7) + rotl64(v3, 12) + rotl64(v4, 18);
+        h = xmerge(xmerge(xmerge(xmerge(h, v1), v2), v3), v4);
+    } else {
+        h = XP5;
+    }
+    h += (uint64_t)n;
+    for (; p + 8 <= n; p += 8)
+        h = rotl64(h ^ xround(0, load64(data + p)), 27) * XP1 + XP4;
+    if (p + 4 <= n) {
+        uint32_t k;
+        memcpy(&k, data + p, 4);
+        h = rotl64(h ^ ((uint64_t)k * XP1), 23) * XP2 + XP3;
+        p += 4;
+    }
+    for (; p < n; p++)
+        h = rotl64(h ^ (data[p] * XP5), 11) * XP1;
+    h ^= h >> 33;
+    h *= XP2;
+    h ^= h >> 29;
+    h *= XP3;
+    h ^= h >> 32;
+    return h;
+}
+
 /* ---------------------------------------------------------------- a whole split chunk */
 
 /* The split chunk parser (FORMAT.md, "split chunk"), as floatsplit.decode_split
@@ -1053,9 +1108,10 @@ static int64_t decode_model_stream(const uint8_t *at, uint64_t nwords, Model *m,
 }
 
 /* Decode a split chunk's payload (32-lane streams) into out (n words of W
- * bits, exponent E). Returns 1, 0 if an entropy-coded stream does not decode,
- * or a negative fault code. */
-int64_t ssmzip_split_decode_payload(const uint8_t *payload, int64_t len, int64_t W, int64_t E, void *out, int64_t n)
+ * bits, exponent E) and put the XXH64 of out's bytes in *hash. Returns 1, 0
+ * if an entropy-coded stream does not decode, or a negative fault code. */
+int64_t ssmzip_split_decode_payload(const uint8_t *payload, int64_t len, int64_t W, int64_t E, void *out, int64_t n,
+                                    uint64_t *hash)
 {
     Rd r = {payload, 0, len};
     uint32_t S, T;
@@ -1137,6 +1193,8 @@ int64_t ssmzip_split_decode_payload(const uint8_t *payload, int64_t len, int64_t
     if (r.pos != r.end)
         FAIL(E_TRAILING);
     result = decode_model_stream(at, nwords, &m, T, R, &raw, out, n, width);
+    if (result == 1)
+        *hash = ssmzip_xxh64((const uint8_t *)out, n * width);
 done:
 #undef FAIL
     free(freqs);

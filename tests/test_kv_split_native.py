@@ -165,3 +165,14 @@ def test_stream_decoder_alone(backends):
     a, b = backends(run)
     assert a == b
     assert np.array_equal(np.frombuffer(a[1], np.uint16), w & np.uint16(((1 << S) - 1) << R))
+
+
+def test_checksum_same_as_numba():
+    """The C XXH64 (computed while decoding) against the numba one, on every length class."""
+    from ssmzip.engine.native import address
+    from ssmzip.kv import _rans
+    nat = floatsplit.native()
+    rng = np.random.default_rng(4)
+    for n in list(range(0, 80)) + [1000, 4096 + 3, 65537]:
+        b = rng.integers(0, 256, n).astype(np.uint8)
+        assert nat.ssmzip_xxh64(address(b), n) == _rans.checksum(b), n

@@ -160,13 +160,14 @@ def decode_chunk(chunk, payload, code, out, where, row=1):
     """Decode one chunk's payload into out (a word array of chunk.n) and verify it.
     row: words per row of the tensor (lossy chunks hold whole rows)."""
     m = chunk.method
+    csum = None   # the decoder's XXH64 of out, when it computes one
     if m == METHOD_RAW:
         if len(payload) != out.nbytes:
             raise SSMZipError(f"corrupt data: raw chunk size mismatch in {where}")
         out.view(np.uint8)[:] = np.frombuffer(payload, np.uint8)
     elif m == METHOD_SPLIT:
         W, E, _ = FLOAT_SPECS[DTYPES[code][0]]
-        decode_split(payload, W, E, out, chunk.lanes)
+        csum = decode_split(payload, W, E, out, chunk.lanes)
     elif m == METHOD_ZLIB:
         d = zlib.decompressobj()
         try:
@@ -184,7 +185,7 @@ def decode_chunk(chunk, payload, code, out, where, row=1):
         sparse.decode(payload, code, out, where, chunk.lanes)
     else:  # validated when the index was read
         raise SSMZipError(f"corrupt data: unknown chunk method {m} in {where}")
-    if _rans.checksum(out) != chunk.checksum:
+    if (_rans.checksum(out) if csum is None else csum) != chunk.checksum:
         raise SSMZipError(f"corrupt data: checksum mismatch in {where}")
 
 
@@ -576,8 +577,13 @@ class ArchiveReader:
             for j, c in enumerate(e.chunks):
                 jobs.append((e, j, out[s:s + c.n]))
                 s += c.n
-        for _ in ordered_map(lambda job: self._decode_one(*job), jobs, threads):
-            pass
+        if threads <= 1:
+            for job in jobs:
+                self._decode_one(*job)
+        else:  # the outputs exist already: hand every chunk to the pool at once (no one waits for a submit)
+            with ThreadPoolExecutor(threads) as pool:
+                for f in [pool.submit(self._decode_one, *job) for job in jobs]:
+                    f.result()
         return outs
 
     def chunk_payload(self, entry, j):

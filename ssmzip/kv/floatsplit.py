@@ -68,7 +68,8 @@ def native():
             "ssmzip_split_encode": ([P, I, I, I, I, I, P, P, P, I, I, I, P, P, I], I),
             "ssmzip_split_decode": ([P, I, I, P, P, P, I, I, P, P, I, I, I, P, I, I, P, I, I], I),
             "ssmzip_split_simd": ([I], I),
-            "ssmzip_split_decode_payload": ([P, I, I, I, P, I], I),
+            "ssmzip_split_decode_payload": ([P, I, I, I, P, I, P], I),
+            "ssmzip_xxh64": ([P, I], ctypes.c_uint64),
         }) or False
     return _NATIVE or None
 
@@ -478,6 +479,7 @@ def _payload_error(code):
 def decode_split(payload, W, E, out, lanes=LANES):
     """Decode a split chunk into out (1-D contiguous uint8/16/32 of n elements);
     its streams must have `lanes` lanes (archive.stream_lanes of the file's version).
+    Returns the XXH64 of out's bytes when the C decoder computed it, else None.
 
     Raises SSMZipError on any inconsistency.
     """
@@ -486,10 +488,18 @@ def decode_split(payload, W, E, out, lanes=LANES):
     nat = native() if lanes == 32 else None
     if nat is not None:  # the whole chunk in one call: the same checks as below, in C
         buf = np.frombuffer(payload, np.uint8)
-        code = nat.ssmzip_split_decode_payload(_p(buf), buf.shape[0], W, E, _p(out), n)
+        h = ctypes.c_uint64()
+        code = nat.ssmzip_split_decode_payload(_p(buf), buf.shape[0], W, E, _p(out), n, ctypes.addressof(h))
         if code != 1:
             _payload_error(code)
-        return
+        return h.value
+    _decode_split_py(payload, W, E, out, lanes)
+    return None
+
+
+def _decode_split_py(payload, W, E, out, lanes):
+    """decode_split's reference path: the parser here, the numba kernels."""
+    n = out.shape[0]
     r = Reader(payload, "split chunk")
     S = r.u8()
     if (32 if S & LANES32_FLAG else 8) != lanes:
