@@ -532,6 +532,91 @@ int64_t ssmzip_split_encode(const void *words, int64_t n, int64_t width, int64_t
     return outlen - pos;
 }
 
+/* ---------------------------------------------------------------- checksum */
+
+/* XXH64 with seed 0 (the archive's chunk checksum), as _rans.xxh64; the
+ * decoder feeds it block by block while the words are still in cache */
+#define XP1 0x9E3779B185EBCA87ull
+#define XP2 0xC2B2AE3D27D4EB4Full
+#define XP3 0x165667B19E3779F9ull
+#define XP4 0x85EBCA77C2B2AE63ull
+#define XP5 0x27D4EB2F165667C5ull
+
+static inline uint64_t rotl64(uint64_t x, int r) { return (x << r) | (x >> (64 - r)); }
+static inline uint64_t xround(uint64_t acc, uint64_t v) { return rotl64(acc + v * XP2, 31) * XP1; }
+static inline uint64_t xmerge(uint64_t h, uint64_t v) { return (h ^ xround(0, v)) * XP1 + XP4; }
+static inline uint64_t load64(const uint8_t *p)
+{
+    uint64_t v;
+    memcpy(&v, p, 8); /* little-endian machine: checked by _rans on import */
+    return v;
+}
+
+typedef struct {
+    uint64_t v[4];
+    int64_t done; /* bytes consumed, whole 32-byte stripes */
+} Xxh;
+
+static void xxh_init(Xxh *s)
+{
+    s->v[0] = XP1 + XP2, s->v[1] = XP2, s->v[2] = 0, s->v[3] = 0 - XP1;
+    s->done = 0;
+}
+
+/* the whole stripes of data[0, len) */
+static int64_t xxh_stripes(Xxh *s, const uint8_t *data, int64_t len)
+{
+    int64_t p = 0;
+    uint64_t v1 = s->v[0], v2 = s->v[1], v3 = s->v[2], v4 = s->v[3];
+    for (; p + 32 <= len; p += 32) {
+        v1 = xround(v1, load64(data + p));
+        v2 = xround(v2, load64(data + p + 8));
+        v3 = xround(v3, load64(data + p + 16));
+        v4 = xround(v4, load64(data + p + 24));
+    }
+    s->v[0] = v1, s->v[1] = v2, s->v[2] = v3, s->v[3] = v4;
+    s->done += p;
+    return p;
+}
+
+/* the hash of everything fed so far followed by rest[0, n) */
+static uint64_t xxh_final(Xxh *s, const uint8_t *rest, int64_t n)
+{
+    int64_t total = s->done + n, p = 0;
+    uint64_t h;
+    if (total >= 32) {
+        p = xxh_stripes(s, rest, n);
+        h = rotl64(s->v[0], 1) + rotl64(s->v[1], 7) + rotl64(s->v[2], 12) + rotl64(s->v[3], 18);
+        h = xmerge(xmerge(xmerge(xmerge(h, s->v[0]), s->v[1]), s->v[2]), s->v[3]);
+    } else {
+        h = XP5;
+    }
+    h += (uint64_t)total;
+    for (; p + 8 <= n; p += 8)
+        h = rotl64(h ^ xround(0, load64(rest + p)), 27) * XP1 + XP4;
+    if (p + 4 <= n) {
+        uint32_t k;
+        memcpy(&k, rest + p, 4);
+        h = rotl64(h ^ ((uint64_t)k * XP1), 23) * XP2 + XP3;
+        p += 4;
+    }
+    for (; p < n; p++)
+        h = rotl64(h ^ (rest[p] * XP5), 11) * XP1;
+    h ^= h >> 33;
+    h *= XP2;
+    h ^= h >> 29;
+    h *= XP3;
+    h ^= h >> 32;
+    return h;
+}
+
+uint64_t ssmzip_xxh64(const uint8_t *data, int64_t n)
+{
+    Xxh s;
+    xxh_init(&s);
+    return xxh_final(&s, data, n);
+}
+
 /* ---------------------------------------------------------------- decoding */
 
 typedef struct {
@@ -790,7 +875,8 @@ int64_t ssmzip_split_simd(int64_t allow)
     return old;
 }
 
-static int64_t decode_chunk(Decoder *d, const Raw *raw, void *out, int64_t n, int width)
+/* Decode into out; with hash, also its XXH64 (fed block by block). */
+static int64_t decode_chunk(Decoder *d, const Raw *raw, void *out, int64_t n, int width, uint64_t *hash)
 {
     int64_t nwords = d->send - d->stream;
     if (nwords < STATE_WORDS)
@@ -814,14 +900,18 @@ static int64_t decode_chunk(Decoder *d, const Raw *raw, void *out, int64_t n, in
         mode = 2;
     int64_t i = 0, ci = 0;
     const int64_t nblk = n - (n & (LANES - 1));
+    uint8_t *bytes = (uint8_t *)out;
+    Xxh xs;
+    xxh_init(&xs);
     blocks_fn fn = avx2_for(width, mapped, mode);
-    if (fn && mode) {
-        i = fn(d, out, 0, nblk, raw, &ci);
-    } else if (fn) {
+    if (fn) {
         while (i < nblk) {
             int64_t i0 = i, iend = nblk < i + SUB ? nblk : i + SUB;
             i = fn(d, out, i, iend, raw, &ci);
-            combine(raw, out, width, i0, i);
+            if (!mode)
+                combine(raw, out, width, i0, i);
+            if (hash) /* blocks of 32 words are whole stripes */
+                xxh_stripes(&xs, bytes + i0 * width, (i - i0) * width);
             if (i < iend)
                 break;
         }
@@ -836,6 +926,8 @@ static int64_t decode_chunk(Decoder *d, const Raw *raw, void *out, int64_t n, in
     for (int l = 0; l < LANES; l++)
         if (d->st[l] != RANS_L)
             return 0;
+    if (hash)
+        *hash = xxh_final(&xs, bytes + xs.done, n * width - xs.done);
     return 1;
 }
 
@@ -848,7 +940,7 @@ static int64_t decode_chunk(Decoder *d, const Raw *raw, void *out, int64_t n, in
  * words were consumed and every lane ended in the encoder's initial state. */
 static int64_t decode_stream(const uint16_t *stream, int64_t nwords, int64_t C, const uint8_t *ctxmap,
                              const uint32_t *freqs, const uint32_t *symval, int64_t ntab, int64_t nsym,
-                             uint64_t *scratch, const Raw *raw, void *out, int64_t n, int width)
+                             uint64_t *scratch, const Raw *raw, void *out, int64_t n, int width, uint64_t *hash)
 {
     uint64_t *dec = scratch;
     for (int64_t t = 0; t < ntab; t++) {
@@ -871,7 +963,7 @@ static int64_t decode_stream(const uint16_t *stream, int64_t nwords, int64_t C, 
     for (int64_t c = 0; c < d.P; c++)
         bmap[c] = (int32_t)ctxmap[c % C] * PROB_SCALE;
     d.bmap = bmap;
-    return decode_chunk(&d, raw, out, n, width);
+    return decode_chunk(&d, raw, out, n, width, hash);
 }
 
 int64_t ssmzip_split_decode(const uint16_t *stream, int64_t nwords, int64_t C, const uint8_t *ctxmap,
@@ -883,62 +975,7 @@ int64_t ssmzip_split_decode(const uint16_t *stream, int64_t nwords, int64_t C, c
     Raw raw = {{0}, nparts, nbytes, mbits, packed, packed_len, rbits};
     for (int64_t k = 0; k < nparts && k < 4; k++)
         raw.plane[k] = parts + k * n;
-    return decode_stream(stream, nwords, C, ctxmap, freqs, symval, ntab, nsym, scratch, &raw, out, n, (int)width);
-}
-
-/* ---------------------------------------------------------------- checksum */
-
-/* XXH64 with seed 0 (the archive's chunk checksum), as _rans.xxh64 */
-#define XP1 0x9E3779B185EBCA87ull
-#define XP2 0xC2B2AE3D27D4EB4Full
-#define XP3 0x165667B19E3779F9ull
-#define XP4 0x85EBCA77C2B2AE63ull
-#define XP5 0x27D4EB2F165667C5ull
-
-static inline uint64_t rotl64(uint64_t x, int r) { return (x << r) | (x >> (64 - r)); }
-static inline uint64_t xround(uint64_t acc, uint64_t v) { return rotl64(acc + v * XP2, 31) * XP1; }
-static inline uint64_t xmerge(uint64_t h, uint64_t v) { return (h ^ xround(0, v)) * XP1 + XP4; }
-static inline uint64_t load64(const uint8_t *p)
-{
-    uint64_t v;
-    memcpy(&v, p, 8); /* little-endian machine: checked by _rans on import */
-    return v;
-}
-
-uint64_t ssmzip_xxh64(const uint8_t *data, int64_t n)
-{
-    int64_t p = 0;
-    uint64_t h;
-    if (n >= 32) {
-        uint64_t v1 = XP1 + XP2, v2 = XP2, v3 = 0, v4 = 0 - XP1;
-        for (; p + 32 <= n; p += 32) {
-            v1 = xround(v1, load64(data + p));
-            v2 = xround(v2, load64(data + p + 8));
-            v3 = xround(v3, load64(data + p + 16));
-            v4 = xround(v4, load64(data + p + 24));
-        }
-        h = rotl64(v1, 1) + rotl64(v2, 7) + rotl64(v3, 12) + rotl64(v4, 18);
-        h = xmerge(xmerge(xmerge(xmerge(h, v1), v2), v3), v4);
-    } else {
-        h = XP5;
-    }
-    h += (uint64_t)n;
-    for (; p + 8 <= n; p += 8)
-        h = rotl64(h ^ xround(0, load64(data + p)), 27) * XP1 + XP4;
-    if (p + 4 <= n) {
-        uint32_t k;
-        memcpy(&k, data + p, 4);
-        h = rotl64(h ^ ((uint64_t)k * XP1), 23) * XP2 + XP3;
-        p += 4;
-    }
-    for (; p < n; p++)
-        h = rotl64(h ^ (data[p] * XP5), 11) * XP1;
-    h ^= h >> 33;
-    h *= XP2;
-    h ^= h >> 29;
-    h *= XP3;
-    h ^= h >> 32;
-    return h;
+    return decode_stream(stream, nwords, C, ctxmap, freqs, symval, ntab, nsym, scratch, &raw, out, n, (int)width, 0);
 }
 
 /* ---------------------------------------------------------------- a whole split chunk */
@@ -1082,7 +1119,7 @@ static int64_t stream_at(Rd *r, uint64_t nwords, const uint8_t **at)
 }
 
 static int64_t decode_model_stream(const uint8_t *at, uint64_t nwords, Model *m, int64_t T, int64_t rbits,
-                                   const Raw *raw, void *out, int64_t n, int width)
+                                   const Raw *raw, void *out, int64_t n, int width, uint64_t *hash)
 {
     /* the words as uint16: copied when the payload puts them at an odd address */
     const uint16_t *stream = (const uint16_t *)at;
@@ -1101,7 +1138,7 @@ static int64_t decode_model_stream(const uint8_t *at, uint64_t nwords, Model *m,
     int64_t ok = E_MEMORY;
     if (scratch)
         ok = decode_stream(stream, (int64_t)nwords, m->C, m->ctxmap, m->freqs, symval, T, m->nsym, scratch, raw, out,
-                           n, width);
+                           n, width, hash);
     free(scratch);
     free(copy);
     return ok;
@@ -1178,7 +1215,7 @@ int64_t ssmzip_split_decode_payload(const uint8_t *payload, int64_t len, int64_t
             if (!planes && !(planes = (uint8_t *)malloc((size_t)(nparts * n) + 1)))
                 FAIL(E_MEMORY);
             Raw none = {{0}, 0, 0, 0, 0, 0, 0};
-            int64_t ok = decode_model_stream(pat, pn, &pm, 1, 0, &none, planes + j * n, n, 1);
+            int64_t ok = decode_model_stream(pat, pn, &pm, 1, 0, &none, planes + j * n, n, 1, 0);
             if (ok <= 0) {
                 result = ok;
                 goto done;
@@ -1192,9 +1229,7 @@ int64_t ssmzip_split_decode_payload(const uint8_t *payload, int64_t len, int64_t
     }
     if (r.pos != r.end)
         FAIL(E_TRAILING);
-    result = decode_model_stream(at, nwords, &m, T, R, &raw, out, n, width);
-    if (result == 1)
-        *hash = ssmzip_xxh64((const uint8_t *)out, n * width);
+    result = decode_model_stream(at, nwords, &m, T, R, &raw, out, n, width, hash);
 done:
 #undef FAIL
     free(freqs);

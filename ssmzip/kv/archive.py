@@ -580,7 +580,9 @@ class ArchiveReader:
         if threads <= 1:
             for job in jobs:
                 self._decode_one(*job)
-        else:  # the outputs exist already: hand every chunk to the pool at once (no one waits for a submit)
+        else:  # the outputs exist already: hand every chunk to the pool at once, largest first (the
+            # threads then finish together), so that no thread waits for a submit or for a straggler
+            jobs.sort(key=lambda job: -job[2].shape[0])
             with ThreadPoolExecutor(threads) as pool:
                 for f in [pool.submit(self._decode_one, *job) for job in jobs]:
                     f.result()
