@@ -592,6 +592,21 @@ def rest_lut(rbits, wbits, nvals):
 
 
 @njit(cache=True, nogil=True)
+def _read_states(stream, nwords, st):
+    """The stream's opening states (low word, high word per lane) into st;
+    False if the stream is too short or a state lies outside [L, 2**31)."""
+    lanes = st.shape[0]
+    if nwords < 2 * lanes or nwords > stream.shape[0]:
+        return False
+    for lane in range(lanes):
+        x = np.int64(stream[2 * lane]) | (np.int64(stream[2 * lane + 1]) << 16)
+        if x < RANS_L or x >= (np.int64(1) << 31):
+            return False
+        st[lane] = x
+    return True
+
+
+@njit(cache=True, nogil=True)
 def decode_chunk(stream, nwords, C, ctxmap, dec, parts, nbytes, mbits, packed, packed64, rbits, out):
     """Decode one split chunk into out (uint8/16/32[n]).
 
@@ -602,14 +617,9 @@ def decode_chunk(stream, nwords, C, ctxmap, dec, parts, nbytes, mbits, packed, p
     encoder's initial state.
     """
     n = out.shape[0]
-    if nwords < STATE_WORDS or nwords > stream.shape[0]:
-        return False
     st = np.empty(LANES, np.int64)
-    for lane in range(LANES):
-        x = np.int64(stream[2 * lane]) | (np.int64(stream[2 * lane + 1]) << 16)
-        if x < RANS_L or x >= (np.int64(1) << 31):
-            return False
-        st[lane] = x
+    if not _read_states(stream, nwords, st):
+        return False
     x0 = st[0]
     x1 = st[1]
     x2 = st[2]
@@ -749,14 +759,9 @@ def decode_lanes(stream, nwords, C, ctxmap, dec, parts, nbytes, mbits, packed, r
     """decode_chunk for any number of lanes, one element at a time: the
     reference for streams of 32 lanes (native/split.c has the fast decoder)."""
     n = out.shape[0]
-    if nwords < 2 * lanes or nwords > stream.shape[0]:
-        return False
     st = np.empty(lanes, np.int64)
-    for lane in range(lanes):
-        x = np.int64(stream[2 * lane]) | (np.int64(stream[2 * lane + 1]) << 16)
-        if x < RANS_L or x >= (np.int64(1) << 31):
-            return False
-        st[lane] = x
+    if not _read_states(stream, nwords, st):
+        return False
     p = 2 * lanes
     # whole blocks of `lanes` elements while a block of words is left: no checks
     bmap = period_map(C, ctxmap, PROB_SCALE, lanes)
