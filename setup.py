@@ -18,9 +18,11 @@ class BuildNative(build_ext):
             # -O2 plus the loop vectoriser with its full cost model (the mixer loops);
             # integer code, so vector and scalar results are the same
             flags = ["-O2", "-std=c11", "-ffp-contract=off", "-fno-fast-math", "-ftree-vectorize",
-                     "-fvect-cost-model=dynamic"]
+                     "-fvect-cost-model=dynamic", "-pthread"]
         for ext in self.extensions:
             ext.extra_compile_args = flags
+            if self.compiler.compiler_type != "msvc":
+                ext.extra_link_args = ["-pthread"]   # native/split.c decodes chunks on threads
         super().build_extensions()
 
 

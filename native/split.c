@@ -1237,3 +1237,61 @@ done:
     free(packed);
     return result;
 }
+
+/* ---------------------------------------------------------------- many chunks, C threads */
+
+#if defined(__unix__) || defined(__APPLE__)
+#include <pthread.h>
+#define HAVE_PTHREADS 1
+#endif
+
+typedef struct {
+    int64_t count;
+    const uint8_t *const *payloads;
+    const int64_t *lens, *W, *E, *ns;
+    void *const *outs;
+    uint64_t *hashes;
+    int64_t *codes;
+    int64_t next; /* the next job, taken with an atomic add */
+} Batch;
+
+static void *batch_worker(void *arg)
+{
+    Batch *b = (Batch *)arg;
+    for (;;) {
+#if defined(HAVE_PTHREADS)
+        int64_t i = __atomic_fetch_add(&b->next, 1, __ATOMIC_RELAXED);
+#else
+        int64_t i = b->next++;
+#endif
+        if (i >= b->count)
+            break;
+        b->codes[i] = ssmzip_split_decode_payload(b->payloads[i], b->lens[i], b->W[i], b->E[i], b->outs[i], b->ns[i],
+                                                  &b->hashes[i]);
+    }
+    return 0;
+}
+
+/* ssmzip_split_decode_payload for `count` chunks on `threads` threads (the
+ * caller's thread among them; at most 64), jobs taken in the given order;
+ * codes[i] and hashes[i] as that function gives them. Python threads would
+ * hand the interpreter lock back and forth at every chunk: here nobody waits. */
+void ssmzip_split_decode_many(int64_t count, const uint8_t *const *payloads, const int64_t *lens, const int64_t *W,
+                              const int64_t *E, void *const *outs, const int64_t *ns, uint64_t *hashes, int64_t *codes,
+                              int64_t threads)
+{
+    Batch b = {count, payloads, lens, W, E, ns, outs, hashes, codes, 0};
+#if defined(HAVE_PTHREADS)
+    pthread_t tid[64];
+    int64_t started = 0;
+    for (int64_t t = 1; t < threads && t < 64; t++)
+        if (pthread_create(&tid[started], 0, batch_worker, &b) == 0)
+            started++;
+    batch_worker(&b);
+    for (int64_t t = 0; t < started; t++)
+        pthread_join(tid[t], 0);
+#else
+    (void)threads;
+    batch_worker(&b);
+#endif
+}

@@ -70,6 +70,7 @@ def native():
             "ssmzip_split_simd": ([I], I),
             "ssmzip_split_decode_payload": ([P, I, I, I, P, I, P], I),
             "ssmzip_xxh64": ([P, I], ctypes.c_uint64),
+            "ssmzip_split_decode_many": ([I, P, P, P, P, P, P, P, P, I], None),
         }) or False
     return _NATIVE or None
 
@@ -495,6 +496,31 @@ def decode_split(payload, W, E, out, lanes=LANES):
         return h.value
     _decode_split_py(payload, W, E, out, lanes)
     return None
+
+
+def decode_many(jobs, threads):
+    """Decode 32-lane split chunks in one C call on `threads` C threads.
+    jobs: [(payload, W, E, out)]; returns [(code, xxh64 of out)] with code 1
+    for success (else see raise_for). Needs the C library (native())."""
+    nat = native()
+    k = len(jobs)
+    bufs = [np.frombuffer(p, np.uint8) for p, _, _, _ in jobs]
+    addr = np.array([_p(b) if b.shape[0] else 0 for b in bufs], np.uint64)
+    lens = np.array([b.shape[0] for b in bufs], np.int64)
+    Ws = np.array([j[1] for j in jobs], np.int64)
+    Es = np.array([j[2] for j in jobs], np.int64)
+    outs = np.array([_p(j[3]) for j in jobs], np.uint64)
+    ns = np.array([j[3].shape[0] for j in jobs], np.int64)
+    hashes = np.zeros(k, np.uint64)
+    codes = np.zeros(k, np.int64)
+    nat.ssmzip_split_decode_many(k, _p(addr), _p(lens), _p(Ws), _p(Es), _p(outs), _p(ns), _p(hashes), _p(codes),
+                                 max(1, int(threads)))
+    return list(zip(codes.tolist(), hashes.tolist()))
+
+
+def raise_for(code):
+    """The SSMZipError of a decode_many code other than 1."""
+    _payload_error(code)
 
 
 def _decode_split_py(payload, W, E, out, lanes):
