@@ -23,7 +23,7 @@
 #define RANS_L (1u << 15)
 #define LANES 32 /* the decoder's; the encoder writes 8 or 32 */
 #define STATE_WORDS (2 * LANES)
-#define SUB 4096 /* elements per pass of the generic path (symbols, then raw bits) */
+#define SUB 4096 /* elements per decoder pass: symbols, raw bits, checksum while they are in cache */
 
 #if defined(__GNUC__)
 #define INLINE static inline __attribute__((always_inline))
