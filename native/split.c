@@ -931,7 +931,7 @@ static int64_t decode_chunk(Decoder *d, const Raw *raw, void *out, int64_t n, in
     return 1;
 }
 
-/* As _rans.decode_lanes with 32 lanes: decode one split chunk into out (n
+/* As _rans.decode_lanes with 32 lanes: decode one stream of a split chunk into out (n
  * words of width bytes). The symbol of element i has table ctxmap[i % C];
  * freqs: uint32[ntab, nsym] (rows sum to 4096); symval[s]: the output bits of
  * symbol rank s; scratch: uint64[ntab * 4096 + lcm(C, 32) / 2 + 1]. Raw bits:
@@ -966,6 +966,9 @@ static int64_t decode_stream(const uint16_t *stream, int64_t nwords, int64_t C, 
     return decode_chunk(&d, raw, out, n, width, hash);
 }
 
+/* One rANS stream alone, the tables given as frequencies (the coder
+ * microbenchmark of bench/kv_lossless.py; archives go through
+ * ssmzip_split_decode_payload). */
 int64_t ssmzip_split_decode(const uint16_t *stream, int64_t nwords, int64_t C, const uint8_t *ctxmap,
                             const uint32_t *freqs, const uint32_t *symval, int64_t ntab, int64_t nsym,
                             uint64_t *scratch, const uint8_t *parts, int64_t nparts, int64_t nbytes, int64_t mbits,

@@ -113,6 +113,18 @@ def test_compresses_weights_and_uses_split():
     assert {c.method for c in r.entries[0].chunks} == {METHOD_SPLIT}
 
 
+def test_small_tensors_are_stored_raw():
+    """Below SPLIT_MIN_ELEMENTS a float tensor is stored raw (its model would cost most of the
+    gain), from SPLIT_MIN_ELEMENTS on it is split-coded, whatever the chunk size; both round-trip."""
+    from ssmzip.kv.archive import SPLIT_MIN_ELEMENTS
+    for n, method in ((SPLIT_MIN_ELEMENTS - 1, METHOD_RAW), (SPLIT_MIN_ELEMENTS, METHOD_SPLIT)):
+        w = bf16_of(weights((n,)))
+        for chunk_bytes in (1 << 20, 1024):
+            data = kv.encode(w, dtype="bfloat16", chunk_bytes=chunk_bytes)
+            assert same_bits(w, kv.decode(data))
+            assert {c.method for c in ArchiveReader(data).entries[0].chunks} == {method}, (n, chunk_bytes)
+
+
 def test_incompressible_falls_back_to_raw():
     w = RNG.integers(0, 1 << 32, 50000, dtype=np.uint32).view(np.float32)
     data, y = roundtrip(w)

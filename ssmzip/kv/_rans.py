@@ -62,18 +62,6 @@ def hist_symbols(words, rbits, smask, hist4):
 
 
 @njit(cache=True, nogil=True)
-def hist_channels(words, rbits, smask, remap, C, hist):
-    """hist: int32[C, nsym], zeroed; per-channel counts of symbol indices, channel = i % C."""
-    n = words.shape[0]
-    c = 0
-    for i in range(n):
-        hist[c, remap[(np.int64(words[i]) >> rbits) & smask]] += 1
-        c += 1
-        if c == C:
-            c = 0
-
-
-@njit(cache=True, nogil=True)
 def hist_channels2d(rows, rbits, smask, remap, hist):
     """hist: int32[C, nsym], zeroed; counts of symbol indices per column of rows[r, C]."""
     for i in range(rows.shape[0]):
@@ -500,13 +488,6 @@ def _load56(packed64, ob):
     return np.int64(v & _U(0x00FFFFFFFFFFFFFF))
 
 
-@njit(cache=True, nogil=True, inline="always")
-def _load7(packed, ob):
-    return (np.int64(packed[_U(ob)]) | (np.int64(packed[_U(ob + 1)]) << 8) | (np.int64(packed[_U(ob + 2)]) << 16)
-            | (np.int64(packed[_U(ob + 3)]) << 24) | (np.int64(packed[_U(ob + 4)]) << 32)
-            | (np.int64(packed[_U(ob + 5)]) << 40) | (np.int64(packed[_U(ob + 6)]) << 48))
-
-
 @njit(cache=True, nogil=True)
 def _combine1(p0, rbits, wtop, out, a, b):
     lowmask = (np.int64(1) << rbits) - 1
@@ -555,27 +536,6 @@ def _combine(parts, nbytes, mbits, packed, rbits, out, a, b):
                 r |= np.int64(parts[k, i + j]) << (8 * k)
             out[i + j] |= ((r >> rbits) << wtop) | (r & lowmask)
         i = e
-
-
-@njit(cache=True, nogil=True)
-def unpack_bits(packed, mbits, out):
-    """Inverse of pack_bits into out (uint8[n]); packed must hold ceil(n * mbits / 8) bytes."""
-    n = out.shape[0]
-    mmask = (np.int64(1) << mbits) - 1
-    acc = np.int64(0)
-    nb = 0
-    ob = 0
-    for i in range(n):
-        if nb < mbits:
-            k = 0
-            while k < 4 and ob < packed.shape[0]:
-                acc |= np.int64(packed[ob]) << nb
-                ob += 1
-                nb += 8
-                k += 1
-        out[i] = np.uint8(acc & mmask)
-        acc >>= mbits
-        nb -= mbits
 
 
 SUB = 4096  # elements per pass of the generic path (symbols, then raw bits) to stay in L1/L2

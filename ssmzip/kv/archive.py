@@ -36,11 +36,6 @@ VERSION_LOSSY = 4           # files that may also hold lossy chunks (methods 3-4
 OLD_VERSION, OLD_VERSION_LOSSY = 1, 2
 READ_VERSIONS = (OLD_VERSION, OLD_VERSION_LOSSY, VERSION, VERSION_LOSSY)
 LOSSY_VERSIONS = (OLD_VERSION_LOSSY, VERSION_LOSSY)
-
-
-def stream_lanes(version):
-    """rANS lanes of the split chunks written into an archive of this version."""
-    return 8 if version < VERSION else 32
 _HEAD = struct.Struct("<8sHHI")
 _TRAIL = struct.Struct("<QII8s")
 HEADER_SIZE = _HEAD.size    # 16
@@ -70,6 +65,11 @@ ZLIB_MAX_RATIO = 1100           # deflate cannot expand more than ~1032:1
 # the gain, and modelling a chunk costs ~0.2 ms, as much as coding 60 KB (MiniLM's 64 bias and
 # norm tensors: 0.035 % of the file's size, 8 % of its encoding time)
 SPLIT_MIN_ELEMENTS = 2048
+
+
+def stream_lanes(version):
+    """rANS lanes of the split chunks in an archive of this version."""
+    return 8 if version < VERSION else 32
 
 
 def is_archive(head):
@@ -156,6 +156,15 @@ def encode_chunk(words, code, C=1, zlevel=6, lanes=32, split=True):
         if len(z) < words.nbytes:
             return METHOD_ZLIB, [z], csum
     return METHOD_RAW, [words.tobytes()], csum
+
+
+def _where(entry, j):
+    return f"chunk {j} of tensor {entry.name!r}"
+
+
+def _c_decodable(chunk):
+    """Split chunks with 32-lane streams: the C decoder takes them whole (floatsplit.decode_many)."""
+    return chunk.method == METHOD_SPLIT and chunk.lanes == 32
 
 
 def decode_chunk(chunk, payload, code, out, where, row=1):
@@ -293,7 +302,7 @@ class ArchiveWriter:
         """Add a tensor given as its full 1-D word array (see _arrays.to_words)."""
         n = words.shape[0]
         per, C = chunk_plan(code, shape, n, self.chunk_bytes)
-        self._add(name, code, shape, C, (words[s:s + per] for s in range(0, n, per)), n >= SPLIT_MIN_ELEMENTS)
+        self._add(name, code, shape, C, n, (words[s:s + per] for s in range(0, n, per)))
 
     def add_stream(self, name, code, shape, nbytes, read):
         """Add a tensor whose nbytes original bytes come from read(k) -> bytes, chunk by chunk."""
@@ -312,7 +321,7 @@ class ArchiveWriter:
                     raise SSMZipError(f"input truncated inside tensor {name!r}")
                 left -= k
                 yield np.frombuffer(b, wdt)
-        self._add(name, code, shape, C, chunks(), nbytes // size >= SPLIT_MIN_ELEMENTS)
+        self._add(name, code, shape, C, nbytes // size, chunks())
 
     def add_entry(self, name, code, shape):
         """A new, empty entry; its chunks come from add_chunk (in order)."""
@@ -330,8 +339,9 @@ class ArchiveWriter:
         self._drain()
         self._store(entry, (method, pieces, checksum, n, nbytes))
 
-    def _add(self, name, code, shape, C, chunk_iter, split):
+    def _add(self, name, code, shape, C, nwords, chunk_iter):
         entry = self.add_entry(name, code, shape)
+        split = nwords >= SPLIT_MIN_ELEMENTS
 
         def work(words):
             return (encode_chunk(np.ascontiguousarray(words), code, C, lanes=self.lanes, split=split)
@@ -483,7 +493,6 @@ class ArchiveReader:
         self.index_offset = ioff
         self.entries = self._parse_index(idx, ioff)
         self._by_name = {e.name: e for e in self.entries}
-        self._index_of = {e.name: i for i, e in enumerate(self.entries)}
 
     def _parse_index(self, idx, data_end):
         r = Reader(idx, "index")
@@ -566,8 +575,7 @@ class ArchiveReader:
 
     def _decode_one(self, entry, j, out):
         c = entry.chunks[j]
-        decode_chunk(c, self._read(c.offset, c.clen), entry.code, out, f"chunk {j} of tensor {entry.name!r}",
-                     entry.row)
+        decode_chunk(c, self._read(c.offset, c.clen), entry.code, out, _where(entry, j), entry.row)
 
     def read_many(self, entries, threads=1):
         """{name: 1-D word array} for the entries; all their chunks decoded in parallel threads."""
@@ -581,19 +589,19 @@ class ArchiveReader:
                 jobs.append((e, j, out[s:s + c.n]))
                 s += c.n
         # split chunks with 32-lane streams: decoded in C threads, many per call (no GIL, no
-        # Python per chunk), largest first so that the threads finish together
+        # Python per chunk), in groups of at most BATCH_BYTES of payload
         if floatsplit.native() is not None:
-            batch = [job for job in jobs if job[0].chunks[job[1]].method == METHOD_SPLIT
-                     and job[0].chunks[job[1]].lanes == 32]
-            jobs = [job for job in jobs if not (job[0].chunks[job[1]].method == METHOD_SPLIT
-                                                and job[0].chunks[job[1]].lanes == 32)]
-            batch.sort(key=lambda job: -job[2].shape[0])
-            while batch:
-                group, size = [], 0
-                while batch and size < BATCH_BYTES:
-                    group.append(batch.pop(0))
-                    size += group[-1][0].chunks[group[-1][1]].clen
-                self._decode_batch(group, threads)
+            in_c = [_c_decodable(e.chunks[j]) for e, j, _ in jobs]
+            batch = [job for job, c in zip(jobs, in_c) if c]
+            jobs = [job for job, c in zip(jobs, in_c) if not c]
+            a = 0
+            while a < len(batch):
+                b, size = a, 0
+                while b < len(batch) and size < BATCH_BYTES:
+                    size += batch[b][0].chunks[batch[b][1]].clen
+                    b += 1
+                self._decode_batch(batch[a:b], threads)
+                a = b
         if threads <= 1:
             for job in jobs:
                 self._decode_one(*job)
@@ -605,22 +613,23 @@ class ArchiveReader:
         return outs
 
     def _decode_batch(self, group, threads):
-        """Split chunks (entry, j, out) in one floatsplit.decode_many call, then checked in
+        """Split chunks (entry, j, out), in archive order, in one floatsplit.decode_many
+        call (largest first, so that the threads finish together), then checked in
         archive order: the first bad chunk raises, as _decode_one would."""
+        order = sorted(range(len(group)), key=lambda k: -group[k][2].shape[0])
         items = []
-        for e, j, out in group:
+        for k in order:
+            e, j, out = group[k]
             c = e.chunks[j]
             W, E, _ = FLOAT_SPECS[DTYPES[e.code][0]]
             items.append((self._read(c.offset, c.clen), W, E, out))
-        results = floatsplit.decode_many(items, threads)
-        order = sorted(range(len(group)), key=lambda k: (self._index_of[group[k][0].name], group[k][1]))
-        for k in order:
-            e, j, _ = group[k]
+        results = dict(zip(order, floatsplit.decode_many(items, threads)))
+        for k, (e, j, _) in enumerate(group):
             code, h = results[k]
             if code != 1:
                 floatsplit.raise_for(code)
             if h != e.chunks[j].checksum:
-                raise SSMZipError(f"corrupt data: checksum mismatch in chunk {j} of tensor {e.name!r}")
+                raise SSMZipError(f"corrupt data: checksum mismatch in {_where(e, j)}")
 
     def chunk_payload(self, entry, j):
         c = entry.chunks[j]

@@ -112,7 +112,11 @@ class _Tensors:
         self._stats = {}
         self.exact = {}         # (tensor, t0, t1) -> the result of a losslessly coded chunk
         self.version = VERSION_LOSSY  # of the archive written (an append keeps the file's)
-        self.lanes = stream_lanes(self.version)
+
+    @property
+    def lanes(self):
+        """rANS lanes of the lossless and sparse chunks written (those of the archive's version)."""
+        return stream_lanes(self.version)
 
     def body_stats(self, i, sinks):
         """(sum of x^2 of tokens [0, sinks), of tokens [sinks, T), all finite?) of tensor i."""
@@ -574,7 +578,7 @@ def append_cache(target, new, *, threads=1, dtype=None):
         with ArchiveReader(target) as r:
             h, segs = _read_header(r)
             ioff, entries = r.index_offset, r.entries
-            tens.version, tens.lanes = r.version, stream_lanes(r.version)
+            tens.version = r.version
         f = io.BytesIO()
         f.write(bytes(memoryview(target)[:ioff]))
         _append(f, tens, h, entries, ioff, threads)
@@ -583,7 +587,7 @@ def append_cache(target, new, *, threads=1, dtype=None):
     with ArchiveReader(path) as r:
         h, segs = _read_header(r)
         ioff, entries, size = r.index_offset, r.entries, r.size
-        tens.version, tens.lanes = r.version, stream_lanes(r.version)
+        tens.version = r.version
     with open(path, "r+b") as f:
         f.seek(ioff)
         old_tail = f.read()             # index + trailer: restored if anything fails

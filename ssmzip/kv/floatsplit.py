@@ -296,7 +296,7 @@ def _code_stream(words, rbits, sbits, used, freqs, C, ctxmap, lanes):
         smask = (1 << sbits) - 1
         freqs = np.ascontiguousarray(freqs, np.uint32)
         used = np.ascontiguousarray(used, np.int64)
-        tab = _scratch("enc_tab", T * (smask + 1) + C * 32 // math.gcd(C, 32) // 2 + 1, np.uint64)
+        tab = _scratch("enc_tab", T * (smask + 1) + _period(C) // 2 + 1, np.uint64)
         nwords = nat.ssmzip_split_encode(_p(words), n, words.itemsize, rbits, smask, C, _p(ctxmap), _p(freqs),
                                          _p(used), T, nsym, lanes, _p(tab), _p(out), out.shape[0])
         return out[out.shape[0] - nwords:]
@@ -429,13 +429,20 @@ def _stream_at(r, payload, nwords):
     return stream
 
 
+def _period(C):
+    """lcm(C, 32): how many element positions the C kernels' table map covers
+    (their scratch holds it as int32 beside the tables)."""
+    return C * 32 // math.gcd(C, 32)
+
+
 def _decode_stream(stream, nwords, used, freqs, C, ctxmap, rbits, parts, nbytes, mbits, packed, packed64, out, lanes):
+    """Decode one rANS stream (the reference parser's step; with 32 lanes and the
+    C library only reached from the coder microbenchmark, bench/kv_lossless.py)."""
     T, nsym = freqs.shape
     nat = native() if lanes == 32 else None
     if nat is not None:
         symval = (used << rbits).astype(np.uint32)
-        P = C * 32 // math.gcd(C, 32)
-        scratch = _scratch("dec_tab", (T << _rans.PROB_BITS) + P // 2 + 1, np.uint64)
+        scratch = _scratch("dec_tab", (T << _rans.PROB_BITS) + _period(C) // 2 + 1, np.uint64)
         ok = nat.ssmzip_split_decode(_p(stream), nwords, C, _p(ctxmap), _p(freqs), _p(symval), T, nsym, _p(scratch),
                                      _p(parts), parts.shape[0], nbytes, mbits, _p(packed), packed.shape[0], rbits,
                                      _p(out), out.shape[0], out.itemsize)
@@ -471,7 +478,8 @@ PAYLOAD_ERRORS = {
 }
 
 
-def _payload_error(code):
+def raise_for(code):
+    """The error for a fault code of the C chunk decoder (anything but 1)."""
     if code == -16:
         raise MemoryError("split chunk decoder")
     raise SSMZipError(f"corrupt data: {PAYLOAD_ERRORS.get(code, f'split chunk fault {code}')}")
@@ -492,7 +500,7 @@ def decode_split(payload, W, E, out, lanes=LANES):
         h = ctypes.c_uint64()
         code = nat.ssmzip_split_decode_payload(_p(buf), buf.shape[0], W, E, _p(out), n, ctypes.addressof(h))
         if code != 1:
-            _payload_error(code)
+            raise_for(code)
         return h.value
     _decode_split_py(payload, W, E, out, lanes)
     return None
@@ -501,7 +509,7 @@ def decode_split(payload, W, E, out, lanes=LANES):
 def decode_many(jobs, threads):
     """Decode 32-lane split chunks in one C call on `threads` C threads.
     jobs: [(payload, W, E, out)]; returns [(code, xxh64 of out)] with code 1
-    for success (else see raise_for). Needs the C library (native())."""
+    for success (else raise_for(code)). Needs the C library (native())."""
     nat = native()
     k = len(jobs)
     bufs = [np.frombuffer(p, np.uint8) for p, _, _, _ in jobs]
@@ -516,11 +524,6 @@ def decode_many(jobs, threads):
     nat.ssmzip_split_decode_many(k, _p(addr), _p(lens), _p(Ws), _p(Es), _p(outs), _p(ns), _p(hashes), _p(codes),
                                  max(1, int(threads)))
     return list(zip(codes.tolist(), hashes.tolist()))
-
-
-def raise_for(code):
-    """The SSMZipError of a decode_many code other than 1."""
-    _payload_error(code)
 
 
 def _decode_split_py(payload, W, E, out, lanes):
