@@ -226,6 +226,22 @@ def test_dict_roundtrip_mixed_dtypes_and_random_access():
         kv.decode(data)
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+def test_decoded_tensors_are_separate_and_writable(threads):
+    # small tensors are decoded into one shared allocation: each must still be its own
+    # aligned, writable array that no other tensor overlaps
+    d = {f"t{i}": weights((3 + i, 7 + 5 * i)) for i in range(12)}
+    d["big"] = weights((1200, 1024))  # over 4 MiB: an allocation of its own
+    out = kv.decode_dict(kv.encode_dict(d), threads=threads)
+    names = list(out)
+    for i, a in enumerate(names):
+        assert same_bits(d[a], out[a]) and out[a].flags.writeable and out[a].flags.aligned
+        for b in names[i + 1:]:
+            assert not np.shares_memory(out[a], out[b])
+    out["t0"][...] = 0
+    assert same_bits(d["t1"], out["t1"])
+
+
 def test_bad_arguments():
     with pytest.raises(ValueError):
         kv.encode(weights(10), mode="lossy")
