@@ -4,7 +4,8 @@ The extension is optional: without a C compiler, or if the build fails, the
 install still succeeds and ssmzip runs on its numba kernels (same bytes).
 Flags: -O2, no fused multiply-add, never -ffast-math (see native/cm.c).
 native/ecsq.c holds the lossy KV codec's loops (ssmzip/kv/ecsq.py), native/split.c
-the lossless float codec's (ssmzip/kv/floatsplit.py).
+the lossless float codec's (ssmzip/kv/floatsplit.py) and native/split_encode.c its
+whole-chunk encoder.
 """
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
@@ -22,11 +23,14 @@ class BuildNative(build_ext):
         for ext in self.extensions:
             ext.extra_compile_args = flags
             if self.compiler.compiler_type != "msvc":
-                ext.extra_link_args = ["-pthread"]   # native/split.c decodes chunks on threads
+                ext.extra_link_args = ["-pthread"]   # native/split*.c code chunks on threads
+                ext.libraries = ["m"]                # log2 in native/split_encode.c
         super().build_extensions()
 
 
 setup(
-    ext_modules=[Extension("ssmzip._native", sources=["native/cm.c", "native/ecsq.c", "native/split.c"], depends=["native/ecsq_kernels.h"], optional=True)],
+    ext_modules=[Extension("ssmzip._native",
+                           sources=["native/cm.c", "native/ecsq.c", "native/split.c", "native/split_encode.c"],
+                           depends=["native/ecsq_kernels.h", "native/split.h"], optional=True)],
     cmdclass={"build_ext": BuildNative},
 )

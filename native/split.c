@@ -1248,6 +1248,32 @@ done:
 #define HAVE_PTHREADS 1
 #endif
 
+int64_t ssmzip_split_next_job(int64_t *next)
+{
+#if defined(HAVE_PTHREADS)
+    return __atomic_fetch_add(next, 1, __ATOMIC_RELAXED);
+#else
+    return (*next)++;
+#endif
+}
+
+void ssmzip_split_parallel(void *(*worker)(void *), void *arg, int64_t threads)
+{
+#if defined(HAVE_PTHREADS)
+    pthread_t tid[64];
+    int64_t started = 0;
+    for (int64_t t = 1; t < threads && t < 64; t++)
+        if (pthread_create(&tid[started], 0, worker, arg) == 0)
+            started++;
+    worker(arg);
+    for (int64_t t = 0; t < started; t++)
+        pthread_join(tid[t], 0);
+#else
+    (void)threads;
+    worker(arg);
+#endif
+}
+
 typedef struct {
     int64_t count;
     const uint8_t *const *payloads;
@@ -1255,23 +1281,15 @@ typedef struct {
     void *const *outs;
     uint64_t *hashes;
     int64_t *codes;
-    int64_t next; /* the next job, taken with an atomic add */
+    int64_t next; /* the next job (ssmzip_split_next_job) */
 } Batch;
 
 static void *batch_worker(void *arg)
 {
     Batch *b = (Batch *)arg;
-    for (;;) {
-#if defined(HAVE_PTHREADS)
-        int64_t i = __atomic_fetch_add(&b->next, 1, __ATOMIC_RELAXED);
-#else
-        int64_t i = b->next++;
-#endif
-        if (i >= b->count)
-            break;
+    for (int64_t i; (i = ssmzip_split_next_job(&b->next)) < b->count;)
         b->codes[i] = ssmzip_split_decode_payload(b->payloads[i], b->lens[i], b->W[i], b->E[i], b->outs[i], b->ns[i],
                                                   &b->hashes[i]);
-    }
     return 0;
 }
 
@@ -1284,17 +1302,5 @@ void ssmzip_split_decode_many(int64_t count, const uint8_t *const *payloads, con
                               int64_t threads)
 {
     Batch b = {count, payloads, lens, W, E, ns, outs, hashes, codes, 0};
-#if defined(HAVE_PTHREADS)
-    pthread_t tid[64];
-    int64_t started = 0;
-    for (int64_t t = 1; t < threads && t < 64; t++)
-        if (pthread_create(&tid[started], 0, batch_worker, &b) == 0)
-            started++;
-    batch_worker(&b);
-    for (int64_t t = 0; t < started; t++)
-        pthread_join(tid[t], 0);
-#else
-    (void)threads;
-    batch_worker(&b);
-#endif
+    ssmzip_split_parallel(batch_worker, &b, threads < count ? threads : count);
 }

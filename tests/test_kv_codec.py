@@ -168,6 +168,24 @@ def test_multi_chunk_and_threads():
     assert kv.encode(x, chunk_bytes=40000, threads=1) == kv.encode(x, chunk_bytes=40000, threads=3)
 
 
+def test_batched_writer_same_bytes_for_any_thread_count():
+    # float chunks go to the C encoder in batches (ArchiveWriter), integer chunks to a
+    # thread pool, small floats raw: interleaved over many batches, the archive is the
+    # same for every thread count and decodes to the inputs
+    rng = np.random.default_rng(5)
+    d = {}
+    for i in range(9):
+        d[f"w{i}"] = weights((300 + 7 * i, 96), seed=i)
+        d[f"ids{i}"] = rng.integers(0, 50, 3000 + i).astype(np.int32)
+        d[f"b{i}"] = weights(40 + i, seed=i).astype(np.float16)
+    ref = kv.encode_dict(d, chunk_bytes=4096, threads=1)
+    assert len(ref) < sum(np.asarray(v).nbytes for v in d.values())
+    for threads in (2, 3):
+        assert kv.encode_dict(d, chunk_bytes=4096, threads=threads) == ref
+    out = kv.decode_dict(ref, threads=2)
+    assert all(same_bits(d[k], out[k]) for k in d)
+
+
 def test_non_contiguous_inputs_and_not_modified():
     base = weights((64, 80))
     views = [base[:, ::3], base.T, base[::-1], base[10:20, 5:60:7], np.asfortranarray(base)]

@@ -1,6 +1,7 @@
-"""The lossless float codec's C kernels (native/split.c) against the numba
-reference (ssmzip/kv/_rans.py): the same bytes, the same decoded words, the
-same verdict on bad data; with the SIMD decoder and with the portable loop."""
+"""The lossless float codec's C code (native/split.c, native/split_encode.c)
+against the reference (floatsplit's Python steps on the numba kernels of
+ssmzip/kv/_rans.py): the same bytes, the same decoded words, the same verdict
+on bad data; with the SIMD loops and with the portable ones."""
 import os
 
 import numpy as np
@@ -82,6 +83,48 @@ def test_same_bytes_and_words(dtype, n, C, few, lanes, backends):
     assert da == db
     if da is not None:
         assert np.array_equal(oa, w) and np.array_equal(ob, w)
+
+
+def edge_words():
+    rng = np.random.default_rng(11)
+    yield "constant", "bfloat16", np.full(5000, 0x3F80, np.uint16), 1
+    yield "random bits", "bfloat16", rng.integers(0, 1 << 16, 5000).astype(np.uint16), 1
+    yield "one element", "float32", words("float32", 1), 1
+    yield "fewer elements than channels", "bfloat16", words("bfloat16", 3000), 4096
+    yield "ragged rows", "bfloat16", words("bfloat16", 64 * 100 + 3, C=1), 64
+    yield "few channels", "bfloat16", words("bfloat16", 4 * 800, C=4), 4
+    yield "e5m2", "float8_e5m2", (words("float16", 3000) >> 8).astype(np.uint8), 1  # fp16 truncated
+    # identical channels: equal means, so the channel order decides the first grouping
+    w = words("bfloat16", 64 * 300, C=64).reshape(300, 64)
+    w[:, 32:] = w[:, :32]
+    yield "tied channels", "bfloat16", w.reshape(-1), 64
+    yield "wide rows", "float32", words("float32", 1024 * 40, C=1024), 1024
+
+
+@pytest.mark.parametrize("case", list(edge_words()), ids=lambda c: c[0])
+@pytest.mark.parametrize("lanes", [8, 32])
+def test_chunk_encoder_edge_cases(case, lanes, backends):
+    _, dtype, w, C = case
+    (da, oa), (db, ob) = backends(lambda: roundtrip(w, dtype, C, lanes))
+    assert da == db
+    if da is not None:
+        assert np.array_equal(oa, w) and np.array_equal(ob, w)
+    elif case[0] not in ("random bits", "one element"):
+        pytest.fail("only random bits and a lone element should be stored raw")
+
+
+def test_encode_many_same_as_one_at_a_time():
+    from ssmzip.kv import _rans
+    jobs = [(words("bfloat16", n, seed=i, C=C), C)
+            for i, (n, C) in enumerate([(5000, 1), (64 * 200, 64), (70001, 1), (3000, 1), (3100, 1), (64 * 1100, 64)])]
+    jobs.append((np.random.default_rng(0).integers(0, 1 << 16, 4000).astype(np.uint16), 1))  # stays raw
+    def as_bytes(res):
+        return [(None if p is None else bytes(p), h) for p, h in res]
+    one = as_bytes([floatsplit.encode_many([j], 16, 8, 32, 1)[0] for j in jobs])
+    assert one[-1][0] is None and all(p is not None for p, _ in one[:-1])
+    assert [h for _, h in one] == [_rans.checksum(w) for w, _ in jobs]
+    for threads in (1, 2, 3, 16):
+        assert as_bytes(floatsplit.encode_many(jobs, 16, 8, 32, threads)) == one
 
 
 def test_modes_are_exercised():

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 ENV = "SSMZIP_BACKEND"
-ABI = 4                    # native/cm.c's SSMZIP_ABI: the layout of Segment below, ecsq.c and split.c present
+ABI = 5                    # native/cm.c's SSMZIP_ABI: the layout of Segment below, ecsq.c, split.c and split_encode.c present
 _c_i64 = ctypes.c_int64
 _ptr = ctypes.c_void_p
 

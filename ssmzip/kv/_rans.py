@@ -173,6 +173,21 @@ def normalize_freqs(counts, freqs):
 
 
 @njit(cache=True, nogil=True)
+def quantized_bits(counts, freqs):
+    """normalize_freqs(counts, freqs), then the exact bits of the counts coded
+    with those frequencies (0.0 if there are none). Summed in symbol order, as
+    native/split_encode.c does, so that both pick the same models."""
+    if not normalize_freqs(counts, freqs):
+        return 0.0
+    b = 0.0
+    for s in range(counts.shape[0]):
+        c = np.int64(counts[s])
+        if c > 0:
+            b += c * (PROB_BITS - np.log2(float(freqs[s])))
+    return b
+
+
+@njit(cache=True, nogil=True)
 def entropy_bits(counts):
     """Order-0 code length in bits of a histogram (float64)."""
     n = 0
@@ -224,7 +239,7 @@ def cluster_channels(hist, T, iters, assign):
                 s1 += h * s
         mean[c] = s1 / s0 if s0 > 0 else 0.0
     start[C] = k
-    order = np.argsort(mean)
+    order = np.argsort(mean, kind="mergesort")  # stable: ties keep channel order, as in C
     for j in range(C):
         assign[order[j]] = (j * T) // C
     gh = np.zeros((T, nsym), np.int64)

@@ -56,6 +56,7 @@ LOSSY_CODES = (1, 2, 3)     # float32, float16, bfloat16
 
 DEFAULT_CHUNK_BYTES = 1 << 20   # 1 MiB of original data per chunk
 BATCH_BYTES = 1 << 28           # payload bytes read at once for one C decoding call
+ENCODE_BATCH_CHUNKS = 16        # float chunks per thread coded in one C call (their size at most)
 HUGE_ALLOC = 1 << 22            # numpy asks for huge pages from this size on (see _output_arrays)
 MAX_CHUNK_BYTES = 1 << 22       # the most original bytes one chunk may hold
 SPLIT_MAX_RATIO = 1 << 16       # original bytes per coded byte, at most, in a split chunk
@@ -159,6 +160,28 @@ def encode_chunk(words, code, C=1, zlevel=6, lanes=32, split=True):
     return METHOD_RAW, [words.tobytes()], csum
 
 
+def encode_float_chunks(chunks, lanes, threads):
+    """encode_chunk for float chunks [(code, C, split, words)], the split ones
+    in one C call per dtype on `threads` C threads (needs floatsplit.native()):
+    [(method, payload pieces, checksum, elements, bytes)] in the given order."""
+    out = [None] * len(chunks)
+    by_code = {}
+    for i, (code, C, split, words) in enumerate(chunks):
+        if split:
+            by_code.setdefault(code, []).append(i)
+        else:
+            out[i] = encode_chunk(words, code, split=False) + (words.shape[0], words.nbytes)
+    for code, idx in by_code.items():
+        W, E, _ = FLOAT_SPECS[DTYPES[code][0]]
+        idx.sort(key=lambda i: -chunks[i][3].shape[0])  # largest first: the threads finish together
+        coded = floatsplit.encode_many([(chunks[i][3], chunks[i][1]) for i in idx], W, E, lanes, threads)
+        for i, (payload, csum) in zip(idx, coded):
+            words = chunks[i][3]
+            pieces = (METHOD_SPLIT, [payload]) if payload is not None else (METHOD_RAW, [words.tobytes()])
+            out[i] = pieces + (csum, words.shape[0], words.nbytes)
+    return out
+
+
 def _where(entry, j):
     return f"chunk {j} of tensor {entry.name!r}"
 
@@ -257,8 +280,13 @@ def ordered_map(fn, items, threads):
 class ArchiveWriter:
     """Writes an archive to a binary file object, tensor after tensor.
 
-    With threads > 1, chunks (of one tensor or of successive tensors) are
-    coded in parallel, at most 2 * threads at a time, and written in order.
+    Float chunks, with the C library, are gathered into batches of at most
+    ENCODE_BATCH_CHUNKS full chunks per thread and each batch is coded in one C call on
+    `threads` C threads, in the background while the next batch is gathered
+    (Python threads would hand the interpreter lock back and forth at every
+    chunk). Other chunks (integer tensors, or no C library) are coded in a
+    pool of `threads` Python threads, at most 2 * threads at a time. Either
+    way chunks are written in order.
     """
 
     def __init__(self, f, *, flags=0, threads=1, chunk_bytes=DEFAULT_CHUNK_BYTES, progress=None,
@@ -281,7 +309,9 @@ class ArchiveWriter:
         self.lanes = stream_lanes(version)
         self.entries = []
         self._names = set()
-        self._pending = deque()
+        self._pending = deque()  # futures of [(entry, result)], oldest first
+        self._batch = []         # float chunks gathered for the C encoder: (entry, (code, C, split, words))
+        self._batch_bytes = 0
         self._pool = ThreadPoolExecutor(self.threads) if self.threads > 1 else None
         if resume is None:
             self.pos = HEADER_SIZE
@@ -343,19 +373,49 @@ class ArchiveWriter:
     def _add(self, name, code, shape, C, nwords, chunk_iter):
         entry = self.add_entry(name, code, shape)
         split = nwords >= SPLIT_MIN_ELEMENTS
+        batched = is_float(code) and floatsplit.native() is not None
 
         def work(words):
-            return (encode_chunk(np.ascontiguousarray(words), code, C, lanes=self.lanes, split=split)
-                    + (words.shape[0], words.nbytes))
+            return [(entry, encode_chunk(words, code, C, lanes=self.lanes, split=split)
+                     + (words.shape[0], words.nbytes))]
 
         for words in chunk_iter:
-            if self._pool is None:
-                self._store(entry, work(words))
+            words = np.ascontiguousarray(words)
+            if batched:
+                self._batch.append((entry, (code, C, split, words)))
+                self._batch_bytes += words.nbytes
+                if self._batch_bytes >= ENCODE_BATCH_CHUNKS * self.chunk_bytes * self.threads:
+                    self._send_batch()
             else:
-                self._pending.append((entry, self._pool.submit(work, words)))
-                while len(self._pending) >= 2 * self.threads:
-                    e, fut = self._pending.popleft()
-                    self._store(e, fut.result())
+                self._send_batch()
+                self._queue(work, words)
+
+    def _send_batch(self):
+        """Queue the gathered float chunks as one C job, once the previous one is written
+        (its C threads use all the threads)."""
+        if not self._batch:
+            return
+        batch, self._batch, self._batch_bytes = self._batch, [], 0
+        self._write_pending()
+        entries = [e for e, _ in batch]
+        chunks = [c for _, c in batch]
+        self._queue(lambda: list(zip(entries, encode_float_chunks(chunks, self.lanes, self.threads))))
+
+    def _queue(self, fn, *args):
+        """Run fn(*args) -> [(entry, result)] in the pool (here with one thread); results written in order."""
+        if self._pool is None:
+            for e, r in fn(*args):
+                self._store(e, r)
+            return
+        self._pending.append(self._pool.submit(fn, *args))
+        while len(self._pending) >= 2 * self.threads:
+            for e, r in self._pending.popleft().result():
+                self._store(e, r)
+
+    def _write_pending(self):
+        while self._pending:
+            for e, r in self._pending.popleft().result():
+                self._store(e, r)
 
     def _store(self, entry, result):
         method, pieces, csum, n, nb = result
@@ -369,14 +429,14 @@ class ArchiveWriter:
             self.progress(nb)
 
     def _drain(self):
-        while self._pending:
-            e, fut = self._pending.popleft()
-            self._store(e, fut.result())
+        self._send_batch()
+        self._write_pending()
 
     def abort(self):
         """Stop the worker threads without writing the index."""
+        self._batch.clear()
         if self._pool is not None:
-            for _, fut in self._pending:
+            for fut in self._pending:
                 fut.cancel()
             self._pending.clear()
             self._pool.shutdown(wait=True)

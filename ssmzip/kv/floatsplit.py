@@ -71,6 +71,8 @@ def native():
             "ssmzip_split_decode_payload": ([P, I, I, I, P, I, P], I),
             "ssmzip_xxh64": ([P, I], ctypes.c_uint64),
             "ssmzip_split_decode_many": ([I, P, P, P, P, P, P, P, P, I], None),
+            "ssmzip_split_encode_chunk": ([P, I, I, I, I, I, P, P, P, I, P, I, P], I),
+            "ssmzip_split_encode_many": ([I, P, P, I, I, P, I, P, P, P, I, P, P, P, P, I], I),
         }) or False
     return _NATIVE or None
 
@@ -116,13 +118,9 @@ def rest_size(n, W, S):
 
 
 def _quantized_bits(counts):
-    """Exact bits of counts coded with their own 12-bit quantised frequencies."""
+    """(exact bits of counts coded with their own 12-bit quantised frequencies, those frequencies)."""
     f = np.zeros(counts.shape[0], np.uint32)
-    if not _rans.normalize_freqs(counts, f):
-        return 0.0, f
-    nz = counts > 0
-    bits = float(np.sum(counts[nz] * (_rans.PROB_BITS - np.log2(f[nz].astype(np.float64)))))
-    return bits, f
+    return _rans.quantized_bits(np.ascontiguousarray(counts, np.int64), f), f
 
 
 def _runs(used):
@@ -374,11 +372,56 @@ def _raw_part(vals, nbits):
     return bytearray(b"\x00"), packed[:raw_bytes]
 
 
+# the tunables above as native/split_encode.c takes them (its Params)
+_INT_PARAMS = np.array([KMAX, GROUP_CHOICES[0], SAMPLE_ROWS, CLUSTER_ITERS, MIN_ROWS, PART_SAMPLE, MAX_CHANNELS,
+                        MAX_SYMBOLS], np.int64)
+_FLOAT_PARAMS = np.array([GROUP_MIN_GAIN, _TABLE_BITS_PER_SYMBOL], np.float64)
+assert GROUP_CHOICES == (GROUP_CHOICES[0],), "native/split_encode.c tries one group count"
+
+
 def encode_split(words, W, E, C=1, lanes=LANES):
     """Code one chunk (1-D contiguous uint8/16/32 words) with rANS streams of
     `lanes` (32, or 8 for archives older than version 3). Returns the payload
     as a list of bytes-like pieces (to be written or joined in order), or None
-    if it would not be smaller than the raw words."""
+    if it would not be smaller than the raw words. In one C call when the
+    library is built (native/split_encode.c), else _encode_split_py; the same bytes."""
+    if native() is None:
+        return _encode_split_py(words, W, E, C, lanes)
+    (payload, _), = encode_many([(words, C)], W, E, lanes, 1)
+    return None if payload is None else [payload]
+
+
+def encode_many(jobs, W, E, lanes, threads):
+    """encode_split for many chunks of one dtype in one C call on `threads` C
+    threads (needs native()). jobs: [(words, C)]; returns [(payload as a
+    uint8 array, or None when raw is not bigger, XXH64 of the words)]."""
+    nat = native()
+    k = len(jobs)
+    words = [np.ascontiguousarray(w) for w, _ in jobs]
+    ns = np.array([w.shape[0] for w in words], np.int64)
+    caps = ns * (W // 8)
+    # one buffer for all payloads: each fits in its raw size, or is not kept
+    out = np.empty(int(caps.sum()) + 1, np.uint8)
+    starts = np.zeros(k, np.int64)
+    np.cumsum(caps[:-1], out=starts[1:])
+    # the arrays whose addresses are passed stay referenced until the call returns
+    addrs = np.array([_p(w) for w in words], np.uint64)
+    Cs = np.array([c for _, c in jobs], np.int64)
+    outs = (starts + _p(out)).astype(np.uint64)
+    lens = np.zeros(k, np.int64)
+    hashes = np.zeros(k, np.uint64)
+    rc = nat.ssmzip_split_encode_many(k, _p(addrs), _p(ns), W, E, _p(Cs), lanes, _p(_INT_PARAMS), _p(_FLOAT_PARAMS),
+                                      _p(_rans.NLOGN), _rans.NLOGN.shape[0], _p(outs), _p(caps), _p(lens),
+                                      _p(hashes), max(1, int(threads)))
+    if rc < 0 or lens.min(initial=0) < 0:
+        if rc == -1 or lens.min(initial=0) == -1:
+            raise ValueError("bad argument to the chunk encoder")
+        raise MemoryError("chunk encoder")
+    return [(out[s:s + n] if n else None, int(h)) for s, n, h in zip(starts.tolist(), lens.tolist(), hashes.tolist())]
+
+
+def _encode_split_py(words, W, E, C=1, lanes=LANES):
+    """encode_split's reference path: the steps here, the kernels in numba or C."""
     n = words.shape[0]
     S, used, freqs, ctxmap = choose_model(words, W, E, C)
     R, nbytes, mbits = _layout(W, S)
