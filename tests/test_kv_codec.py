@@ -246,10 +246,10 @@ def test_dict_roundtrip_mixed_dtypes_and_random_access():
 
 @pytest.mark.parametrize("threads", [1, 2])
 def test_decoded_tensors_are_separate_and_writable(threads):
-    # small tensors are decoded into one shared allocation: each must still be its own
+    # the tensors are decoded into one shared allocation: each must still be its own
     # aligned, writable array that no other tensor overlaps
     d = {f"t{i}": weights((3 + i, 7 + 5 * i)) for i in range(12)}
-    d["big"] = weights((1200, 1024))  # over 4 MiB: an allocation of its own
+    d["big"] = weights((1200, 1024))
     out = kv.decode_dict(kv.encode_dict(d), threads=threads)
     names = list(out)
     for i, a in enumerate(names):

@@ -57,7 +57,6 @@ LOSSY_CODES = (1, 2, 3)     # float32, float16, bfloat16
 DEFAULT_CHUNK_BYTES = 1 << 20   # 1 MiB of original data per chunk
 BATCH_BYTES = 1 << 28           # payload bytes read at once for one C decoding call
 ENCODE_BATCH_CHUNKS = 16        # float chunks per thread coded in one C call (their size at most)
-HUGE_ALLOC = 1 << 22            # numpy asks for huge pages from this size on (see _output_arrays)
 MAX_CHUNK_BYTES = 1 << 22       # the most original bytes one chunk may hold
 SPLIT_MAX_RATIO = 1 << 16       # original bytes per coded byte, at most, in a split chunk
 MAX_NDIM = 32
@@ -468,23 +467,22 @@ class ArchiveWriter:
 # ---------------------------------------------------------------- reading
 
 def _output_arrays(entries):
-    """{name: empty word array} for decoding the entries. Tensors under
-    HUGE_ALLOC bytes share one allocation: a fresh small array is faulted in
-    4 KiB page by page as the decoder first writes it (MiniLM: 25 ms of page
-    faults for 45 MB, about as long as decoding it), whereas numpy asks the
-    kernel for huge pages for 4 MiB and more (5 ms). A shared buffer is freed
-    when the last of its tensors is."""
+    """{name: empty word array} for decoding the entries, all in one
+    allocation. Fresh arrays are faulted in page by page as the decoder first
+    writes them: 4 KiB pages for small arrays (MiniLM: 25 ms for 45 MB, about
+    as long as decoding it), whereas numpy asks the kernel for huge pages for
+    one large array (5 ms); and separate large arrays come from wherever the
+    allocator has room, which made decoding times vary by a third from call to
+    call. The shared buffer is freed when the last of its tensors is."""
     outs = {}
-    small = [e for e in entries if e.nbytes < HUGE_ALLOC]
-    if len(small) > 1:
-        arena = np.empty(sum(-(-e.nbytes // 64) * 64 for e in small) + 64, np.uint8)
-        at = -arena.ctypes.data % 64
-        for e in small:  # 64-byte aligned: no cache line shared by two tensors
-            outs[e.name] = arena[at:at + e.nbytes].view(word_dtype(e.code))
-            at += -(-e.nbytes // 64) * 64
-    for e in entries:
-        if e.name not in outs:
-            outs[e.name] = np.empty(e.nwords, word_dtype(e.code))
+    if len(entries) == 1:
+        e = entries[0]
+        return {e.name: np.empty(e.nwords, word_dtype(e.code))}
+    arena = np.empty(sum(-(-e.nbytes // 64) * 64 for e in entries) + 64, np.uint8)
+    at = -arena.ctypes.data % 64
+    for e in entries:  # 64-byte aligned: no cache line shared by two tensors
+        outs[e.name] = arena[at:at + e.nbytes].view(word_dtype(e.code))
+        at += -(-e.nbytes // 64) * 64
     return outs
 
 
