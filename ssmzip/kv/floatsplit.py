@@ -8,8 +8,10 @@ tensor's last dimension), with up to 32 models, each used by a group of
 channels (channels grouped by k-means on their symbol histograms); whichever
 is smaller. The raw bits are stored as they are. See FORMAT.md, "split chunk".
 
-The loops run in C (native/split.c) when the library is built, else in the
-numba kernels of _rans.py; both give the same bytes.
+With the C library built, a chunk is encoded in one call
+(native/split_encode.c) and decoded in one call (native/split.c); without
+it, the steps here run on the numba kernels of _rans.py. Both give the same
+bytes; the Python steps are the reference.
 """
 import ctypes
 import math
