@@ -190,9 +190,9 @@ def test_streaming_memory_is_bounded(tmp_path):
     finally:
         tracemalloc.stop()
     assert out.read_bytes() == src.read_bytes()
-    # the encoder holds one batch of chunks and their payloads (ArchiveWriter), the decoder a few chunks
+    # the encoder holds two batches of chunks and their payloads (ArchiveWriter), the decoder a few chunks
     batch = A.ENCODE_BATCH_CHUNKS * chunk
-    assert peak_c < 2 * batch + (4 << 20) < 4 * n and peak_d < 4 << 20, (peak_c, peak_d)
+    assert peak_c < 4 * batch + (4 << 20) < 4 * n and peak_d < 4 << 20, (peak_c, peak_d)
 
 
 def test_compatible_with_the_safetensors_library(tmp_path):

@@ -56,7 +56,7 @@ LOSSY_CODES = (1, 2, 3)     # float32, float16, bfloat16
 
 DEFAULT_CHUNK_BYTES = 1 << 20   # 1 MiB of original data per chunk
 BATCH_BYTES = 1 << 28           # payload bytes read at once for one C decoding call
-ENCODE_BATCH_CHUNKS = 16        # float chunks per thread coded in one C call (their size at most)
+ENCODE_BATCH_CHUNKS = 8         # float chunks per thread coded in one C call (their size at most)
 MAX_CHUNK_BYTES = 1 << 22       # the most original bytes one chunk may hold
 SPLIT_MAX_RATIO = 1 << 16       # original bytes per coded byte, at most, in a split chunk
 MAX_NDIM = 32
@@ -281,9 +281,9 @@ class ArchiveWriter:
 
     Float chunks, with the C library, are gathered into batches of at most
     ENCODE_BATCH_CHUNKS full chunks per thread and each batch is coded in one C call on
-    `threads` C threads, in the background while the next batch is gathered
-    (Python threads would hand the interpreter lock back and forth at every
-    chunk). Other chunks (integer tensors, or no C library) are coded in a
+    `threads` C threads, in the background while the next batch is gathered,
+    two batches at most at a time (Python threads would hand the interpreter
+    lock back and forth at every chunk). Other chunks (integer tensors, or no C library) are coded in a
     pool of `threads` Python threads, at most 2 * threads at a time. Either
     way chunks are written in order.
     """
@@ -390,15 +390,18 @@ class ArchiveWriter:
                 self._queue(work, words)
 
     def _send_batch(self):
-        """Queue the gathered float chunks as one C job, once the previous one is written
-        (its C threads use all the threads)."""
+        """Queue the gathered float chunks as one C job; then write what is done
+        before the previous job (two jobs in flight: while one finishes its last
+        chunks on fewer threads than it has, the next keeps the cores busy)."""
         if not self._batch:
             return
         batch, self._batch, self._batch_bytes = self._batch, [], 0
-        self._write_pending()
         entries = [e for e, _ in batch]
         chunks = [c for _, c in batch]
         self._queue(lambda: list(zip(entries, encode_float_chunks(chunks, self.lanes, self.threads))))
+        while len(self._pending) > 2:
+            for e, r in self._pending.popleft().result():
+                self._store(e, r)
 
     def _queue(self, fn, *args):
         """Run fn(*args) -> [(entry, result)] in the pool (here with one thread); results written in order."""
