@@ -1,6 +1,7 @@
 """Lossless bf16 tensor codecs on real data: ssmzip.kv vs zstd, ZipNN and DFloat11.
 
     python -m bench.kv_lossless [--minilm PATH] [--kv PATH | --no-kv] [--save-kv PATH] [--repeat 3]
+        [--min-time 1]
 
 Data (never part of the repository; read from installed packages or paths):
 
@@ -18,7 +19,7 @@ Every codec gets the same bytes: ssmzip.kv the dict of tensors (it uses
 their shapes), the others the concatenated raw bf16 bytes. ZipNN gets a
 copy (its compress() rewrites its input, kv-research.md section 3). Each
 round trip is checked. Times are wall-clock, in process, best of --repeat
-runs (zstd -19 once); MB/s = 10^6 bytes of uncompressed bf16 per second.
+runs, repeated until --min-time seconds have passed (zstd -19 once); MB/s = 10^6 bytes of uncompressed bf16 per second.
 On a shared machine only ratios between rows of one run are meaningful.
 DFloat11: size only, from its own encoder helpers run on CPU (one Huffman
 codebook per layer block for 2-D tensors, other tensors raw, its gap and
@@ -128,10 +129,29 @@ def load_bf16_safetensors(path):
 
 # ---------------------------------------------------------------- codecs
 
+MIN_TIME = 1.0  # seconds each measurement lasts at least (--min-time)
+
+
+def set_min_time(seconds):
+    global MIN_TIME
+    MIN_TIME = float(seconds)
+
+
+def repeats(repeat):
+    """Count runs: at least `repeat`, and on until MIN_TIME has passed, so that
+    the best run is not taken from a moment when a shared machine was busy
+    (a fast codec's repeats all fit into a fraction of a second)."""
+    start = time.perf_counter()
+    k = 0
+    while k < repeat or time.perf_counter() - start < MIN_TIME:
+        yield k
+        k += 1
+
+
 def best_time(fn, repeat):
     best = None
     out = None
-    for _ in range(repeat):
+    for _ in repeats(repeat):
         t = time.perf_counter()
         out = fn()
         dt = time.perf_counter() - t
@@ -174,7 +194,7 @@ def run_zipnn(threads):
         z = ZipNN(input_format="byte", bytearray_dtype="bfloat16", threads=threads)
         best_c = None
         data = None
-        for _ in range(repeat):
+        for _ in repeats(repeat):
             cp = bytes(bytearray(raw))          # ZipNN rewrites its input: give it a copy (not timed)
             t = time.perf_counter()
             data = z.compress(cp)
@@ -346,11 +366,14 @@ def main(argv=None):
     ap.add_argument("--save-kv", help="save the generated KV cache here (outside the repository)")
     ap.add_argument("--text", default=GPL3, help="text read by the model for the KV cache (default: GPL-3)")
     ap.add_argument("--repeat", type=int, default=3, help="runs per measurement, best kept (default 3)")
+    ap.add_argument("--min-time", type=float, default=MIN_TIME,
+                    help="seconds each measurement repeats for at least (default 1)")
     ap.add_argument("--threads", default="1,2", help="thread counts for ssmzip.kv, ZipNN, zstd (default 1,2)")
     ap.add_argument("--skip", default="", help="comma-separated codecs to skip: zstd19,zipnn,dfloat11,flat")
     ap.add_argument("--json", help="also write the results as JSON here")
     a = ap.parse_args(argv)
     threads = [int(t) for t in a.threads.split(",")]
+    set_min_time(a.min_time)
     skip = set(filter(None, a.skip.split(",")))
 
     datasets = [("MiniLM bf16 weights", load_minilm(a.minilm), minilm_block)]
