@@ -17,6 +17,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "split.h"
+
 #define PROB_BITS 12
 #define PROB_SCALE (1 << PROB_BITS)
 #define PROB_MASK (PROB_SCALE - 1)
@@ -1121,14 +1123,15 @@ static int64_t stream_at(Rd *r, uint64_t nwords, const uint8_t **at)
     return 0;
 }
 
+enum { D_FREQS, D_PACKED, D_PLANES, D_TABLES, D_COPY }; /* Scratch slots of the decoder */
+
 static int64_t decode_model_stream(const uint8_t *at, uint64_t nwords, Model *m, int64_t T, int64_t rbits,
-                                   const Raw *raw, void *out, int64_t n, int width, uint64_t *hash)
+                                   const Raw *raw, void *out, int64_t n, int width, uint64_t *hash, Scratch *x)
 {
     /* the words as uint16: copied when the payload puts them at an odd address */
     const uint16_t *stream = (const uint16_t *)at;
-    uint16_t *copy = 0;
     if ((uintptr_t)at & 1) {
-        copy = (uint16_t *)malloc(2 * nwords + 2);
+        uint16_t *copy = (uint16_t *)scratch_get(x, D_COPY, 2 * nwords + 2);
         if (!copy)
             return E_MEMORY;
         memcpy(copy, at, 2 * nwords);
@@ -1137,21 +1140,18 @@ static int64_t decode_model_stream(const uint8_t *at, uint64_t nwords, Model *m,
     uint32_t symval[256];
     for (int64_t s = 0; s < m->nsym; s++)
         symval[s] = (uint32_t)(m->used[s] << rbits);
-    uint64_t *scratch = (uint64_t *)malloc(((size_t)T * PROB_SCALE + (size_t)period(m->C) / 2 + 1) * 8);
-    int64_t ok = E_MEMORY;
-    if (scratch)
-        ok = decode_stream(stream, (int64_t)nwords, m->C, m->ctxmap, m->freqs, symval, T, m->nsym, scratch, raw, out,
-                           n, width, hash);
-    free(scratch);
-    free(copy);
-    return ok;
+    uint64_t *tables = (uint64_t *)scratch_get(x, D_TABLES, ((size_t)T * PROB_SCALE + (size_t)period(m->C) / 2 + 1) * 8);
+    if (!tables)
+        return E_MEMORY;
+    return decode_stream(stream, (int64_t)nwords, m->C, m->ctxmap, m->freqs, symval, T, m->nsym, tables, raw, out, n,
+                         width, hash);
 }
 
 /* Decode a split chunk's payload (32-lane streams) into out (n words of W
  * bits, exponent E) and put the XXH64 of out's bytes in *hash. Returns 1, 0
  * if an entropy-coded stream does not decode, or a negative fault code. */
-int64_t ssmzip_split_decode_payload(const uint8_t *payload, int64_t len, int64_t W, int64_t E, void *out, int64_t n,
-                                    uint64_t *hash)
+static int64_t decode_payload(const uint8_t *payload, int64_t len, int64_t W, int64_t E, void *out, int64_t n,
+                              uint64_t *hash, Scratch *x)
 {
     Rd r = {payload, 0, len};
     uint32_t S, T;
@@ -1169,7 +1169,7 @@ int64_t ssmzip_split_decode_payload(const uint8_t *payload, int64_t len, int64_t
     int64_t result = E_MEMORY;
     uint8_t *planes = 0, *packed = 0;
     Model m, pm;
-    uint32_t *freqs = (uint32_t *)malloc((size_t)(T + 1) * 256 * sizeof(uint32_t));
+    uint32_t *freqs = (uint32_t *)scratch_get(x, D_FREQS, (size_t)(T + 1) * 256 * sizeof(uint32_t));
     if (!freqs)
         return E_MEMORY;
     m.freqs = freqs;
@@ -1202,7 +1202,7 @@ int64_t ssmzip_split_decode_payload(const uint8_t *payload, int64_t len, int64_t
                 int64_t nb = (n * mbits + 7) / 8;
                 if (r.end - r.pos < nb)
                     FAIL(E_TRUNCATED);
-                packed = (uint8_t *)malloc((size_t)nb + 24);
+                packed = (uint8_t *)scratch_get(x, D_PACKED, (size_t)nb + 24);
                 if (!packed)
                     FAIL(E_MEMORY);
                 memcpy(packed, r.b + r.pos, (size_t)nb);
@@ -1215,10 +1215,10 @@ int64_t ssmzip_split_decode_payload(const uint8_t *payload, int64_t len, int64_t
             FAIL(read_model(&r, nbits, 1, &pm));
             FAIL(rd_varint(&r, (uint64_t)n + STATE_WORDS, &pn));
             FAIL(stream_at(&r, pn, &pat));
-            if (!planes && !(planes = (uint8_t *)malloc((size_t)(nparts * n) + 1)))
+            if (!planes && !(planes = (uint8_t *)scratch_get(x, D_PLANES, (size_t)(nparts * n) + 1)))
                 FAIL(E_MEMORY);
             Raw none = {{0}, 0, 0, 0, 0, 0, 0};
-            int64_t ok = decode_model_stream(pat, pn, &pm, 1, 0, &none, planes + j * n, n, 1, 0);
+            int64_t ok = decode_model_stream(pat, pn, &pm, 1, 0, &none, planes + j * n, n, 1, 0, x);
             if (ok <= 0) {
                 result = ok;
                 goto done;
@@ -1232,13 +1232,19 @@ int64_t ssmzip_split_decode_payload(const uint8_t *payload, int64_t len, int64_t
     }
     if (r.pos != r.end)
         FAIL(E_TRAILING);
-    result = decode_model_stream(at, nwords, &m, T, R, &raw, out, n, width, hash);
+    result = decode_model_stream(at, nwords, &m, T, R, &raw, out, n, width, hash, x);
 done:
 #undef FAIL
-    free(freqs);
-    free(planes);
-    free(packed);
     return result;
+}
+
+int64_t ssmzip_split_decode_payload(const uint8_t *payload, int64_t len, int64_t W, int64_t E, void *out, int64_t n,
+                                    uint64_t *hash)
+{
+    Scratch x = {{0}, {0}};
+    int64_t r = decode_payload(payload, len, W, E, out, n, hash, &x);
+    scratch_free(&x);
+    return r;
 }
 
 /* ---------------------------------------------------------------- many chunks, C threads */
@@ -1287,9 +1293,11 @@ typedef struct {
 static void *batch_worker(void *arg)
 {
     Batch *b = (Batch *)arg;
+    Scratch x = {{0}, {0}};
     for (int64_t i; (i = ssmzip_split_next_job(&b->next)) < b->count;)
-        b->codes[i] = ssmzip_split_decode_payload(b->payloads[i], b->lens[i], b->W[i], b->E[i], b->outs[i], b->ns[i],
-                                                  &b->hashes[i]);
+        b->codes[i] = decode_payload(b->payloads[i], b->lens[i], b->W[i], b->E[i], b->outs[i], b->ns[i],
+                                     &b->hashes[i], &x);
+    scratch_free(&x);
     return 0;
 }
 

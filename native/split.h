@@ -3,6 +3,7 @@
 #ifndef SSMZIP_SPLIT_H
 #define SSMZIP_SPLIT_H
 #include <stdint.h>
+#include <stdlib.h>
 
 void ssmzip_split_rest(const void *words, int64_t n, int64_t width, int64_t rbits, int64_t nbytes, int64_t mbits,
                        int64_t top_too, uint8_t *parts);
@@ -35,6 +36,34 @@ static inline int64_t ssmzip_split_period(int64_t C)
         b = t;
     }
     return C * 32 / g;
+}
+
+/* Per-thread buffers, grown as needed and reused from chunk to chunk: a fresh
+ * large allocation per chunk cost page faults every time, and its unmapping
+ * interrupted the other threads (TLB shootdowns) */
+#define SCRATCH_SLOTS 12
+typedef struct {
+    void *p[SCRATCH_SLOTS];
+    size_t cap[SCRATCH_SLOTS];
+} Scratch;
+
+/* slot k with room for `bytes` (contents undefined), or 0 if out of memory */
+static inline void *scratch_get(Scratch *x, int k, size_t bytes)
+{
+    if (bytes == 0)
+        bytes = 1;
+    if (x->cap[k] < bytes) {
+        free(x->p[k]);
+        x->p[k] = malloc(bytes + (bytes >> 3));
+        x->cap[k] = x->p[k] ? bytes + (bytes >> 3) : 0;
+    }
+    return x->p[k];
+}
+
+static inline void scratch_free(Scratch *x)
+{
+    for (int k = 0; k < SCRATCH_SLOTS; k++)
+        free(x->p[k]);
 }
 
 #endif

@@ -33,31 +33,11 @@ typedef struct {
     int64_t nlogn_len;
 } Params;
 
-/* Per-thread buffers, grown as needed and reused from chunk to chunk (fresh
- * large allocations would cost page faults every time) */
+/* split.h's Scratch slots */
 enum { B_HIST, B_SPARSE, B_GH, B_STREAM, B_TAB, B_PARTS, B_SAMPLE, B_PACKED, B_TOP, B_FREQS, NBUF };
-typedef struct {
-    void *p[NBUF];
-    size_t cap[NBUF];
-} Ctx;
-
-static void *grab(Ctx *x, int k, size_t bytes)
-{
-    if (bytes == 0)
-        bytes = 1;
-    if (x->cap[k] < bytes) {
-        free(x->p[k]);
-        x->p[k] = malloc(bytes + (bytes >> 3));
-        x->cap[k] = x->p[k] ? bytes + (bytes >> 3) : 0;
-    }
-    return x->p[k];
-}
-
-static void ctx_free(Ctx *x)
-{
-    for (int k = 0; k < NBUF; k++)
-        free(x->p[k]);
-}
+typedef Scratch Ctx;
+#define grab scratch_get
+#define ctx_free scratch_free
 
 /* The payload being written; `full` once it would reach the raw size (then it does not pay) */
 typedef struct {
