@@ -9,6 +9,9 @@
  * 32-lane streams (files since archive version 3); 8-lane streams of older
  * files decode in numba.
  *
+ * ssmzip_gather (the end of this file) copies many pieces into one buffer on
+ * threads, for ssmzip/kv/_join.py.
+ *
  * Decoders never read or write outside the arrays they are given, whatever
  * the bytes: the fast loops run only while a whole block of 32 stream words
  * is left, the rest is read one checked word at a time.
@@ -1278,6 +1281,44 @@ void ssmzip_split_parallel(void *(*worker)(void *), void *arg, int64_t threads)
     (void)threads;
     worker(arg);
 #endif
+}
+
+/* ---------------------------------------------------------------- gathering pieces, C threads */
+
+typedef struct {
+    int64_t count, total, threads;
+    const uint8_t *const *src;
+    const int64_t *len;
+    uint8_t *dst;
+    int64_t next;
+} Gather;
+
+static void *gather_worker(void *arg)
+{
+    Gather *g = (Gather *)arg;
+    for (int64_t k; (k = ssmzip_split_next_job(&g->next)) < g->threads;) {
+        /* byte range [lo, hi) of the output: equal shares whatever the pieces' sizes */
+        int64_t lo = g->total * k / g->threads, hi = g->total * (k + 1) / g->threads, at = 0;
+        for (int64_t i = 0; i < g->count && at < hi; at += g->len[i], i++) {
+            int64_t a = at > lo ? at : lo, b = at + g->len[i] < hi ? at + g->len[i] : hi;
+            if (a < b)
+                memcpy(g->dst + a, g->src[i] + (a - at), (size_t)(b - a));
+        }
+    }
+    return 0;
+}
+
+/* dst = the `count` pieces src[i] (len[i] bytes each) back to back, copied by
+ * `threads` threads (the output's page faults and copying shared among them) */
+void ssmzip_gather(int64_t count, const uint8_t *const *src, const int64_t *len, uint8_t *dst, int64_t threads)
+{
+    int64_t total = 0;
+    for (int64_t i = 0; i < count; i++)
+        total += len[i];
+    if (threads < 1)
+        threads = 1;
+    Gather g = {count, total, threads, src, len, dst, 0};
+    ssmzip_split_parallel(gather_worker, &g, threads);
 }
 
 typedef struct {

@@ -58,7 +58,7 @@ def encode_dict(tensors, *, mode="lossless", dtypes=None, threads=1, chunk_bytes
     does not say it (e.g. {"w": "bfloat16"} for a uint16 array of bf16 bits).
     """
     _check_mode(mode)
-    buf = _Pieces()
+    buf = _Pieces(threads)
     w = ArchiveWriter(buf, threads=threads, chunk_bytes=chunk_bytes)
     try:
         for name, t in tensors.items():

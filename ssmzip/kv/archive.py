@@ -25,6 +25,7 @@ from ssmzip.errors import SSMZipError
 from ssmzip.kv import _rans
 from ssmzip.kv._arrays import DTYPES, is_float, itemsize, word_dtype
 from ssmzip.kv._io import Reader, varint
+from ssmzip.kv._join import join
 from ssmzip.kv import floatsplit
 from ssmzip.kv.floatsplit import FLOAT_SPECS, decode_split, encode_split
 
@@ -245,17 +246,19 @@ def chunk_plan(code, shape, nwords, chunk_bytes=DEFAULT_CHUNK_BYTES):
 
 
 class _Pieces:
-    """A write-only file object that keeps the pieces and joins them once."""
+    """A write-only file object that keeps the pieces and joins them once
+    (on `threads` threads: _join.join)."""
 
-    def __init__(self):
+    def __init__(self, threads=1):
         self.pieces = []
+        self.threads = threads
 
     def write(self, b):
         self.pieces.append(b)
         return len(b)
 
     def getvalue(self):
-        return b"".join(self.pieces)
+        return join(self.pieces, self.threads)
 
 
 def ordered_map(fn, items, threads):
