@@ -470,7 +470,7 @@ def encode_cache(cache, *, mode="lossy", bits=None, rel_error=None, max_abs=None
         results = plan.code(None, threads)
     achieved = _error_stats(tens, results, len(plan.blocks))
     header = _header(tens, mode, sinks, recent, block, steps, rel, target, achieved, sparsity, values_step)
-    buf = _Pieces()
+    buf = _Pieces(threads)
     _write(buf, tens, plan, results, header)
     return buf.getvalue()
 
