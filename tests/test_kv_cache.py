@@ -41,6 +41,20 @@ def test_lossless_roundtrip(dtype, T):
     assert y.dtype == x.dtype and y.shape == x.shape and y.tobytes() == x.tobytes()
 
 
+@pytest.mark.parametrize("mode", ["lossless", "lossy"])
+def test_same_bytes_for_any_thread_count(mode, monkeypatch):
+    from ssmzip.kv import _join
+
+    monkeypatch.setattr(_join, "THREADED_MIN", 1)  # the threaded join, on a small cache too
+    x = make_cache(T=300)
+    kw = {"bits": 3.0} if mode == "lossy" else {}
+    ref = kv.encode_cache(x, mode=mode, block_tokens=64, threads=1, **kw)
+    for threads in (2, 3):
+        assert kv.encode_cache(x, mode=mode, block_tokens=64, threads=threads, **kw) == ref
+    y = kv.decode_cache(ref)
+    assert y.shape == x.shape and (mode == "lossy" or y.tobytes() == x.tobytes())
+
+
 def test_bfloat16_words_roundtrip():
     x = make_cache(dtype=np.float32).view(np.uint32)
     words = (x >> 16).astype(np.uint16)          # truncated to bf16 bits
