@@ -679,17 +679,6 @@ typedef struct {
     uint32_t st[LANES];
 } Decoder;
 
-/* lcm(C, 32): the period of the table pattern over whole blocks of 32 elements */
-static int64_t period(int64_t C)
-{
-    int64_t g = C, b = LANES;
-    while (b) {
-        int64_t t = g % b;
-        g = b;
-        b = t;
-    }
-    return C * LANES / g;
-}
 
 /* Elements [i, n) one at a time, every read checked; 0 when the stream ends too early. */
 static int64_t decode_rest(Decoder *d, void *out, int64_t i, int64_t n, int width)
@@ -963,7 +952,7 @@ static int64_t decode_stream(const uint16_t *stream, int64_t nwords, int64_t C, 
     d.stream = stream;
     d.send = stream + nwords;
     d.dec = dec;
-    d.P = period(C);
+    d.P = ssmzip_split_period(C); /* the table pattern's period over whole 32-lane blocks */
     int32_t *bmap = (int32_t *)(scratch + ntab * PROB_SCALE);
     for (int64_t c = 0; c < d.P; c++)
         bmap[c] = (int32_t)ctxmap[c % C] * PROB_SCALE;
@@ -1143,7 +1132,7 @@ static int64_t decode_model_stream(const uint8_t *at, uint64_t nwords, Model *m,
     uint32_t symval[256];
     for (int64_t s = 0; s < m->nsym; s++)
         symval[s] = (uint32_t)(m->used[s] << rbits);
-    uint64_t *tables = (uint64_t *)scratch_get(x, D_TABLES, ((size_t)T * PROB_SCALE + (size_t)period(m->C) / 2 + 1) * 8);
+    uint64_t *tables = (uint64_t *)scratch_get(x, D_TABLES, ((size_t)T * PROB_SCALE + (size_t)ssmzip_split_period(m->C) / 2 + 1) * 8);
     if (!tables)
         return E_MEMORY;
     return decode_stream(stream, (int64_t)nwords, m->C, m->ctxmap, m->freqs, symval, T, m->nsym, tables, raw, out, n,

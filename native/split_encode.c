@@ -33,11 +33,8 @@ typedef struct {
     int64_t nlogn_len;
 } Params;
 
-/* split.h's Scratch slots */
-enum { B_HIST, B_SPARSE, B_GH, B_STREAM, B_TAB, B_PARTS, B_SAMPLE, B_PACKED, B_TOP, B_FREQS, NBUF };
-typedef Scratch Ctx;
-#define grab scratch_get
-#define ctx_free scratch_free
+/* the encoder's slots of split.h's Scratch */
+enum { B_HIST, B_SPARSE, B_GH, B_STREAM, B_TAB, B_PARTS, B_SAMPLE, B_PACKED, B_TOP, B_FREQS };
 
 /* The payload being written; `full` once it would reach the raw size (then it does not pay) */
 typedef struct {
@@ -197,14 +194,14 @@ static int by_key(const void *a, const void *b)
 /* hist: int32[C][nsym]; assign: int32[C] out; gh: int64[T][nsym] scratch.
  * Returns the order-0 bits of the grouped data, or -1.0 if out of memory. */
 static double cluster_channels(const int32_t *hist, int64_t C, int64_t nsym, int64_t T, int64_t iters,
-                               int32_t *assign, int64_t *gh, Ctx *x)
+                               int32_t *assign, int64_t *gh, Scratch *x)
 {
     int64_t nnz = 0;
     for (int64_t k = 0; k < C * nsym; k++)
         nnz += hist[k] != 0;
     /* one buffer: start[C+1], sym[nnz], cnt[nnz], logp[nsym*T], v[T], order[C] */
     size_t bytes = (size_t)(C + 1 + nnz) * 8 + (size_t)(nnz + nsym * T + T) * 8 + (size_t)C * sizeof(Keyed);
-    uint8_t *buf = grab(x, B_SPARSE, bytes);
+    uint8_t *buf = scratch_get(x, B_SPARSE, bytes);
     if (!buf)
         return -1.0;
     int64_t *start = (int64_t *)buf, *sym = start + C + 1;
@@ -293,7 +290,7 @@ typedef struct {
 } Model;
 
 /* Returns 0, or -1 if out of memory */
-static int64_t choose_model(const void *words, int64_t n, int64_t W, int64_t E, int64_t C, const Params *P, Ctx *x,
+static int64_t choose_model(const void *words, int64_t n, int64_t W, int64_t E, int64_t C, const Params *P, Scratch *x,
                             Model *m)
 {
     const int64_t width = W / 8;
@@ -337,7 +334,7 @@ static int64_t choose_model(const void *words, int64_t n, int64_t W, int64_t E, 
     m->C = 1;
     /* one buffer: the channel assignment int32[C], the single table, up to `groups`
      * grouped tables (uint32[nsym] each) and the channel map uint8[C] */
-    uint8_t *fb = grab(x, B_FREQS, (size_t)C * 4 + (size_t)((P->groups + 1) * nsym) * 4 + (size_t)C);
+    uint8_t *fb = scratch_get(x, B_FREQS, (size_t)C * 4 + (size_t)((P->groups + 1) * nsym) * 4 + (size_t)C);
     if (!fb)
         return -1;
     int32_t *assign = (int32_t *)fb;
@@ -356,7 +353,7 @@ static int64_t choose_model(const void *words, int64_t n, int64_t W, int64_t E, 
         remap[m->used[i]] = (int32_t)i;
     int64_t step = rows / P->sample_rows > 1 ? rows / P->sample_rows : 1;
     int64_t nrows = (rows + step - 1) / step;
-    int32_t *hist = grab(x, B_HIST, (size_t)(C * nsym) * sizeof(int32_t));
+    int32_t *hist = scratch_get(x, B_HIST, (size_t)(C * nsym) * sizeof(int32_t));
     if (!hist)
         return -1;
     memset(hist, 0, (size_t)(C * nsym) * sizeof(int32_t));
@@ -370,7 +367,7 @@ static int64_t choose_model(const void *words, int64_t n, int64_t W, int64_t E, 
     int64_t T = P->groups;
     if (T >= C || T < 2)
         return 0;
-    int64_t *gh = grab(x, B_GH, (size_t)(T * nsym) * sizeof(int64_t));
+    int64_t *gh = scratch_get(x, B_GH, (size_t)(T * nsym) * sizeof(int64_t));
     if (!gh)
         return -1;
     double bits = cluster_channels(hist, C, nsym, T, P->cluster_iters, assign, gh, x);
@@ -444,13 +441,13 @@ static void write_model(Out *o, const Model *m)
  * symbols into scratch, then put the varint word count, the padding to an
  * even offset, and the words. Returns -1 if out of memory. */
 static int64_t put_stream(Out *o, const void *words, int64_t n, int64_t width, int64_t rbits, int64_t sbits,
-                          const Model *m, int64_t lanes, Ctx *x)
+                          const Model *m, int64_t lanes, Scratch *x)
 {
     static const uint8_t zero_map[1] = {0};
     int64_t C = m->T > 1 ? m->C : 1, smask = ((int64_t)1 << sbits) - 1;
-    uint64_t *tab = grab(x, B_TAB, (size_t)(m->T * (smask + 1) + ssmzip_split_period(C) / 2 + 1) * 8);
+    uint64_t *tab = scratch_get(x, B_TAB, (size_t)(m->T * (smask + 1) + ssmzip_split_period(C) / 2 + 1) * 8);
     int64_t outlen = n + 2 * lanes + 1;
-    uint16_t *st = grab(x, B_STREAM, (size_t)outlen * 2);
+    uint16_t *st = scratch_get(x, B_STREAM, (size_t)outlen * 2);
     if (!tab || !st)
         return -1;
     int64_t nw = ssmzip_split_encode(words, n, width, rbits, smask, C, m->T > 1 ? m->ctxmap : zero_map, m->freqs,
@@ -476,7 +473,7 @@ static int sample_says_raw(const int64_t *h, int64_t m, int64_t nbits, const Par
 }
 
 /* As floatsplit._raw_part, written */
-static int64_t put_raw_part(Out *o, const uint8_t *vals, int64_t n, int64_t nbits, Ctx *x)
+static int64_t put_raw_part(Out *o, const uint8_t *vals, int64_t n, int64_t nbits, Scratch *x)
 {
     put_u8(o, 0);
     if (nbits == 8) {
@@ -484,7 +481,7 @@ static int64_t put_raw_part(Out *o, const uint8_t *vals, int64_t n, int64_t nbit
         return 0;
     }
     int64_t raw = (n * nbits + 7) / 8;
-    uint8_t *packed = grab(x, B_PACKED, (size_t)raw + 8);
+    uint8_t *packed = scratch_get(x, B_PACKED, (size_t)raw + 8);
     if (!packed)
         return -1;
     ssmzip_split_pack_bits(vals, n, nbits, packed);
@@ -493,7 +490,7 @@ static int64_t put_raw_part(Out *o, const uint8_t *vals, int64_t n, int64_t nbit
 }
 
 /* As floatsplit._encode_part, written */
-static int64_t put_part(Out *o, const uint8_t *vals, int64_t n, int64_t nbits, int64_t lanes, const Params *P, Ctx *x)
+static int64_t put_part(Out *o, const uint8_t *vals, int64_t n, int64_t nbits, int64_t lanes, const Params *P, Scratch *x)
 {
     int64_t raw = nbits == 8 ? n : (n * nbits + 7) / 8;
     int64_t m = n < P->part_sample ? n : P->part_sample;
@@ -533,12 +530,12 @@ static int64_t put_part(Out *o, const uint8_t *vals, int64_t n, int64_t nbits, i
  * sample says they are incompressible. Returns their size, 0 if not taken,
  * -1 if out of memory. */
 static int64_t raw_top(const void *words, int64_t n, int64_t width, int64_t R, int64_t nbytes, int64_t mbits,
-                       const Params *P, Ctx *x, uint8_t **top)
+                       const Params *P, Scratch *x, uint8_t **top)
 {
     int64_t m = P->part_sample;
     if (!mbits || n <= m)
         return 0;
-    uint8_t *sample = grab(x, B_SAMPLE, (size_t)((nbytes + 1) * m));
+    uint8_t *sample = scratch_get(x, B_SAMPLE, (size_t)((nbytes + 1) * m));
     if (!sample)
         return -1;
     ssmzip_split_rest(words, m, width, R, nbytes, mbits, 1, sample);
@@ -547,7 +544,7 @@ static int64_t raw_top(const void *words, int64_t n, int64_t width, int64_t R, i
     if (!sample_says_raw(h, m, mbits, P))
         return 0;
     int64_t nb = (n * mbits + 7) / 8;
-    *top = grab(x, B_TOP, (size_t)nb + 8);
+    *top = scratch_get(x, B_TOP, (size_t)nb + 8);
     if (!*top)
         return -1;
     ssmzip_split_pack_top(words, n, width, R, nbytes, mbits, *top);
@@ -557,7 +554,7 @@ static int64_t raw_top(const void *words, int64_t n, int64_t width, int64_t R, i
 /* ---------------------------------------------------------------- the chunk (as floatsplit.encode_split) */
 
 static int64_t encode_chunk(const void *words, int64_t n, int64_t W, int64_t E, int64_t C, int64_t lanes,
-                            const Params *P, Ctx *x, uint8_t *out, int64_t cap)
+                            const Params *P, Scratch *x, uint8_t *out, int64_t cap)
 {
     const int64_t width = W / 8, rawsize = n * width;
     Out o = {out, 0, cap < rawsize ? cap : rawsize, 0};
@@ -576,7 +573,7 @@ static int64_t encode_chunk(const void *words, int64_t n, int64_t W, int64_t E, 
         int64_t ntop = raw_top(words, n, width, R, nbytes, mbits, P, x, &top);
         if (ntop < 0)
             return -2;
-        uint8_t *parts = grab(x, B_PARTS, (size_t)((ntop ? nbytes : nparts) * n));
+        uint8_t *parts = scratch_get(x, B_PARTS, (size_t)((ntop ? nbytes : nparts) * n));
         if (!parts)
             return -2;
         ssmzip_split_rest(words, n, width, R, nbytes, mbits, ntop == 0, parts);
@@ -606,25 +603,6 @@ static Params params_from(const int64_t *ip, const double *fp, const double *nlo
     return P;
 }
 
-/* One chunk of n words of W bits (E exponent bits), channel period C, into
- * out (cap bytes, at least the raw size to be useful). ip, fp: the tunables
- * (floatsplit._encoder_params); nlogn: _rans.NLOGN. hash: XXH64 of the words.
- * Returns the payload's length, 0 if it would not be smaller than the raw
- * words (the caller stores them raw), -1 for a bad argument, -2 if out of memory. */
-int64_t ssmzip_split_encode_chunk(const void *words, int64_t n, int64_t W, int64_t E, int64_t C, int64_t lanes,
-                                  const int64_t *ip, const double *fp, const double *nlogn, int64_t nlogn_len,
-                                  uint8_t *out, int64_t cap, uint64_t *hash)
-{
-    Params P = params_from(ip, fp, nlogn, nlogn_len);
-    if (!params_ok(&P, W, E, lanes, C) || n < 1)
-        return -1;
-    *hash = ssmzip_xxh64(words, n * (W / 8));
-    Ctx x = {{0}, {0}};
-    int64_t r = encode_chunk(words, n, W, E, C, lanes, &P, &x, out, cap);
-    ctx_free(&x);
-    return r;
-}
-
 /* ---------------------------------------------------------------- many chunks, C threads */
 
 typedef struct {
@@ -641,21 +619,26 @@ typedef struct {
 static void *jobs_worker(void *arg)
 {
     Jobs *b = (Jobs *)arg;
-    Ctx x = {{0}, {0}};
+    Scratch x = {{0}, {0}};
     for (int64_t i; (i = ssmzip_split_next_job(&b->next)) < b->count;) {
         b->hashes[i] = ssmzip_xxh64(b->words[i], b->ns[i] * (b->W / 8));
         b->lens[i] = b->ns[i] < 1 || b->Cs[i] < 1 ? -1
                      : encode_chunk(b->words[i], b->ns[i], b->W, b->E, b->Cs[i], b->lanes, b->P, &x, b->outs[i],
                                     b->caps[i]);
     }
-    ctx_free(&x);
+    scratch_free(&x);
     return 0;
 }
 
-/* ssmzip_split_encode_chunk for `count` chunks of one dtype on `threads`
- * threads (the caller's among them; at most 64), jobs taken in the given
- * order; lens[i] and hashes[i] as that function gives them. Returns -1 for a
- * bad argument (nothing done), else 0. */
+/* `count` chunks of one dtype (W bits, E exponent bits) on `threads` threads
+ * (the caller's among them; at most 64), jobs taken in the given order.
+ * Chunk i: ns[i] words at words[i], channel period Cs[i], payload into outs[i]
+ * (caps[i] bytes, at least the raw size to be useful). ip, fp: the tunables
+ * (floatsplit._INT_PARAMS, _FLOAT_PARAMS); nlogn: _rans.NLOGN. hashes[i]:
+ * XXH64 of the words; lens[i]: the payload's length, 0 if it would not be
+ * smaller than the raw words (the caller stores them raw), -1 for a bad
+ * argument, -2 if out of memory. Returns -1 for bad tunables (nothing done),
+ * else 0. */
 int64_t ssmzip_split_encode_many(int64_t count, const void *const *words, const int64_t *ns, int64_t W, int64_t E,
                                  const int64_t *Cs, int64_t lanes, const int64_t *ip, const double *fp,
                                  const double *nlogn, int64_t nlogn_len, uint8_t *const *outs, const int64_t *caps,

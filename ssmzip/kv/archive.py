@@ -403,8 +403,7 @@ class ArchiveWriter:
         chunks = [c for _, c in batch]
         self._queue(lambda: list(zip(entries, encode_float_chunks(chunks, self.lanes, self.threads))))
         while len(self._pending) > 2:
-            for e, r in self._pending.popleft().result():
-                self._store(e, r)
+            self._store_oldest()
 
     def _queue(self, fn, *args):
         """Run fn(*args) -> [(entry, result)] in the pool (here with one thread); results written in order."""
@@ -414,13 +413,11 @@ class ArchiveWriter:
             return
         self._pending.append(self._pool.submit(fn, *args))
         while len(self._pending) >= 2 * self.threads:
-            for e, r in self._pending.popleft().result():
-                self._store(e, r)
+            self._store_oldest()
 
-    def _write_pending(self):
-        while self._pending:
-            for e, r in self._pending.popleft().result():
-                self._store(e, r)
+    def _store_oldest(self):
+        for e, r in self._pending.popleft().result():
+            self._store(e, r)
 
     def _store(self, entry, result):
         method, pieces, csum, n, nb = result
@@ -435,11 +432,12 @@ class ArchiveWriter:
 
     def _drain(self):
         self._send_batch()
-        self._write_pending()
+        while self._pending:
+            self._store_oldest()
 
     def abort(self):
         """Stop the worker threads without writing the index."""
-        self._batch.clear()
+        self._batch, self._batch_bytes = [], 0
         if self._pool is not None:
             for fut in self._pending:
                 fut.cancel()

@@ -73,7 +73,6 @@ def native():
             "ssmzip_split_decode_payload": ([P, I, I, I, P, I, P], I),
             "ssmzip_xxh64": ([P, I], ctypes.c_uint64),
             "ssmzip_split_decode_many": ([I, P, P, P, P, P, P, P, P, I], None),
-            "ssmzip_split_encode_chunk": ([P, I, I, I, I, I, P, P, P, I, P, I, P], I),
             "ssmzip_split_encode_many": ([I, P, P, I, I, P, I, P, P, P, I, P, P, P, P, I], I),
         }) or False
     return _NATIVE or None
