@@ -22,44 +22,68 @@ def _decode_start(src):
     return x, 4
 
 
+class BlockEncoder:
+    """Codes one block segment by segment through `model` (a BlockState)."""
+
+    def __init__(self, data, model: BlockState):
+        self.buf = np.frombuffer(data, dtype=np.uint8).copy()   # writable: one compiled variant serves both sides
+        self.model = model
+        self.out = np.empty(SEGMENT * 12 + 64, dtype=np.uint8)
+
+    def code(self, start: int, end: int) -> None:
+        # Worst case the coder emits 12 bits per coded bit; keep that much room.
+        need = int(self.model.regs[R_IO]) + (end - start) * 12 + 64
+        if need > self.out.shape[0]:
+            grown = np.empty(need + self.out.shape[0] // 2, dtype=np.uint8)
+            grown[:self.out.shape[0]] = self.out
+            self.out = grown
+        self.model.run(ENCODE, self.buf, start, end, self.out)
+
+    def finish(self) -> bytes:
+        op = int(self.model.regs[R_IO])
+        if len(self.buf):
+            op = _encode_flush(int(self.model.regs[R_X1]), self.out, op)
+        return self.out[:op].tobytes()
+
+
+class BlockDecoder:
+    """Decodes one block segment by segment through `model` (a BlockState)."""
+
+    def __init__(self, payload, size: int, model: BlockState):
+        self.src = np.frombuffer(payload, dtype=np.uint8).copy()
+        self.buf = np.zeros(size, dtype=np.uint8)
+        self.model = model
+        if size:
+            xc, ip = _decode_start(self.src)
+            model.regs[R_X] = xc
+            model.regs[R_IO] = ip
+
+    def code(self, start: int, end: int) -> None:
+        self.model.run(DECODE, self.buf, start, end, self.src)
+
+
 def encode_block(data, preset, progress=None) -> bytes:
     """Compress one block with `preset`; the result decodes with decode_block."""
-    buf = np.frombuffer(data, dtype=np.uint8).copy()   # writable: one compiled variant serves both sides
-    model = BlockState(preset)
-    out = np.empty(SEGMENT * 12 + 64, dtype=np.uint8)
-    for start in range(0, len(buf), SEGMENT):
-        end = min(start + SEGMENT, len(buf))
-        # Worst case the coder emits 12 bits per coded bit; keep that much room.
-        need = int(model.regs[R_IO]) + (end - start) * 12 + 64
-        if need > out.shape[0]:
-            grown = np.empty(need + out.shape[0] // 2, dtype=np.uint8)
-            grown[:out.shape[0]] = out
-            out = grown
-        model.run(ENCODE, buf, start, end, out)
+    enc = BlockEncoder(data, BlockState(preset))
+    n = len(enc.buf)
+    for start in range(0, n, SEGMENT):
+        end = min(start + SEGMENT, n)
+        enc.code(start, end)
         if progress is not None:
             progress(end)
-    op = int(model.regs[R_IO])
-    if len(buf):
-        op = _encode_flush(int(model.regs[R_X1]), out, op)
-    return out[:op].tobytes()
+    return enc.finish()
 
 
 def decode_block(payload, size, preset, progress=None) -> bytes:
     """Decompress `size` bytes from `payload`. Garbage in gives garbage out of the
     right size (never a crash or a hang): the container's checksum catches it."""
-    src = np.frombuffer(payload, dtype=np.uint8).copy()
-    buf = np.zeros(size, dtype=np.uint8)
-    model = BlockState(preset)
-    if size:
-        xc, ip = _decode_start(src)
-        model.regs[R_X] = xc
-        model.regs[R_IO] = ip
+    dec = BlockDecoder(payload, size, BlockState(preset))
     for start in range(0, size, SEGMENT):
         end = min(start + SEGMENT, size)
-        model.run(DECODE, buf, start, end, src)
+        dec.code(start, end)
         if progress is not None:
             progress(end)
-    return buf.tobytes()
+    return dec.buf.tobytes()
 
 
 def warm_up() -> None:

@@ -128,10 +128,11 @@ def address(a: np.ndarray) -> int:
     return a.__array_interface__["data"][0]
 
 
-def run_segment(fn, model, sq, st, state_next, priority, recip, mode, buf, start, end, io) -> None:
-    """Code buf[start:end] with the C kernel; `model` is a state.BlockState."""
+def make_segment(model, sq, st, state_next, priority, recip, mode, buf, io) -> Segment:
+    """The C kernel's arguments for coding `buf` with `model` (a state.BlockState);
+    `run` sets the range. The arrays must outlive it."""
     p = model.preset
-    seg = Segment(mode=mode, start=start, end=end, io_len=io.shape[0], n_ctx=len(p.contexts),
+    seg = Segment(mode=mode, io_len=io.shape[0], n_ctx=len(p.contexts),
                   table_bits=p.table_bits, use_runs=p.runs, match_min=p.match_min, n_mixers=p.mixers,
                   lr=p.mixer_lr, final_lr=p.final_lr, n_apms=p.apms, apm_rate=p.apm_rate,
                   match_mask=model.mindex.shape[0] - 1, n_states=priority.shape[0],
@@ -143,5 +144,11 @@ def run_segment(fn, model, sq, st, state_next, priority, recip, mode, buf, start
         seg.use_ssm = 1
         seg.ssm_ctx = address(model.ssm_ctx)
         seg.ssm_byte, seg.ssm_bit, seg.ssm_end = cb.ssm_byte.address, cb.ssm_bit.address, cb.ssm_end.address
+    return seg
+
+
+def run(fn, seg: Segment, start: int, end: int) -> None:
+    """Code buf[start:end] (the buffer of make_segment), continuing the model's state."""
+    seg.start, seg.end = start, end
     if fn(ctypes.byref(seg)) != 0:
         raise ValueError("the C kernel refused the preset")

@@ -61,7 +61,9 @@ def new_apm(n_contexts: int, squash: np.ndarray) -> np.ndarray:
 class BlockState:
     """All state of one block coder: preallocated arrays, sized by the preset only."""
 
-    def __init__(self, preset):
+    def __init__(self, preset, ssm_feed=None):
+        """ssm_feed: the SSM's logits come from outside (ssmzip.gpu.feed.Feed: an
+        SSM run on torch) and the C kernel reads them; the numba SSM is not built."""
         n = len(preset.contexts)
         n_in = n + 3 + (n - RUN_FROM if preset.runs else 0) + (1 if preset.has_ssm else 0)
         self.preset = preset
@@ -93,9 +95,15 @@ class BlockState:
         self.apm1 = new_apm(256, C.SQUASH)
         self.apm2 = new_apm(1 << 16, C.SQUASH)
         self.apm3 = new_apm(1 << 16 if preset.apms > 2 else 1, C.SQUASH)
-        self._init_ssm(preset)
+        self._init_ssm(preset if ssm_feed is None else None)
         self._native = native.cm_kernel() if preset.contexts else None   # the SSM alone: numba
-        if self._native is not None and preset.has_ssm:
+        self._segment = None
+        if ssm_feed is not None:
+            if self._native is None or not preset.has_ssm:
+                raise native.BackendError("an SSM computed elsewhere needs the C library and "
+                                          "context models (a level with an SSM)")
+            self.ssm_callbacks, self.ssm_ctx = ssm_feed, ssm_feed.ctx
+        elif self._native is not None and preset.has_ssm:
             from . import ssm_callbacks                    # numba: the SSM itself
             self.ssm_callbacks = ssm_callbacks
             self.ssm_ctx = ssm_callbacks.make_context(self)
@@ -103,8 +111,8 @@ class BlockState:
     def _init_ssm(self, preset):
         """The SSM's arrays (parameters, gradients, Adam's second moments,
         activations, scratch, n-gram tables); tiny placeholders when the preset
-        has none (the kernel takes them either way)."""
-        if preset.has_ssm:
+        has none or is None (the kernel takes them either way)."""
+        if preset is not None and preset.has_ssm:
             sh = preset.ssm_shape()
             self.sP = init_params(sh, preset.ssm_seed)
             self.slay, self.salay, self.sdims = sh.lay, sh.act_lay, sh.dims
@@ -137,8 +145,15 @@ class BlockState:
         """Code buf[start:end] (ENCODE: into io; DECODE: from io), continuing from
         where the previous segment stopped."""
         if self._native is not None:
-            native.run_segment(self._native, self, C.SQUASH, C.STRETCH, C.STATE_NEXT, C.STATE_PRIORITY,
-                               C.RECIPROCAL, mode, buf, start, end, io)
+            # the segment's arguments are built once per buffer: a decoder fed from
+            # outside calls this for every byte
+            seg = self._segment
+            if seg is None or seg.key != (mode, id(buf), id(io)):
+                seg = native.make_segment(self, C.SQUASH, C.STRETCH, C.STATE_NEXT, C.STATE_PRIORITY,
+                                          C.RECIPROCAL, mode, buf, io)
+                seg.key, seg.arrays = (mode, id(buf), id(io)), (buf, io)
+                self._segment = seg
+            native.run(self._native, seg, start, end)
             return
         from .predictor import _code_segment     # numba: imported only when it codes
         p = self.preset
