@@ -32,6 +32,19 @@ _READ_MODES = {"r": "rb", "rb": "rb"}
 _WRITE_MODES = {"w": "wb", "wb": "wb", "x": "xb", "xb": "xb"}
 
 
+def _block_pool(threads: int, backend: Optional[str], device, batch: Optional[int]):
+    """Where blocks are coded: worker processes (the default), or batches on torch
+    (backend="torch": ssmzip.gpu). The output bytes are the same."""
+    if backend in (None, "cpu"):
+        if batch is not None or device is not None:
+            raise ValueError("batch and device are for backend='torch'")
+        return OrderedPool(threads)
+    if backend != "torch":
+        raise ValueError(f"backend must be 'cpu' or 'torch', got {backend!r}")
+    from . import gpu
+    return gpu.batch_pool(gpu.DEFAULT_BATCH if batch is None else batch, device)
+
+
 def _preset(level: int, preset: Optional[Preset]) -> Preset:
     if preset is not None:
         if not isinstance(preset, Preset):
@@ -70,10 +83,10 @@ def _progress_for(cb: Progress):
 class _Reader(io.RawIOBase):
     """Decoded bytes of a stream, one block at a time (wrapped in a BufferedReader)."""
 
-    def __init__(self, fp: BinaryIO, threads: int, progress: Progress):
+    def __init__(self, fp: BinaryIO, pool, progress: Progress):
         self._fp = fp
         self._progress = progress
-        self._pool = OrderedPool(threads)
+        self._pool = pool
         self._jobs: deque = deque()       # (size, progress) of each job in the pool
         self._blocks = iter(())
         self._all_read = False
@@ -162,13 +175,12 @@ class _Reader(io.RawIOBase):
 class _Writer:
     """Cuts written bytes into blocks, codes them (maybe in parallel) and writes them in order."""
 
-    def __init__(self, fp: BinaryIO, preset: Preset, block_size: int, threads: int,
-                 progress: Progress):
+    def __init__(self, fp: BinaryIO, preset: Preset, block_size: int, pool, progress: Progress):
         self._fp = fp
         self._preset = preset
         self._block_size = block_size
         self._progress = progress
-        self._pool = OrderedPool(threads)
+        self._pool = pool
         self._jobs: deque = deque()       # (size, progress) of each job in the pool
         self._records: list = []
         self._total = 0                   # bytes written by the caller
@@ -241,6 +253,10 @@ class SSMZipFile(io.BufferedIOBase):
     block size (default: the preset's), ``threads`` the worker processes
     (0 = all cores; the output is the same for any value). ``progress``, if
     given, is called with the number of uncompressed bytes just processed.
+    ``backend="torch"`` codes the SSM of levels 7-9 on torch (GPU mode,
+    ``pip install 'ssmzip[gpu]'``), ``batch`` blocks at a time (default 16),
+    on ``device`` (default: CUDA if there is one, else the CPU); the bytes
+    are the same as the CPU backend's.
 
     Closing a writer codes the last block and writes the index. Leaving a
     ``with`` block by an exception does not: the stream is left without its
@@ -250,7 +266,8 @@ class SSMZipFile(io.BufferedIOBase):
 
     def __init__(self, file: FileArg, mode: str = "rb", *, level: int = DEFAULT_LEVEL,
                  threads: int = 1, block_size: Optional[int] = None,
-                 preset: Optional[Preset] = None, progress: Progress = None):
+                 preset: Optional[Preset] = None, progress: Progress = None,
+                 backend: Optional[str] = None, device=None, batch: Optional[int] = None):
         self._reader: Optional[io.BufferedReader] = None
         self._writer: Optional[_Writer] = None
         self._owns_fp = False
@@ -272,7 +289,7 @@ class SSMZipFile(io.BufferedIOBase):
         self.mode = mode
         try:
             if mode == "rb":
-                raw = _Reader(self._fp, threads, progress)
+                raw = _Reader(self._fp, _block_pool(threads, backend, device, batch), progress)
                 self._reader = io.BufferedReader(raw, io.DEFAULT_BUFFER_SIZE)
             else:
                 p = _preset(level, preset)
@@ -280,7 +297,8 @@ class SSMZipFile(io.BufferedIOBase):
                 if not container.MIN_BLOCK_SIZE <= bs <= container.MAX_BLOCK_SIZE:
                     raise ValueError(f"block_size must be {container.MIN_BLOCK_SIZE}.."
                                      f"{container.MAX_BLOCK_SIZE}, got {bs}")
-                self._writer = _Writer(self._fp, p, bs, threads, progress)
+                self._writer = _Writer(self._fp, p, bs, _block_pool(threads, backend, device, batch),
+                                       progress)
         except BaseException:
             self._close(abort=True)
             raise
@@ -398,7 +416,8 @@ class SSMZipFile(io.BufferedIOBase):
 def open(file: FileArg, mode: str = "rb", *, level: int = DEFAULT_LEVEL, threads: int = 1,
          block_size: Optional[int] = None, preset: Optional[Preset] = None,
          encoding: Optional[str] = None, errors: Optional[str] = None,
-         newline: Optional[str] = None, progress: Progress = None):
+         newline: Optional[str] = None, progress: Progress = None,
+         backend: Optional[str] = None, device=None, batch: Optional[int] = None):
     """Open an .ssz file: an SSMZipFile in binary modes, a TextIOWrapper in "rt"/"wt"/"xt"."""
     text = "t" in mode
     if text and "b" in mode:
@@ -406,23 +425,27 @@ def open(file: FileArg, mode: str = "rb", *, level: int = DEFAULT_LEVEL, threads
     if not text and (encoding is not None or errors is not None or newline is not None):
         raise ValueError("encoding, errors and newline are only for text modes")
     f = SSMZipFile(file, mode.replace("t", ""), level=level, threads=threads,
-                   block_size=block_size, preset=preset, progress=progress)
+                   block_size=block_size, preset=preset, progress=progress,
+                   backend=backend, device=device, batch=batch)
     return io.TextIOWrapper(f, encoding, errors, newline) if text else f
 
 
 def compress(data, level: int = DEFAULT_LEVEL, threads: int = 1,
-             block_size: Optional[int] = None, *, preset: Optional[Preset] = None) -> bytes:
-    """Compress bytes into a complete .ssz stream."""
+             block_size: Optional[int] = None, *, preset: Optional[Preset] = None,
+             backend: Optional[str] = None, device=None, batch: Optional[int] = None) -> bytes:
+    """Compress bytes into a complete .ssz stream (backend, device, batch: see SSMZipFile)."""
     out = io.BytesIO()
     with SSMZipFile(out, "wb", level=level, threads=threads, block_size=block_size,
-                    preset=preset) as f:
+                    preset=preset, backend=backend, device=device, batch=batch) as f:
         f.write(data)
     return out.getvalue()
 
 
-def decompress(data, threads: int = 1) -> bytes:
+def decompress(data, threads: int = 1, *, backend: Optional[str] = None, device=None,
+               batch: Optional[int] = None) -> bytes:
     """Decompress one complete .ssz stream; raise SSMZipError if it is not exactly that."""
-    with SSMZipFile(io.BytesIO(data), "rb", threads=threads) as f:
+    with SSMZipFile(io.BytesIO(data), "rb", threads=threads, backend=backend, device=device,
+                    batch=batch) as f:
         return f.read()
 
 

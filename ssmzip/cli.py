@@ -56,6 +56,14 @@ class _Options:
     quiet: int
     suffix: str
     block_size: Optional[int]
+    gpu: bool = False
+    batch: Optional[int] = None
+
+    def coding(self) -> dict:
+        """Where blocks are coded: SSMZipFile's threads / backend / batch arguments."""
+        if self.gpu:
+            return {"backend": "torch", "batch": self.batch}
+        return {"threads": self.threads}
 
 
 class _Report:
@@ -271,11 +279,11 @@ def _process_stream(opts: _Options, src: BinaryIO, dst, name: str,
         if opts.mode == "compress":
             bar.start(size)
             out = _CountingWriter(dst)
-            with SSMZipFile(out, "wb", level=opts.level, threads=opts.threads,
-                            block_size=opts.block_size, progress=bar.update) as z:
+            with SSMZipFile(out, "wb", level=opts.level, block_size=opts.block_size,
+                            progress=bar.update, **opts.coding()) as z:
                 n = _copy(src, z)
             return n, out.count
-        with SSMZipFile(src, "rb", threads=opts.threads, progress=bar.update) as z:
+        with SSMZipFile(src, "rb", progress=bar.update, **opts.coding()) as z:
             bar.start(z.total_size)   # known before decoding when src is seekable
             return _copy(z, dst), size
     finally:
@@ -605,18 +613,45 @@ def _level_options(f):
               help="Suffix of compressed files.")
 @click.option("--block-size", type=_SizeType(), default=None,
               help="Block size, e.g. 1M (default: the level's). Blocks are coded independently.")
+@click.option("--gpu", is_flag=True,
+              help="GPU mode (levels 7-9): the SSMs of several blocks trained and run together "
+                   "on torch (pip install 'ssmzip[gpu]'), on CUDA when there is a device, else "
+                   "on the CPU with a notice (slower). No torch: error. Same output bytes.")
+@click.option("--batch", type=click.IntRange(min=1), default=None, metavar="N",
+              help="Blocks coded together in GPU mode (default 16); each holds its own model "
+                   "in memory.")
 @click.option("-V", "--version", is_flag=True, expose_value=False, is_eager=True,
               callback=lambda ctx, _, value: _print_version(ctx) if value else None,
               help="Show the version and the coding backend, and exit.")
 @click.argument("files", nargs=-1, type=click.Path(allow_dash=True), metavar="[FILE]...")
 def command(mode, to_stdout, keep, force, threads, level, verbose, quiet, suffix, block_size,
-            files):
+            gpu, batch, files):
     """Compress or decompress FILEs in the .ssz format (xz's interface)."""
     if not suffix or "/" in suffix or suffix == ".":
         raise click.BadParameter(f"invalid suffix {suffix!r}", param_hint="'-S'")
+    if batch is not None and not gpu:
+        raise click.BadParameter("--batch is for --gpu", param_hint="'--batch'")
     opts = _Options(mode, to_stdout, keep or to_stdout, force, threads, level, verbose, quiet,
-                    suffix, block_size)
+                    suffix, block_size, gpu, batch)
+    if gpu and mode != "list" and not _gpu_ready(opts):
+        return EXIT_ERROR
     return _run(opts, files)
+
+
+def _gpu_ready(opts: _Options) -> bool:
+    """--gpu: torch must be there (else one line, exit 1); without CUDA, a notice."""
+    try:
+        from . import gpu
+        gpu.batch_pool(1)
+        from .gpu.device import cuda_available
+    except gpu.BackendError as e:
+        if opts.quiet < 2:
+            click.echo(f"{PROG}: {e}", err=True)
+        return False
+    if not cuda_available() and opts.quiet < 1:
+        click.echo(f"{PROG}: no CUDA device: --gpu runs torch on the CPU (the same bytes, slower)",
+                   err=True)
+    return True
 
 
 def main(args=None) -> int:

@@ -376,8 +376,12 @@ def iter_blocks(f: BinaryIO, header: Header,
 def compress_block(data: bytes, preset: Preset,
                    progress: Optional[Callable[[int], None]] = None) -> tuple:
     """Code one block; return (record, payload). Stores it raw if coding does not pay."""
+    return block_record(data, encode_block(data, preset, progress))
+
+
+def block_record(data: bytes, payload: bytes) -> tuple:
+    """(record, payload) of a block coded as `payload`, stored raw if coding did not pay."""
     crc = _crc(data)
-    payload = encode_block(data, preset, progress)
     if len(payload) >= len(data) or len(data) > max_original_size(len(payload)):
         return BlockRecord(KIND_STORED, len(data), len(data), crc, crc), bytes(data)
     return BlockRecord(KIND_CODED, len(data), len(payload), crc, _crc(payload)), payload
@@ -395,6 +399,11 @@ def decompress_block(number: int, rec: BlockRecord, payload: bytes, preset: Pres
         data = payload
     else:
         data = decode_block(payload, rec.size, preset, progress)
+    return check_decoded(number, rec, data)
+
+
+def check_decoded(number: int, rec: BlockRecord, data: bytes) -> bytes:
+    """`data` if it is what block `number` held, else SSMZipError (see decompress_block)."""
     if len(data) != rec.size or _crc(data) != rec.crc:
         raise SSMZipError(f"block {number}: checksum mismatch in decoded data "
                           "(written by an incompatible engine version?)")

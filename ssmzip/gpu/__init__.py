@@ -1,5 +1,29 @@
 """GPU mode: the SSM of levels 7-9 on torch, many blocks advanced as one batch.
 
-torch is an optional extra (``pip install ssmzip[gpu]``); nothing outside this
-package imports it. The output is the CPU backend's, byte for byte.
+torch is an optional extra (``pip install 'ssmzip[gpu]'``); nothing outside
+this package imports it, and this file imports it only when asked to. The
+output is the CPU backend's, byte for byte, on any device.
+
+    ssm_torch.py  the SSM for B blocks at once, in the numba kernels' arithmetic
+    inputs.py     each row's input byte and n-gram rows; the n-gram step's groups
+    feed.py       callbacks through which the C context-model kernel reads its logits
+    coder.py      encode_blocks / decode_blocks: blocks coded as one batch
+    pool.py       the API's block pool over batches
+    device.py     which torch device, and clear errors when there is none
 """
+from ..engine.native import BackendError
+
+DEFAULT_BATCH = 16        # blocks coded together; each needs its own model memory (Preset.memory_estimate)
+
+
+def batch_pool(batch: int = DEFAULT_BATCH, device=None):
+    """A pool coding blocks `batch` at a time on torch (pool.BatchPool)."""
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        raise BackendError("GPU mode needs torch: pip install 'ssmzip[gpu]'") from None
+    from .pool import BatchPool
+    return BatchPool(batch, device)
+
+
+__all__ = ["BackendError", "DEFAULT_BATCH", "batch_pool"]

@@ -14,11 +14,14 @@ then each block's kernel decodes that byte reading them.
 """
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import torch
 
 from ..engine.block import BlockDecoder, BlockEncoder
 from ..engine.state import SEGMENT, BlockState
+from ..parallel import available_cores
 from . import inputs
 from .feed import PATH, TABLE, Feed
 from .ssm_torch import BatchSSM
@@ -34,14 +37,24 @@ def _groups(rows: np.ndarray, preset, device) -> tuple:
             torch.from_numpy(np.ascontiguousarray(uses[:, :u, :m])).to(device))
 
 
-def encode_blocks(blocks, preset, device="cpu", progress=None) -> list:
+def encode_blocks(blocks, preset, device="cpu", progress=None, threads=None) -> list:
     """Encode blocks (bytes-like, one preset with an SSM) together; the payloads
-    are encode_block's, byte for byte. progress(n) gets the bytes coded so far."""
-    B, T, ng = len(blocks), preset.ssm_chunk, max(preset.ssm_ngram, 1)
+    are encode_block's, byte for byte. progress(n) gets the bytes coded so far.
+    The context models of different blocks run on `threads` host threads (default:
+    every core; the C kernel runs without the interpreter lock)."""
+    B, T = len(blocks), preset.ssm_chunk
     ssm = BatchSSM(preset, B, device)
-    dims = preset.ssm_shape().dims
     feeds = [Feed(PATH, T) for _ in range(B)]
     encs = [BlockEncoder(b, BlockState(preset, ssm_feed=f)) for b, f in zip(blocks, feeds)]
+    with ThreadPoolExecutor(max(1, min(B, threads or available_cores()))) as pool:
+        _encode_segments(ssm, encs, feeds, preset, device, pool, progress)
+    return [e.finish() for e in encs]
+
+
+def _encode_segments(ssm, encs, feeds, preset, device, pool, progress) -> None:
+    """The SSM runs ahead over a segment of every block, then their kernels code it."""
+    B, T, ng = len(encs), preset.ssm_chunk, max(preset.ssm_ngram, 1)
+    dims = preset.ssm_shape().dims
     sizes = [len(e.buf) for e in encs]
     regs = np.zeros((B, inputs.N_REGS), dtype=np.int64)
     seg = max(T, SEGMENT // T * T)                  # segments start at a chunk boundary
@@ -65,14 +78,13 @@ def encode_blocks(blocks, preset, device="cpu", progress=None) -> list:
             if c1 - c0 == T:                         # a full chunk: learn from it
                 ssm.learn(tgt_d[:, c1 - 1], _groups(rows[:, c0:c1], preset, device) if preset.ssm_ngram else None)
         lg = logits.cpu().numpy()
-        for b, e in enumerate(encs):
-            if s0 < sizes[b]:
-                feeds[b].point(np.ascontiguousarray(lg[b]))
-                e.code(s0, min(s0 + n, sizes[b]))
+        live = [b for b in range(B) if s0 < sizes[b]]
+        for b in live:
+            feeds[b].point(np.ascontiguousarray(lg[b]))
+        list(pool.map(lambda b: encs[b].code(s0, min(s0 + n, sizes[b])), live))
         done += n
         if progress is not None:
             progress(done)
-    return [e.finish() for e in encs]
 
 
 def decode_blocks(payloads, sizes, preset, device="cpu", progress=None, progress_every=1 << 12) -> list:

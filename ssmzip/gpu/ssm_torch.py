@@ -81,23 +81,25 @@ def silu(x: torch.Tensor) -> torch.Tensor:
     return sigmoid(x) * x
 
 
-def seq_sum(init: torch.Tensor, terms: torch.Tensor, dim: int) -> torch.Tensor:
-    """init + terms summed over `dim`, one index after the other (ssm.py's order)."""
+def seq_sum(init: torch.Tensor, terms: torch.Tensor) -> torch.Tensor:
+    """init + terms[0] + terms[1] + ..., one after the other (ssm.py's order). The
+    callers lay the products out with the summed index first, so that each term
+    is one contiguous block."""
     acc = init.clone()
-    for j in range(terms.shape[dim]):
-        acc += terms.select(dim, j)
+    for term in terms:
+        acc += term
     return acc
 
 
 def seq_matvec(init: torch.Tensor, x: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
     """init[b, t, i] + sum_j x[b, t, j] * W[b, j, i], j in order (ssm._matvec)."""
-    return seq_sum(init, x.unsqueeze(-1) * W.unsqueeze(1), 2)
+    return seq_sum(init, x.permute(2, 0, 1).unsqueeze(-1) * W.permute(1, 0, 2).unsqueeze(2))
 
 
 def back_mat(W: torch.Tensor, Y: torch.Tensor) -> torch.Tensor:
     """sum_i W[b, j, i] * Y[b, t, i] from zero, i in order (ssm._back_mat's tb)."""
-    prod = W.unsqueeze(1) * Y.unsqueeze(2)                     # B, T, J, I
-    return seq_sum(torch.zeros(prod.shape[:3], dtype=F32, device=W.device), prod, 3)
+    prod = W.permute(2, 0, 1).unsqueeze(2) * Y.permute(2, 0, 1).unsqueeze(3)      # I, B, T, J
+    return seq_sum(torch.zeros(prod.shape[1:], dtype=F32, device=W.device), prod)
 
 
 def acc_outer(G: torch.Tensor, X: torch.Tensor, Y: torch.Tensor) -> None:
@@ -108,7 +110,8 @@ def acc_outer(G: torch.Tensor, X: torch.Tensor, Y: torch.Tensor) -> None:
 
 def rmsnorm(x: torch.Tensor, g: torch.Tensor):
     """(x * r) * g with r = 1 / sqrt(mean(x^2) + eps); returns it and r."""
-    acc = seq_sum(torch.zeros(x.shape[:-1], dtype=F32, device=x.device), x * x, x.dim() - 1)
+    xm = x.movedim(-1, 0)
+    acc = seq_sum(torch.zeros(x.shape[:-1], dtype=F32, device=x.device), xm * xm)
     r = torch.reciprocal(sqrt_rn(acc / float(x.shape[-1]) + _EPS))
     return x * r.unsqueeze(-1) * g.unsqueeze(1), r
 
@@ -117,7 +120,8 @@ def rmsnorm_back(x, r, g, dy, dg, dx):
     """ssm._rmsnorm_back over all rows: dg += (row by row, in order), returns dx + ..."""
     rr = r.unsqueeze(-1)
     gg = g.unsqueeze(1)
-    m = seq_sum(torch.zeros(x.shape[:-1], dtype=F32, device=x.device), dy * gg * x * rr, 2)
+    terms = dy.movedim(2, 0) * g.t().unsqueeze(2) * x.movedim(2, 0) * r.unsqueeze(0)
+    m = seq_sum(torch.zeros(x.shape[:-1], dtype=F32, device=x.device), terms)
     m = (m / float(x.shape[-1])).unsqueeze(-1)
     xn = x * rr
     dyxn = dy * xn
@@ -264,7 +268,7 @@ class BatchSSM:
         bi = self._bidx[:, None, None]
         w = self.p[-1]["wh"][bi, nodes]                                      # B, n, 8, dm
         f = self.f[:, t0:t0 + n]
-        acc = seq_sum(self.p[-1]["hb"][bi, nodes], f[:, :, None, :] * w, 3)
+        acc = seq_sum(self.p[-1]["hb"][bi, nodes], f.permute(2, 0, 1).unsqueeze(-1) * w.permute(3, 0, 1, 2))
         lg = clamp_logit(acc)
         self.lg[:, t0:t0 + n] = lg
         return lg
@@ -273,7 +277,7 @@ class BatchSSM:
         """All 255 node logits of row t (B, 256; entry 0 unused): a decoder does
         not know the byte's path before it has decoded it."""
         f = self.f[:, t]
-        acc = seq_sum(self.p[-1]["hb"].clone(), f[:, None, :] * self.p[-1]["wh"], 2)
+        acc = seq_sum(self.p[-1]["hb"], f.t().unsqueeze(2) * self.p[-1]["wh"].permute(2, 0, 1))
         return clamp_logit(acc)
 
     def keep_logits(self, t: int, table: torch.Tensor, byte: torch.Tensor) -> None:
@@ -317,7 +321,7 @@ class BatchSSM:
             gg["wh"].scatter_add_(1, idx, gl[:, t, :, None] * f[:, t, None, :])
         bi = self._bidx[:, None, None]
         w = gp["wh"][bi, nodes]                                                 # B, T, 8, dm
-        dU = seq_sum(zeros(T, dm), gl[..., None] * w, 2)
+        dU = seq_sum(zeros(T, dm), gl.permute(2, 0, 1).unsqueeze(-1) * w.permute(2, 0, 1, 3))
         dX = rmsnorm_back(self.xf, self.rf, gp["gf"], dU, gg["gf"], zeros(T, dm))
 
         for l in range(self.nl - 1, -1, -1):
@@ -346,10 +350,14 @@ class BatchSSM:
                 dH = dH * dec[:, t, None, :]
             hn, hp = H[:, 1:], H[:, :T]
             dpj = zeros(T, K)
-            dpj[:, :, rk + ds:] = seq_sum(zeros(T, ds), hn * dy[:, :, None, :], 3)
-            vdd = seq_sum(zeros(T, di), Dh * hp, 2)
-            vq = seq_sum(zeros(T, di), Dh * bv[..., None], 2)
-            dpj[:, :, rk:rk + ds] = seq_sum(zeros(T, ds), Dh * dtv[:, :, None, :] * xs[:, :, None, :], 3)
+            dyi = dy.permute(2, 0, 1).unsqueeze(-1)                          # di, B, T, 1
+            dpj[:, :, rk + ds:] = seq_sum(zeros(T, ds), hn.permute(3, 0, 1, 2) * dyi)
+            Ds = Dh.permute(2, 0, 1, 3)                                       # ds, B, T, di
+            vdd = seq_sum(zeros(T, di), Ds * hp.permute(2, 0, 1, 3))
+            vq = seq_sum(zeros(T, di), Ds * bv.permute(2, 0, 1).unsqueeze(-1))
+            Di = Dh.permute(3, 0, 1, 2)                                       # di, B, T, ds
+            dpj[:, :, rk:rk + ds] = seq_sum(zeros(T, ds), Di * dtv.permute(2, 0, 1).unsqueeze(-1)
+                                            * xs.permute(2, 0, 1).unsqueeze(-1))
             dxs = dxs + dtv * vq
             ddt = xs * vq - vdd * vae * dec
             gal = vdd * dtv * dec * vae

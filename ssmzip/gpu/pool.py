@@ -1,0 +1,100 @@
+"""parallel.OrderedPool's interface over batches: blocks wait until a batch is
+full (or a result is asked for), then are coded together on torch.
+
+The API's reader and writer submit container.compress_block and
+container.decompress_block jobs; this pool runs the blocks of each kind as one
+batch (coder.encode_blocks / decode_blocks) and hands the results back in
+order, the same (record, payload) or bytes those functions return. Levels
+without an SSM have nothing for torch to do: their jobs run as they are.
+"""
+from __future__ import annotations
+
+from collections import deque
+
+from .. import container
+from .coder import decode_blocks, encode_blocks
+from .device import resolve_device
+
+
+def _batchable(preset) -> bool:
+    return preset.has_ssm and bool(preset.contexts)
+
+
+class _Job:
+    __slots__ = ("fn", "args", "progress", "done", "result")
+
+    def __init__(self, fn, args, progress):
+        self.fn, self.args, self.progress = fn, args, progress
+        self.done, self.result = False, None
+
+
+class BatchPool:
+    """submit / pop / full / close, as parallel.OrderedPool; `batch` blocks per batch."""
+
+    def __init__(self, batch: int, device=None):
+        if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+            raise ValueError(f"batch must be an integer >= 1, got {batch!r}")
+        self.window = batch
+        self.device = resolve_device(device)
+        self._pending: deque = deque()
+
+    def __len__(self) -> int:
+        return len(self._pending)
+
+    def full(self) -> bool:
+        return len(self._pending) >= self.window
+
+    def submit(self, fn, *args, progress=None) -> None:
+        if fn not in (container.compress_block, container.decompress_block):
+            raise ValueError(f"BatchPool cannot batch {fn!r}")
+        self._pending.append(_Job(fn, args, progress))
+
+    def pop(self):
+        job = self._pending[0]
+        if not job.done:
+            self._run(list(self._pending))
+        self._pending.popleft()
+        return job.result
+
+    def _run(self, jobs) -> None:
+        """Code every job not yet done: batchable ones of each kind together."""
+        todo = [j for j in jobs if not j.done]
+        for j in todo:
+            preset = j.args[1] if j.fn is container.compress_block else j.args[3]
+            stored = j.fn is container.decompress_block and j.args[1].stored
+            if not _batchable(preset) or stored:
+                j.result, j.done = j.fn(*j.args, progress=j.progress), True
+        enc = [j for j in todo if not j.done and j.fn is container.compress_block]
+        dec = [j for j in todo if not j.done and j.fn is container.decompress_block]
+        if enc:
+            payloads = encode_blocks([j.args[0] for j in enc], enc[0].args[1], self.device,
+                                     _progress_of(enc))
+            for j, payload in zip(enc, payloads):
+                j.result, j.done = container.block_record(j.args[0], payload), True
+        if dec:
+            data = decode_blocks([j.args[2] for j in dec], [j.args[1].size for j in dec], dec[0].args[3],
+                                 self.device, _progress_of(dec))
+            for j, d in zip(dec, data):
+                j.result, j.done = container.check_decoded(j.args[0], j.args[1], d), True
+
+    def close(self, abort: bool = False) -> None:
+        self._pending.clear()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        self.close(abort=exc_type is not None)
+
+
+def _progress_of(jobs):
+    """One callback for a batch: every job has coded n bytes (at most its size)."""
+    cbs = [(j.progress, len(j.args[0]) if j.fn is container.compress_block else j.args[1].size)
+           for j in jobs if j.progress is not None]
+    if not cbs:
+        return None
+
+    def progress(n):
+        for cb, size in cbs:
+            cb(min(n, size))
+    return progress
