@@ -7,10 +7,10 @@
 See ``ssmzip.api`` for the file interface (``ssmzip.open``) and ``ssmzip --help``
 for the command line.
 """
-from .api import SSMZipFile, StreamInfo, compress, decompress, info, open
+from .api import SSMZipFile, StreamInfo, compress, compress_many, decompress, decompress_many, info, open
 from .errors import SSMZipError
 
 __version__ = "0.1.0"
 
-__all__ = ["compress", "decompress", "open", "info", "SSMZipFile", "StreamInfo",
+__all__ = ["compress", "decompress", "compress_many", "decompress_many", "open", "info", "SSMZipFile", "StreamInfo",
            "SSMZipError", "__version__"]

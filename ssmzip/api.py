@@ -45,6 +45,14 @@ def _block_pool(threads: int, backend: Optional[str], device, batch: Optional[in
     return gpu.batch_pool(gpu.DEFAULT_BATCH if batch is None else batch, device)
 
 
+def _block_size(preset: Preset, block_size: Optional[int]) -> int:
+    bs = preset.block_size if block_size is None else operator.index(block_size)
+    if not container.MIN_BLOCK_SIZE <= bs <= container.MAX_BLOCK_SIZE:
+        raise ValueError(f"block_size must be {container.MIN_BLOCK_SIZE}.."
+                         f"{container.MAX_BLOCK_SIZE}, got {bs}")
+    return bs
+
+
 def _preset(level: int, preset: Optional[Preset]) -> Preset:
     if preset is not None:
         if not isinstance(preset, Preset):
@@ -293,10 +301,7 @@ class SSMZipFile(io.BufferedIOBase):
                 self._reader = io.BufferedReader(raw, io.DEFAULT_BUFFER_SIZE)
             else:
                 p = _preset(level, preset)
-                bs = p.block_size if block_size is None else operator.index(block_size)
-                if not container.MIN_BLOCK_SIZE <= bs <= container.MAX_BLOCK_SIZE:
-                    raise ValueError(f"block_size must be {container.MIN_BLOCK_SIZE}.."
-                                     f"{container.MAX_BLOCK_SIZE}, got {bs}")
+                bs = _block_size(p, block_size)
                 self._writer = _Writer(self._fp, p, bs, _block_pool(threads, backend, device, batch),
                                        progress)
         except BaseException:
@@ -447,6 +452,64 @@ def decompress(data, threads: int = 1, *, backend: Optional[str] = None, device=
     with SSMZipFile(io.BytesIO(data), "rb", threads=threads, backend=backend, device=device,
                     batch=batch) as f:
         return f.read()
+
+
+def compress_many(items, level: int = DEFAULT_LEVEL, threads: int = 1,
+                  block_size: Optional[int] = None, *, preset: Optional[Preset] = None,
+                  backend: Optional[str] = None, device=None, batch: Optional[int] = None) -> list:
+    """Compress several inputs into one .ssz stream each (each equal to compress(item)),
+    coding the blocks of all of them together: with backend="torch", blocks of
+    different inputs share a batch, so many small files keep a GPU busy."""
+    p = _preset(level, preset)
+    bs = _block_size(p, block_size)
+    pool = _block_pool(threads, backend, device, batch)
+    parts = [[container.pack_header(p, bs)] for _ in items]
+    records: list = [[] for _ in items]
+    sizes = [0] * len(items)
+    owner: deque = deque()              # which input each job in the pool belongs to
+
+    def take():
+        rec, payload = pool.pop()
+        i = owner.popleft()
+        parts[i] += [rec.pack_header(), payload]
+        records[i].append(rec)
+    try:
+        for i, data in enumerate(items):
+            mv = memoryview(data).cast("B")
+            sizes[i] = len(mv)
+            for o in range(0, len(mv), bs):
+                while pool.full():
+                    take()
+                pool.submit(container.compress_block, bytes(mv[o:o + bs]), p)
+                owner.append(i)
+        while owner:
+            take()
+    finally:
+        pool.close(abort=bool(owner))
+    return [b"".join(parts[i]) + container.pack_trailer(records[i], sizes[i]) for i in range(len(items))]
+
+
+def decompress_many(blobs, threads: int = 1, *, backend: Optional[str] = None, device=None,
+                    batch: Optional[int] = None) -> list:
+    """Decompress several complete .ssz streams, their blocks decoded together (see
+    compress_many); raise SSMZipError if one is not exactly a stream."""
+    pool = _block_pool(threads, backend, device, batch)
+    out: list = [[] for _ in blobs]
+    owner: deque = deque()
+    try:
+        for i, blob in enumerate(blobs):
+            fp = io.BytesIO(blob)
+            header = container.read_header(fp)
+            for number, rec, payload in container.iter_blocks(fp, header, None):
+                while pool.full():
+                    out[owner.popleft()].append(pool.pop())
+                pool.submit(container.decompress_block, number, rec, payload, header.preset)
+                owner.append(i)
+        while owner:
+            out[owner.popleft()].append(pool.pop())
+    finally:
+        pool.close(abort=bool(owner))
+    return [b"".join(parts) for parts in out]
 
 
 @dataclass(frozen=True)

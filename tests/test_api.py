@@ -295,3 +295,18 @@ def test_unclosed_writer_warns_and_leaves_stream_unfinished():
         f.__del__()
     with pytest.raises(ssmzip.SSMZipError, match="truncated"):
         ssmzip.decompress(buf.getvalue())
+
+
+def test_compress_many_gives_each_stream_alone():
+    from conftest import random_bytes
+    items = [text_sample(3000, seed=21), b"", b"x", random_bytes(2500), bytes(2048)]
+    blobs = ssmzip.compress_many(items, level=FAST, block_size=BS)
+    assert blobs == [ssmzip.compress(d, level=FAST, block_size=BS) for d in items]
+    assert ssmzip.decompress_many(blobs) == items
+    assert ssmzip.decompress_many(blobs, threads=2) == items
+
+
+def test_decompress_many_rejects_a_bad_stream():
+    blobs = ssmzip.compress_many([b"abc" * 100, b"def" * 100], level=FAST, block_size=BS)
+    with pytest.raises(ssmzip.SSMZipError):
+        ssmzip.decompress_many([blobs[0], blobs[1][:-1]])

@@ -166,6 +166,16 @@ def test_api_backend_torch_same_stream():
 
 
 @needs_c
+def test_many_files_share_batches():
+    """Blocks of several inputs coded together (batch 4 over 1+2+0+3 blocks), each
+    stream as compress() makes it alone; decoded together again."""
+    items = [text_sample(700, seed=13), text_sample(2000, seed=14), b"", random_bytes(600) + bytes(1500)]
+    blobs = ssmzip.compress_many(items, preset=SMALL, block_size=1024, backend="torch", batch=4)
+    assert blobs == [ssmzip.compress(d, preset=SMALL, block_size=1024) for d in items]
+    assert ssmzip.decompress_many(blobs, backend="torch", batch=4) == items
+
+
+@needs_c
 def test_api_open_streams_with_torch(tmp_path):
     data = text_sample(3000, seed=11)
     path = tmp_path / "x.ssz"

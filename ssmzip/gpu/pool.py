@@ -57,25 +57,27 @@ class BatchPool:
         return job.result
 
     def _run(self, jobs) -> None:
-        """Code every job not yet done: batchable ones of each kind together."""
-        todo = [j for j in jobs if not j.done]
-        for j in todo:
-            preset = j.args[1] if j.fn is container.compress_block else j.args[3]
-            stored = j.fn is container.decompress_block and j.args[1].stored
-            if not _batchable(preset) or stored:
+        """Code every job not yet done: batchable ones of one kind and preset together."""
+        groups: dict = {}
+        for j in jobs:
+            if j.done:
+                continue
+            encode = j.fn is container.compress_block
+            preset = j.args[1] if encode else j.args[3]
+            if not _batchable(preset) or (not encode and j.args[1].stored):
                 j.result, j.done = j.fn(*j.args, progress=j.progress), True
-        enc = [j for j in todo if not j.done and j.fn is container.compress_block]
-        dec = [j for j in todo if not j.done and j.fn is container.decompress_block]
-        if enc:
-            payloads = encode_blocks([j.args[0] for j in enc], enc[0].args[1], self.device,
-                                     _progress_of(enc))
-            for j, payload in zip(enc, payloads):
-                j.result, j.done = container.block_record(j.args[0], payload), True
-        if dec:
-            data = decode_blocks([j.args[2] for j in dec], [j.args[1].size for j in dec], dec[0].args[3],
-                                 self.device, _progress_of(dec))
-            for j, d in zip(dec, data):
-                j.result, j.done = container.check_decoded(j.args[0], j.args[1], d), True
+            else:
+                groups.setdefault((encode, preset), []).append(j)
+        for (encode, preset), group in groups.items():
+            if encode:
+                payloads = encode_blocks([j.args[0] for j in group], preset, self.device, _progress_of(group))
+                for j, payload in zip(group, payloads):
+                    j.result, j.done = container.block_record(j.args[0], payload), True
+            else:
+                data = decode_blocks([j.args[2] for j in group], [j.args[1].size for j in group], preset,
+                                     self.device, _progress_of(group))
+                for j, d in zip(group, data):
+                    j.result, j.done = container.check_decoded(j.args[0], j.args[1], d), True
 
     def close(self, abort: bool = False) -> None:
         self._pending.clear()
