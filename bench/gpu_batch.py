@@ -55,17 +55,34 @@ class _OpCounter:
     """Counts torch operations that launch work (not views) while active."""
 
     def __init__(self):
+        import torch
         from torch.utils._python_dispatch import TorchDispatchMode
 
         counter = self
 
         class Mode(TorchDispatchMode):
             def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                out = func(*args, **(kwargs or {}))
                 if not func.is_view:
-                    counter.n += 1
-                return func(*args, **(kwargs or {}))
-        self.n = 0
+                    # in-place scatters write their values, not the whole tensor they return
+                    written = {"index_put_": 2, "scatter_add_": 3, "index_copy_": 3}.get(
+                        func.__name__.split(".")[0])
+                    res = args[written] if written is not None else out
+                    counter.sizes.append(sum(o.numel() * o.element_size() for o in
+                                             (res if isinstance(res, (tuple, list)) else (res,))
+                                             if isinstance(o, torch.Tensor)))
+                return out
+        self.sizes = []                 # bytes written by each operation
         self.mode = Mode()
+
+    @property
+    def n(self) -> int:
+        return len(self.sizes)
+
+    def seconds(self, batch: int, launch: float, bandwidth: float) -> float:
+        """Each operation: its launch, or reading two inputs and writing its output
+        (batch times this run's one block) at `bandwidth`, whichever is longer."""
+        return sum(max(launch, 3 * batch * b / bandwidth) for b in self.sizes)
 
     def __enter__(self):
         self.mode.__enter__()
@@ -76,7 +93,8 @@ class _OpCounter:
 
 
 def count_ops(preset, block: bytes, device) -> tuple:
-    """(ops per encoder chunk, ops per decoder byte), steady state, one block."""
+    """The operations of one encoder chunk and of one decoder byte (_OpCounter each),
+    one block, steady state."""
     import torch
 
     from ssmzip.gpu import inputs
@@ -100,7 +118,7 @@ def count_ops(preset, block: bytes, device) -> tuple:
         ssm.forward(t, tok_d[:, T:T + 1], rows_d[:, T:T + 1])
         table = ssm.node_logits(t)
         ssm.keep_logits(t, table, tgt_d[:, T])
-    return enc.n, dec.n
+    return enc, dec
 
 
 def main(argv=None) -> int:
@@ -184,29 +202,40 @@ def main(argv=None) -> int:
         out(f"| {B} | {B * D / t / 1e3:.2f} | {B * D / t / 1e3 / (D / t_dcpu / 1e3):.3f} | "
             f"{'yes' if same else '**NO**'} |")
     out()
-    ops_chunk, ops_byte = count_ops(preset, blocks[0], device)
+    enc, dec = count_ops(preset, blocks[0], device)
     T = preset.ssm_chunk
-    out(f"torch operations launched (views excluded): {ops_chunk} per encoder chunk of {T} bytes "
-        f"({ops_chunk / T:.0f} per byte), {ops_byte} per decoder byte; the same for any B.")
+    out(f"torch operations launched (views excluded): {enc.n} per encoder chunk of {T} bytes "
+        f"({enc.n / T:.0f} per byte), {dec.n} per decoder byte; the same for any B.")
     out()
     out("## Projection for a GPU (not measured here)")
     out()
-    for launch_us, how in ((5.0, "eager launches"), (1.0, "the step captured as a CUDA graph")):
-        enc_us = ops_chunk / T * launch_us
-        dec_us = ops_byte * launch_us
-        for B in (64, 256):
-            # SSM: one launch sequence serves B blocks; CM: B blocks per byte on the host
-            ssm_kbs = B / enc_us * 1e3
-            cm_kbs = 1e3 / cm_us
-            out(f"- {how} at {launch_us:g} us each, B = {B}: the SSM encodes {ssm_kbs:.0f} KB/s "
-                f"({ssm_kbs / cpu_kbs:.1f}x one core), decodes {B / dec_us * 1e3:.1f} KB/s; the context "
-                f"models on one host thread cap both at {cm_kbs:.0f} KB/s ({cm_kbs / cpu_kbs:.1f}x).")
+    cores = 16
+    bw = 2e12
+    cm_enc = cores / cm_us * 1e3          # KB/s: the encoder's context models on `cores` threads
+    cm_dec = 1 / cm_us * 1e3              # the decoder's, one block after another on one thread
+    out(f"Per operation: its launch time, or moving 3x its output at {bw / 1e12:g} TB/s (B blocks), "
+        f"whichever is longer. Context models: {cm_us:.1f} us/byte as measured here; the encoder "
+        f"runs them on {cores} host threads ({cm_enc:.0f} KB/s at most), the decoder on one "
+        f"({cm_dec:.0f} KB/s at most).")
     out()
-    out("Assumptions: each torch operation costs its launch time (their tensors are tiny: "
-        "B x at most a few hundred thousand floats) and launches do not overlap with the host's "
-        "work; the n-gram tables (B x 400 MB at -9) fit in the GPU's memory; the context models run "
-        "for one block after another on one host thread, as now (threads over blocks would divide "
-        "their share by the thread count).")
+    out("| launch | B | SSM encode KB/s | encode, with the context models | x one core | "
+        "SSM decode KB/s | decode, with the context models | x one core |")
+    out("|--|--:|--:|--:|--:|--:|--:|--:|")
+    for launch_us, how in ((5.0, "eager, 5 us"), (1.0, "CUDA graph, 1 us")):
+        for B in (64, 256):
+            e = B * T / enc.seconds(B, launch_us * 1e-6, bw) / 1e3
+            d = B / dec.seconds(B, launch_us * 1e-6, bw) / 1e3
+            e_all = 1 / (1 / e + 1 / cm_enc)
+            d_all = 1 / (1 / d + 1 / cm_dec)
+            out(f"| {how} | {B} | {e:.0f} | {e_all:.0f} | {e_all / cpu_kbs:.1f} | {d:.1f} | {d_all:.1f} | "
+                f"{d_all / cpu_kbs:.2f} |")
+    out()
+    out("Assumptions: the torch side and the context models take turns (no overlap), as the "
+        "code does now; the GPU holds B x the n-gram tables (about 400 MB a block at -9) and the "
+        "host B x the context models (about 400 MB); 'x one core' is against the CPU backend's "
+        "encoding speed above (its decoder does the same work; the short blocks of the decoding "
+        "table are dominated by allocating the model). What bounds it: every sum runs in the numba kernels' order, one add per "
+        "term, so an operation count per byte, not arithmetic, sets the time.")
     path = Path(a.out) if a.out else ROOT / "bench" / "results" / (
         f"gpu-{os.uname().nodename}-{datetime.now():%Y%m%d-%H%M%S}.md")
     path.parent.mkdir(parents=True, exist_ok=True)
