@@ -573,6 +573,10 @@ def _print_version(ctx) -> None:
     from .engine import native
     click.echo(f"{PROG} {__version__}")
     click.echo(f"backend: {native.describe()}")
+    import importlib.util                      # not importing torch: it takes a second
+    has_torch = importlib.util.find_spec("torch") is not None
+    click.echo("gpu mode (--gpu): " + ("torch is installed" if has_torch
+                                       else "needs torch (pip install 'ssmzip[gpu]')"))
     ctx.exit(EXIT_OK)
 
 

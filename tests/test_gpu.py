@@ -114,6 +114,17 @@ def test_encode_blocks_gives_encode_block_bytes():
 
 
 @needs_c
+@pytest.mark.parametrize("level", [7, 8, 9])
+def test_every_ssm_level(level):
+    """The real presets (their sizes, tables and block layout), two short blocks."""
+    blocks = [text_sample(70, seed=level), random_bytes(40)]
+    preset = LEVELS[level]
+    payloads = encode_blocks(blocks, preset)
+    assert payloads == [encode_block(b, preset) for b in blocks]
+    assert decode_blocks(payloads, [len(b) for b in blocks], preset) == blocks
+
+
+@needs_c
 def test_encode_blocks_output_does_not_depend_on_the_batch():
     blocks = _blocks()
     alone = [encode_blocks([b], SMALL)[0] for b in blocks[3:6]]
