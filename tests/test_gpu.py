@@ -16,7 +16,7 @@ import pytest
 torch = pytest.importorskip("torch", reason="GPU mode needs torch (pip install 'ssmzip[gpu]')")
 
 import ssmzip  # noqa: E402
-from ssmzip.engine import LEVELS, encode_block  # noqa: E402
+from ssmzip.engine import LEVELS, decode_block, encode_block  # noqa: E402
 from ssmzip.engine import native  # noqa: E402
 from ssmzip.engine import ssm as K  # noqa: E402
 from ssmzip.engine.state import BlockState  # noqa: E402
@@ -145,6 +145,16 @@ def test_decode_blocks_round_trip():
     blocks = _blocks()
     payloads = [encode_block(b, SMALL) for b in blocks]
     assert decode_blocks(payloads, [len(b) for b in blocks], SMALL) == blocks
+
+
+@needs_c
+def test_decoding_garbage_gives_garbage_of_the_right_size():
+    """A payload that is not what the model expects decodes to wrong bytes of the
+    right length (the container's checksum then rejects them): no crash, no NaN trap."""
+    junk = [random_bytes(200, seed=15), bytes(50), b"\xff" * 10]
+    out = decode_blocks(junk, [300, 120, 64], SMALL)
+    assert [len(o) for o in out] == [300, 120, 64]
+    assert out == [decode_block(j, n, SMALL) for j, n in zip(junk, [300, 120, 64])]
 
 
 @needs_c
