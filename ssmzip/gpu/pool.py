@@ -68,16 +68,21 @@ class BatchPool:
                 j.result, j.done = j.fn(*j.args, progress=j.progress), True
             else:
                 groups.setdefault((encode, preset), []).append(j)
-        for (encode, preset), group in groups.items():
-            if encode:
-                payloads = encode_blocks([j.args[0] for j in group], preset, self.device, _progress_of(group))
-                for j, payload in zip(group, payloads):
-                    j.result, j.done = container.block_record(j.args[0], payload), True
-            else:
-                data = decode_blocks([j.args[2] for j in group], [j.args[1].size for j in group], preset,
-                                     self.device, _progress_of(group))
-                for j, d in zip(group, data):
-                    j.result, j.done = container.check_decoded(j.args[0], j.args[1], d), True
+        for (encode, preset), jobs_ in groups.items():
+            n = _fitting(preset)
+            for k in range(0, len(jobs_), n):
+                self._run_batch(encode, preset, jobs_[k:k + n])
+
+    def _run_batch(self, encode, preset, group) -> None:
+        if encode:
+            payloads = encode_blocks([j.args[0] for j in group], preset, self.device, _progress_of(group))
+            for j, payload in zip(group, payloads):
+                j.result, j.done = container.block_record(j.args[0], payload), True
+        else:
+            data = decode_blocks([j.args[2] for j in group], [j.args[1].size for j in group], preset,
+                                 self.device, _progress_of(group))
+            for j, d in zip(group, data):
+                j.result, j.done = container.check_decoded(j.args[0], j.args[1], d), True
 
     def close(self, abort: bool = False) -> None:
         self._pending.clear()
@@ -87,6 +92,27 @@ class BatchPool:
 
     def __exit__(self, exc_type, exc, tb):
         self.close(abort=exc_type is not None)
+
+
+def _available_memory():
+    """Bytes of memory the system can still give (Linux's MemAvailable), or None."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _fitting(preset) -> int:
+    """Blocks of one batch whose models fit in half the memory available now: a
+    larger batch (--batch) is coded in parts, the same bytes either way."""
+    avail = _available_memory()
+    if avail is None:
+        return 1 << 30
+    return max(1, avail // 2 // preset.memory_estimate())
 
 
 def _progress_of(jobs):
