@@ -19,6 +19,20 @@ M32 = 0xFFFFFFFF
 
 
 @njit(cache=True, inline="always")
+def word_letter(c):
+    """The byte c as a letter of the word contexts (ASCII, folded to lower case), or -1."""
+    if 65 <= c <= 90:
+        c += 32
+    return c if 97 <= c <= 122 else -1
+
+
+@njit(cache=True, inline="always")
+def word_hash(word, letter):
+    """The current word's hash after one more letter (0: no word yet)."""
+    return ((word + letter + 1) * 0x2F0F3A5B) & M32
+
+
+@njit(cache=True, inline="always")
 def hash32(x):
     """A 32-bit integer mixer (multiply / xor-shift); x is any non-negative int64."""
     x = ((x & M32) * 0x9E3779B1 + (x >> 32)) & M32

@@ -26,7 +26,7 @@ import numpy as np
 from numba import njit
 
 from .coder import decode_bit, encode_bit
-from .contexts import context_value, find_slot, hash2
+from .contexts import context_value, find_slot, hash2, word_hash, word_letter
 from .match import length_bucket, match_update
 from .mixer import apm_predict, apm_update, mix_dot, mix_update
 from .prefetch import prefetch
@@ -317,13 +317,11 @@ def _code_segment(mode, buf, start, end, io, regs, kinds, table_bits, use_runs, 
         c12 = ((c12 << 8) | (c8 >> 24)) & 0xFFFFFFFF
         c8 = ((c8 << 8) | (c4 >> 24)) & 0xFFFFFFFF
         c4 = ((c4 << 8) | c) & 0xFFFFFFFF
-        lc = c
-        if 65 <= c <= 90:
-            lc = c + 32
-        if 97 <= lc <= 122:
+        lc = word_letter(c)
+        if lc >= 0:
             if word == 0:
                 wordpre = (c4 >> 8) & 0xFF
-            word = ((word + lc + 1) * 0x2F0F3A5B) & 0xFFFFFFFF
+            word = word_hash(word, lc)
         elif word != 0:
             word1 = word
             word = 0

@@ -8,6 +8,7 @@ needs each used row once, with the rows of the chunk where it was used.
 import numpy as np
 from numba import njit
 
+from ..engine.contexts import word_hash, word_letter
 from ..engine.ssm import ngram_rows
 
 # per-block registers: the last 4 bytes (newest lowest), the 4 before, the current word's hash
@@ -21,12 +22,10 @@ def _advance(regs, b, c):
     c4, c8, word = regs[b, R_C4], regs[b, R_C8], regs[b, R_WORD]
     c8 = ((c8 << 8) | (c4 >> 24)) & 0xFFFFFFFF
     c4 = ((c4 << 8) | c) & 0xFFFFFFFF
-    lc = c
-    if 65 <= c <= 90:
-        lc = c + 32
-    if 97 <= lc <= 122:
-        word = ((word + lc + 1) * 0x2F0F3A5B) & 0xFFFFFFFF
-    elif word != 0:
+    lc = word_letter(c)
+    if lc >= 0:
+        word = word_hash(word, lc)
+    else:
         word = 0
     regs[b, R_C4], regs[b, R_C8], regs[b, R_WORD] = c4, c8, word
 
