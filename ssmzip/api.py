@@ -34,15 +34,15 @@ _WRITE_MODES = {"w": "wb", "wb": "wb", "x": "xb", "xb": "xb"}
 
 def _block_pool(threads: int, backend: Optional[str], device, batch: Optional[int]):
     """Where blocks are coded: worker processes (the default), or batches on torch
-    (backend="torch": ssmzip.gpu). The output bytes are the same."""
+    (backend="torch": ssmzip.batching). The output bytes are the same."""
     if backend in (None, "cpu"):
         if batch is not None or device is not None:
             raise ValueError("batch and device are for backend='torch'")
         return OrderedPool(threads)
     if backend != "torch":
         raise ValueError(f"backend must be 'cpu' or 'torch', got {backend!r}")
-    from . import gpu
-    return gpu.batch_pool(gpu.DEFAULT_BATCH if batch is None else batch, device)
+    from . import batching
+    return batching.batch_pool(batching.DEFAULT_BATCH if batch is None else batch, device)
 
 
 def _block_size(preset: Preset, block_size: Optional[int]) -> int:

@@ -644,11 +644,11 @@ def command(mode, to_stdout, keep, force, threads, level, verbose, quiet, suffix
 
 def _gpu_ready(opts: _Options) -> bool:
     """--gpu: torch must be there (else one line, exit 1); without CUDA, a notice."""
+    from .batching import BackendError, batch_pool
     try:
-        from . import gpu
-        gpu.batch_pool(1)
+        batch_pool(1)
         from .gpu.device import cuda_available
-    except gpu.BackendError as e:
+    except BackendError as e:
         if opts.quiet < 2:
             click.echo(f"{PROG}: {e}", err=True)
         return False

@@ -266,11 +266,12 @@ def test_cli_gpu_without_torch_is_one_line_exit_1(tmp_path):
 
 @needs_c
 def test_a_batch_too_large_for_memory_is_coded_in_parts(monkeypatch):
-    from ssmzip.gpu import pool
+    from ssmzip import batching as pool
+    from ssmzip.gpu import coder
     monkeypatch.setattr(pool, "_available_memory", lambda: 5 * SMALL.memory_estimate())   # 2 blocks fit
     seen = []
-    real = pool.encode_blocks
-    monkeypatch.setattr(pool, "encode_blocks", lambda blocks, *a: seen.append(len(blocks)) or real(blocks, *a))
+    real = coder.encode_blocks
+    monkeypatch.setattr(coder, "encode_blocks", lambda blocks, *a: seen.append(len(blocks)) or real(blocks, *a))
     data = text_sample(5000, seed=16)
     assert ssmzip.compress(data, preset=SMALL, block_size=1024, backend="torch", batch=5) == \
         ssmzip.compress(data, preset=SMALL, block_size=1024)

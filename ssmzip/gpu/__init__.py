@@ -8,22 +8,7 @@ output is the CPU backend's, byte for byte, on any device.
     inputs.py     each row's input byte and n-gram rows; the n-gram step's groups
     feed.py       callbacks through which the C context-model kernel reads its logits
     coder.py      encode_blocks / decode_blocks: blocks coded as one batch
-    pool.py       the API's block pool over batches
     device.py     which torch device, and clear errors when there is none
+
+The API reaches it through ssmzip/batching.py (the block pool over batches).
 """
-from ..engine.native import BackendError
-
-DEFAULT_BATCH = 16        # blocks coded together; each needs its own model memory (Preset.memory_estimate)
-
-
-def batch_pool(batch: int = DEFAULT_BATCH, device=None):
-    """A pool coding blocks `batch` at a time on torch (pool.BatchPool)."""
-    try:
-        import torch  # noqa: F401
-    except ImportError:
-        raise BackendError("GPU mode needs torch: pip install 'ssmzip[gpu]'") from None
-    from .pool import BatchPool
-    return BatchPool(batch, device)
-
-
-__all__ = ["BackendError", "DEFAULT_BATCH", "batch_pool"]

@@ -1,19 +1,31 @@
-"""parallel.OrderedPool's interface over batches: blocks wait until a batch is
-full (or a result is asked for), then are coded together on torch.
+"""Blocks coded in batches on torch (GPU mode): parallel.OrderedPool's interface.
 
-The API's reader and writer submit container.compress_block and
-container.decompress_block jobs; this pool runs the blocks of each kind as one
-batch (coder.encode_blocks / decode_blocks) and hands the results back in
-order, the same (record, payload) or bytes those functions return. Levels
-without an SSM have nothing for torch to do: their jobs run as they are.
+The scale layer's other way to spread blocks: instead of worker processes, one
+batch of blocks whose SSMs advance together on torch (ssmzip.gpu). The API's
+reader and writer submit container.compress_block and container.decompress_block
+jobs as they would to an OrderedPool; this pool holds them until a result is
+asked for (or `batch` are waiting), codes the blocks of each kind and preset as
+one batch (gpu.coder.encode_blocks / decode_blocks) and hands back, in order, the
+same (record, payload) or bytes those functions return. Levels without an SSM
+have nothing for torch to do: their jobs run as they are.
 """
 from __future__ import annotations
 
 from collections import deque
 
-from .. import container
-from .coder import decode_blocks, encode_blocks
-from .device import resolve_device
+from . import container
+from .engine.native import BackendError
+
+DEFAULT_BATCH = 16        # blocks coded together; each needs its own model memory (Preset.memory_estimate)
+
+
+def batch_pool(batch: int = DEFAULT_BATCH, device=None) -> "BatchPool":
+    """A pool coding blocks `batch` at a time on torch; BackendError without torch."""
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        raise BackendError("GPU mode needs torch: pip install 'ssmzip[gpu]'") from None
+    return BatchPool(batch, device)
 
 
 def _batchable(preset) -> bool:
@@ -32,6 +44,7 @@ class BatchPool:
     """submit / pop / full / close, as parallel.OrderedPool; `batch` blocks per batch."""
 
     def __init__(self, batch: int, device=None):
+        from .gpu.device import resolve_device
         if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
             raise ValueError(f"batch must be an integer >= 1, got {batch!r}")
         self.window = batch
@@ -74,6 +87,7 @@ class BatchPool:
                 self._run_batch(encode, preset, jobs_[k:k + n])
 
     def _run_batch(self, encode, preset, group) -> None:
+        from .gpu.coder import decode_blocks, encode_blocks
         if encode:
             payloads = encode_blocks([j.args[0] for j in group], preset, self.device, _progress_of(group))
             for j, payload in zip(group, payloads):
