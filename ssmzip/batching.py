@@ -22,7 +22,7 @@ DEFAULT_BATCH = 16        # blocks coded together; each needs its own model memo
 def batch_pool(batch: int = DEFAULT_BATCH, device=None) -> "BatchPool":
     """A pool coding blocks `batch` at a time on torch; BackendError without torch."""
     try:
-        import torch  # noqa: F401
+        from .gpu import device as _  # noqa: F401  (ssmzip.gpu is what imports torch)
     except ImportError:
         raise BackendError("GPU mode needs torch: pip install 'ssmzip[gpu]'") from None
     return BatchPool(batch, device)
