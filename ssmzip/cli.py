@@ -646,13 +646,12 @@ def _gpu_ready(opts: _Options) -> bool:
     """--gpu: torch must be there (else one line, exit 1); without CUDA, a notice."""
     from .batching import BackendError, batch_pool
     try:
-        batch_pool(1)
-        from .gpu.device import cuda_available
+        pool = batch_pool(1)
     except BackendError as e:
         if opts.quiet < 2:
             click.echo(f"{PROG}: {e}", err=True)
         return False
-    if not cuda_available() and opts.quiet < 1:
+    if pool.device.type != "cuda" and opts.quiet < 1:
         click.echo(f"{PROG}: no CUDA device: --gpu runs torch on the CPU (the same bytes, slower)",
                    err=True)
     return True
