@@ -213,7 +213,7 @@ class BatchSSM:
         row by row, everything else for all n rows at once."""
         n = tokens.shape[1]
         t1 = t0 + n
-        dm, di, ds, rk = self.dm, self.di, self.ds, self.rk
+        di, ds, rk = self.di, self.ds, self.rk
         self.tokens[:, t0:t1] = tokens
         bi = self._bidx[:, None]
         x = self.p[-1]["emb"][bi, tokens]                               # B, n, dm
@@ -390,7 +390,6 @@ class BatchSSM:
             # norm; the residual gradient passes through unchanged
             dX = rmsnorm_back(a["xin"], a["r"], p["g"], dU, g["g"], dX)
         # embedding
-        bi = self._bidx[:, None, None].expand(B, 1, dm)
         for t in range(T):
             idx = self.tokens[:, t, None, None].expand(B, 1, dm)
             gg["emb"].scatter_add_(1, idx, dX[:, t, None, :])
