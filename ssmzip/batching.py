@@ -22,7 +22,7 @@ DEFAULT_BATCH = 16        # blocks coded together; each needs its own model memo
 def batch_pool(batch: int = DEFAULT_BATCH, device=None) -> "BatchPool":
     """A pool coding blocks `batch` at a time on torch; BackendError without torch."""
     try:
-        from .gpu import device  # noqa: F401  (ssmzip.gpu is the package that imports torch)
+        from .gpu import device as gpu_device  # noqa: F401  (ssmzip.gpu is the package that imports torch)
     except ImportError:
         raise BackendError("GPU mode needs torch: pip install 'ssmzip[gpu]'") from None
     return BatchPool(batch, device)
