@@ -208,6 +208,15 @@ def test_api_open_streams_with_torch(tmp_path):
         assert f.read() == data
 
 
+@needs_c
+def test_damaged_streams_fail_the_same_way_on_torch():
+    """Bad input is the container's business whatever the backend: one SSMZipError."""
+    blob = ssmzip.compress(text_sample(3000, seed=17), preset=SMALL, block_size=1024)
+    for bad in (blob[:-9], blob[:40], blob[:200] + bytes([blob[200] ^ 0x10]) + blob[201:]):
+        with pytest.raises(ssmzip.SSMZipError):
+            ssmzip.decompress(bad, backend="torch", batch=2)
+
+
 def test_api_rejects_bad_backend_arguments():
     with pytest.raises(ValueError, match="backend"):
         ssmzip.compress(b"abc", backend="tpu")

@@ -297,9 +297,9 @@ class BatchSSM:
         last_byte (B,): the chunk's last target; groups: ngram_groups of the chunk."""
         self.tokens[:, self.T] = last_byte
         dX = self._backward()
-        self._adam()
+        step = self._adam()
         if self.ng:
-            self._ngram_step(dX, groups)
+            self._ngram_step(dX, groups, step)
         self._carry()
 
     def _backward(self) -> torch.Tensor:
@@ -400,17 +400,17 @@ class BatchSSM:
         self.opt1 = np.float32(self.opt1 * K.ADAM_B2)
         return _f32_scalar(self.lr * np.sqrt(np.float32(1.0) - self.opt1))
 
-    def _adam(self) -> None:
+    def _adam(self) -> float:
         step = self._step()
-        self._step_size = step
         c2 = _f32_scalar(np.float32(1.0) - K.ADAM_B2)
         G = self.G
         v = _B2 * self.V + c2 * G * G
         self.V.copy_(v)
         self.P -= step * torch.clamp(G / (sqrt_rn(v) + _ADAM_EPS), -_CLIP, _CLIP)
         G.zero_()
+        return step
 
-    def _ngram_step(self, dX: torch.Tensor, groups) -> None:
+    def _ngram_step(self, dX: torch.Tensor, groups, step: float) -> None:
         """ssm.ngram_step: each n-gram row the chunk used, once, with the sum of
         its gradients in row order; groups = (targets (B, U), uses (B, U, M))."""
         target, uses = groups
@@ -424,7 +424,7 @@ class BatchSSM:
         c2 = _f32_scalar(np.float32(1.0) - K.ADAM_B2)
         ne, nv = self.NE[bi, target], self.NV[bi, target]
         v = _B2 * nv + c2 * g * g
-        ne = ne - self._step_size * torch.clamp(g / (sqrt_rn(v) + _ADAM_EPS), -_CLIP, _CLIP)
+        ne = ne - step * torch.clamp(g / (sqrt_rn(v) + _ADAM_EPS), -_CLIP, _CLIP)
         self.NV[bi, target] = v
         self.NE[bi, target] = ne
 
