@@ -3,6 +3,7 @@
 The extension is optional: without a C compiler, or if the build fails, the
 install still succeeds and ssmzip runs on its numba kernels (same bytes).
 Flags: -O2, no fused multiply-add, never -ffast-math (see native/cm.c).
+native/ssm.c holds the SSM's matrix loops (called from numba, ssmzip/engine/ssm.py),
 native/ecsq.c holds the lossy KV codec's loops (ssmzip/kv/ecsq.py), native/split.c
 the lossless float codec's (ssmzip/kv/floatsplit.py) and native/split_encode.c its
 whole-chunk encoder.
@@ -30,7 +31,7 @@ class BuildNative(build_ext):
 
 setup(
     ext_modules=[Extension("ssmzip._native",
-                           sources=["native/cm.c", "native/ecsq.c", "native/split.c", "native/split_encode.c"],
+                           sources=["native/cm.c", "native/ssm.c", "native/ecsq.c", "native/split.c", "native/split_encode.c"],
                            depends=["native/ecsq_kernels.h", "native/split.h"], optional=True)],
     cmdclass={"build_ext": BuildNative},
 )

@@ -80,9 +80,9 @@ def _numba_vs_torch(preset, data: bytes, chunks: int):
         for b, s in enumerate(ref):
             stok = np.concatenate([tok[b, sl], tgt[b, sl][-1:]])
             srows = rows[b, sl].reshape(-1).copy()
-            K.ssm_run_chunk(s.sP, s.slay, s.sA, s.salay, dims, s.sS, s.sib, s.sNE, srows, stok, T)
+            K.ssm_run_chunk(s.sP, s.slay, s.sA, s.salay, dims, s.sS, s.sib, s.sNE, srows, stok, T, s.skern)
             assert np.array_equal(lg[b], s.sA[lg_at:lg_at + 8 * T].reshape(T, 8)), (c, b)
-            K.ssm_backward(s.sP, s.sG, s.slay, s.sA, s.salay, dims, s.sS, s.sib, stok, T)
+            K.ssm_backward(s.sP, s.sG, s.slay, s.sA, s.salay, dims, s.sS, s.sib, stok, T, s.skern)
             K.adam_step(s.sP, s.sG, s.sV, s.sopt, s.slr[0])
             K.ngram_step(s.sNE, s.sNV, srows, s.sS, dims, T, s.slr[0], s.sopt)
             K.ssm_carry(s.sA, s.salay, dims, T)

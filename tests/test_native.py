@@ -53,6 +53,39 @@ def test_same_bytes_as_numba(level, monkeypatch):
         assert decode_block(theirs, len(v), preset) == v
 
 
+def _ssm_loops():
+    from numba import njit
+    from ssmzip.engine import ssm
+
+    @njit
+    def loops(kern, X, Y, W, G, Xb, ta, tb, J, I, T, xs, ys):
+        ssm._acc_outer(X, xs, J, Y, ys, I, T, G, kern)
+        ssm._back_mat(W, J, I, Y, ys, T, ta, tb, Xb, xs, kern)
+        ssm._matvec(X[:J], Y, ys, Xb[:I], kern)          # rows ys apart, the first I columns
+    return loops
+
+
+@pytest.mark.parametrize("J,I,T", [(128, 64, 32), (8, 128, 32), (128, 24, 32), (64, 256, 32),
+                                   (5, 19, 7), (13, 37, 33), (7, 16, 16), (4, 16, 48), (1, 1, 1),
+                                   (64, 200, 4), (3, 72, 2)])
+def test_ssm_matrix_loops_same_bits_as_numba(J, I, T, c_path):
+    """native/ssm.c's tiled loops give numba's float32 sums bit for bit, tails included
+    (the outer product, the transposed product, the matrix-vector product)."""
+    loops = _ssm_loops()
+    rng = np.random.default_rng(J * 1000 + I + T)
+    xs, ys = J + 3, I + 1                    # row strides wider than the rows, as in the SSM
+    f = lambda n: rng.standard_normal(n).astype(np.float32)
+    X, Y, W = f(T * xs), f(max(T, J) * ys), f(J * I)
+    results = []
+    for kern in (np.zeros(4, np.int64), native.ssm_kernels()):
+        G = np.arange(J * I, dtype=np.float32) / 7
+        Xb = np.arange(max(T * xs, I), dtype=np.float32) / 3
+        loops(kern, X, Y, W, G, Xb, np.zeros(I * T, np.float32), np.zeros(J * T, np.float32), J, I, T, xs, ys)
+        results.append((G.view(np.uint32), Xb.view(np.uint32)))
+    assert native.ssm_kernels()[0] != 0
+    assert np.array_equal(results[0][0], results[1][0]) and np.array_equal(results[0][1], results[1][1])
+
+
 def test_cross_decoding(monkeypatch):
     """Made by one backend, decoded by the other, both ways."""
     preset = LEVELS[6]
@@ -90,3 +123,47 @@ def test_library_matches_this_version():
     lib.ssmzip_native_abi.restype = ctypes.c_int64
     assert lib.ssmzip_native_abi() == native.ABI
     assert ctypes.sizeof(native.Segment) == 8 * (len(native._SCALARS) + len(native._POINTERS) + 5)
+
+
+@pytest.fixture(params=["cpu", "portable"])
+def c_path(request):
+    """native/ssm.c's loops on the CPU's own path (AVX2 here) and on the portable one."""
+    import ctypes
+    isa = native.library().ssmzip_ssm_isa
+    isa.argtypes, isa.restype = [ctypes.c_int64], ctypes.c_int64
+    if request.param == "portable":
+        isa(0)
+        assert isa(-1) == 0
+    yield request.param
+    isa(1)
+
+
+@pytest.mark.parametrize("sizes", [(64, 128, 8, 8, 2, 32), (8, 24, 11, 3, 2, 7), (16, 40, 5, 2, 1, 33)])
+def test_ssm_chunk_same_bits_with_c_loops(sizes, c_path):
+    """A whole SSM chunk (forward row by row, backward, Adam) with native/ssm.c's
+    loops against numba's own: the same logits, gradients and parameters, for
+    -9's sizes and for odd ones (state counts that are not a multiple of 8)."""
+    from ssmzip.engine import ssm
+    dm, di, ds, rank, layers, T = sizes
+    sh = ssm.Shape(dm, di, ds, rank, layers, T, 3, 10)
+    rng = np.random.default_rng(sum(sizes))
+    tokens = rng.integers(0, 256, T + 1).astype(np.int64)
+    rows = rng.integers(0, 1 << 10, T * 3).astype(np.int64)
+    out = []
+    for kern in (np.zeros(ssm.N_KERNELS, np.int64), native.ssm_kernels()):
+        P = ssm.init_params(sh, 5)
+        A = np.zeros(sh.n_act, np.float32)
+        A[sh.act_lay[ssm.A_H]:sh.act_lay[ssm.A_H] + ds * di] = 0.25      # a carried state
+        S = np.zeros(sh.n_scratch, np.float32)
+        ib = np.zeros(di, np.int32)
+        NE = rng.normal(0, 0.1, sh.n_ngram).astype(np.float32) if not out else out[0][3]
+        G, V = np.zeros_like(P), np.zeros_like(P)
+        for _ in range(3):                      # later chunks start from trained parameters
+            ssm.ssm_run_chunk(P, sh.lay, A, sh.act_lay, sh.dims, S, ib, NE, rows, tokens, T, kern)
+            ssm.ssm_backward(P, G, sh.lay, A, sh.act_lay, sh.dims, S, ib, tokens, T, kern)
+            grad = G.copy()
+            ssm.adam_step(P, G, V, np.ones(2, np.float32), np.float32(0.003))
+        out.append((A.view(np.uint32), grad.view(np.uint32), P.view(np.uint32), NE))
+    assert native.ssm_kernels()[ssm.K_SCAN] != 0
+    for a, b, what in zip(out[0][:3], out[1][:3], ("activations", "gradient", "parameters")):
+        assert np.array_equal(a, b), what

@@ -55,13 +55,14 @@ def test_backward_matches_finite_differences():
     def cost(p):
         A = A0.copy()
         M.ssm_run_chunk(p, sh.lay, A, sh.act_lay, sh.dims, np.zeros(sh.n_scratch), ib, NE, rows,
-                        tokens, sh.chunk)
+                        tokens, sh.chunk, np.zeros(M.N_KERNELS, np.int64))
         lg = A[lg0:lg0 + 8 * sh.chunk].reshape(sh.chunk, 8)
         return float(np.sum(np.log1p(np.exp(-(2 * bits - 1) * lg)))), A
 
     _, A = cost(P)
     G = np.zeros_like(P)
-    M.ssm_backward(P, G, sh.lay, A, sh.act_lay, sh.dims, np.zeros(sh.n_scratch), ib, tokens, sh.chunk)
+    M.ssm_backward(P, G, sh.lay, A, sh.act_lay, sh.dims, np.zeros(sh.n_scratch), ib, tokens, sh.chunk,
+                   np.zeros(M.N_KERNELS, np.int64))
     bounds = list(sh.lay) + [sh.n_params]
     checked = 0
     for b in range(len(sh.lay)):
@@ -91,8 +92,10 @@ def test_float32_kernels_do_no_float64_arithmetic():
     fresh = {f.__name__: numba.njit(f.py_func)
              for f in (M.ssm_forward, M.ssm_backward, M.adam_step, M.ngram_step)}
     fresh["ssm_forward"](P, sh.lay, A, sh.act_lay, sh.dims, 0, 65, S, ib,
-                         np.zeros(sh.n_ngram, np.float32), np.zeros(sh.ngram * sh.chunk, np.int64))
-    fresh["ssm_backward"](P, np.zeros_like(P), sh.lay, A, sh.act_lay, sh.dims, S, ib, tok, 1)
+                         np.zeros(sh.n_ngram, np.float32), np.zeros(sh.ngram * sh.chunk, np.int64),
+                         np.zeros(M.N_KERNELS, np.int64))
+    fresh["ssm_backward"](P, np.zeros_like(P), sh.lay, A, sh.act_lay, sh.dims, S, ib, tok, 1,
+                          np.zeros(M.N_KERNELS, np.int64))
     fresh["adam_step"](P, np.zeros_like(P), np.zeros_like(P), np.ones(2, np.float32), np.float32(1e-3))
     fresh["ngram_step"](np.zeros(sh.n_ngram, np.float32), np.zeros(sh.n_ngram, np.float32),
                         np.zeros(sh.ngram * sh.chunk, np.int64), S, sh.dims, 1, np.float32(1e-3),

@@ -1,8 +1,9 @@
 """The optional C backend: native/cm.c, built by `pip install` as ssmzip/_native*.so.
 
 It codes a segment of a block with the same model as predictor._code_segment,
-bit for bit; at levels 7-9 it calls the SSM (still numba) back through
-ssm_callbacks.py. The SSM-only ablation (no context models) runs on numba.
+bit for bit; at levels 7-9 it calls the SSM (numba) back through
+ssm_callbacks.py, and the SSM's numba code calls native/ssm.c's matrix loops
+(ssm_kernels below). The SSM-only ablation (no context models) runs on numba.
 Python calls it once per segment (64 KiB) through ctypes, so the per-call
 cost does not matter.
 
@@ -20,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 ENV = "SSMZIP_BACKEND"
-ABI = 5                    # native/cm.c's SSMZIP_ABI: the layout of Segment below, ecsq.c, split.c and split_encode.c present
+ABI = 6                    # native/cm.c's SSMZIP_ABI: the layout of Segment below, ssm.c, ecsq.c, split.c and split_encode.c present
 _c_i64 = ctypes.c_int64
 _ptr = ctypes.c_void_p
 
@@ -70,7 +71,7 @@ def _load():
             fn.argtypes = [ctypes.POINTER(Segment)]
             fn.restype = _c_i64
             _LIB = lib
-            return fn, "native C (the context models; the SSM of levels 7-9 on numba)"
+            return fn, "native C (the context models and the SSM's training products; the rest of the SSM on numba)"
         except (OSError, AttributeError) as e:
             err = f"cannot be used: {e}"
     if choice == "native":
@@ -111,6 +112,16 @@ def bind(signatures: dict):
         fn.restype = restype
         setattr(ns, name, fn)
     return ns
+
+
+def ssm_kernels() -> np.ndarray:
+    """The addresses of native/ssm.c's matrix loops for the SSM
+    (ssm.K_OUTER, ssm.K_BACK, ssm.K_MATVEC, ssm.K_SCAN), or zeros when numba is to be used."""
+    kern = np.zeros(4, dtype=np.int64)
+    if cm_kernel() is not None:
+        kern[:] = [ctypes.cast(getattr(_LIB, f"ssmzip_{n}"), _ptr).value
+                   for n in ("acc_outer", "back_mat", "matvec", "scan_back")]
+    return kern
 
 
 def describe() -> str:

@@ -58,7 +58,7 @@ def _code_segment(mode, buf, start, end, io, regs, kinds, table_bits, use_runs, 
                   mindex, o0, ind, w1, w2, w3, wf, x, xf, apm1, apm2, apm3,
                   sq, st, state_next, priority, recip,
                   use_ssm, sP, sG, sV, sopt, slay, sA, salay, sdims, sS, sib, stok, slr,
-                  sNE, sNV, srows):
+                  sNE, sNV, srows, skern):
     n_ctx = kinds.shape[0]
     n_in = n_ctx + 3                 # contexts, match, order 0, bias (+ runs) (+ SSM, last)
     if use_runs:
@@ -137,7 +137,7 @@ def _code_segment(mode, buf, start, end, io, regs, kinds, table_bits, use_runs, 
         if use_ssm:
             stok[s_row] = c4 & 0xFF
             ngram_rows(c4, c8, word, sdims, srows, s_row)
-            ssm_forward(sP, slay, sA, salay, sdims, s_row, c4 & 0xFF, sS, sib, sNE, srows)
+            ssm_forward(sP, slay, sA, salay, sdims, s_row, c4 & 0xFF, sS, sib, sNE, srows, skern)
 
         c0 = 1
         node = 1
@@ -294,7 +294,7 @@ def _code_segment(mode, buf, start, end, io, regs, kinds, table_bits, use_runs, 
             stok[s_row + 1] = c
             s_row += 1
             if s_row == s_chunk:
-                ssm_backward(sP, sG, slay, sA, salay, sdims, sS, sib, stok, s_chunk)
+                ssm_backward(sP, sG, slay, sA, salay, sdims, sS, sib, stok, s_chunk, skern)
                 adam_step(sP, sG, sV, sopt, slr)
                 ngram_step(sNE, sNV, srows, sS, sdims, s_chunk, slr, sopt)
                 ssm_carry(sA, salay, sdims, s_chunk)

@@ -51,6 +51,11 @@ Arithmetic strategy (DESIGN.md, determinism): float32 in one fixed order.
   from numpy's random streams, which may change between numpy versions.
 The SSM's output enters the mixer as an integer, so all that follows is
 integer again.
+
+With the C backend the matrix loops (forward matrix-vector products, the
+backward's outer and transposed products, the recurrence's backward) run in
+native/ssm.c, which computes every element as the same float32 sum in the same
+order, only several elements at once: the same bits (tests/test_native.py).
 """
 from __future__ import annotations
 
@@ -87,6 +92,26 @@ def sqrt32(typingctx, x):
         fn = builder.module.declare_intrinsic("llvm.sqrt", [ty])
         return builder.call(fn, args)
     return x(x), codegen
+
+
+@intrinsic
+def call_c(typingctx, addr, args):
+    """Call the C function at address `addr` (int64) with `args`, a tuple of 64-bit
+    integers (array addresses and sizes: the C side reads them as pointers and
+    int64_t, the same registers in every 64-bit calling convention). The address
+    is an argument, not a constant, so the compiled code can be cached."""
+    if not isinstance(addr, types.Integer) or not isinstance(args, types.BaseTuple):
+        return None
+    if any(not isinstance(a, types.Integer) or a.bitwidth != 64 for a in args):
+        return None
+
+    def codegen(context, builder, signature, llargs):
+        i64 = llvm_ir.IntType(64)
+        fnty = llvm_ir.FunctionType(llvm_ir.VoidType(), [i64] * len(args))
+        fn = builder.inttoptr(llargs[0], fnty.as_pointer())
+        builder.call(fn, [builder.extract_value(llargs[1], k) for k in range(len(args))])
+        return context.get_dummy_value()
+    return types.none(addr, args), codegen
 
 
 # --- deterministic exp --------------------------------------------------------
@@ -171,12 +196,16 @@ def _rmsnorm_fwd(x, g, y):
 
 
 @njit(cache=True, inline="always", error_model="numpy")
-def _matvec(x, W, y):
-    """y += x @ W, W row-major (len(x) x len(y)): element-wise over outputs, inputs in order."""
+def _matvec(x, W, ldw, y, kern):
+    """y += x @ W, W row-major with rows ldw apart (len(x) rows, len(y) columns used):
+    element-wise over outputs, inputs in order. kern: see K_OUTER."""
     n = y.shape[0]
+    if kern[K_MATVEC] != 0:
+        call_c(kern[K_MATVEC], (_addr(x), np.int64(x.shape[0]), _addr(W), np.int64(ldw), np.int64(n), _addr(y)))
+        return
     for j in range(x.shape[0]):
         xv = x[j]
-        w = W[j * n:(j + 1) * n]
+        w = W[j * ldw:j * ldw + n]
         for i in range(n):
             y[i] += xv * w[i]
 
@@ -189,11 +218,11 @@ def _silu_into(src, dst, ib):
 
 
 @njit(cache=True, error_model="numpy")
-def ssm_forward(P, lay, A, alay, dims, t, byte, S, ib, NE, rows):
+def ssm_forward(P, lay, A, alay, dims, t, byte, S, ib, NE, rows, kern):
     """Run byte `byte` (the previous byte) through the network at chunk row t.
     Leaves the head input in A[G_F] row t and the layer states in A_H row t+1.
     S, ib: scratch (float32, int32) as sized by Shape; NE, rows: the n-gram
-    embeddings and row t's hashed rows (ngram_rows)."""
+    embeddings and row t's hashed rows (ngram_rows); kern: see K_OUTER."""
     dm, di, ds, rk, nl = dims[D_DM], dims[D_DI], dims[D_DS], dims[D_R], dims[D_NL]
     o = N_SBUF * _sbuf_len(dims) + ds * di + 3 * di
     t1 = S[o:o + di]
@@ -230,15 +259,8 @@ def ssm_forward(P, lay, A, alay, dims, t, byte, S, ib, NE, rows):
         xb[:] = ZERO
         z[:] = ZERO
         win = lay[pb + L_WIN]
-        for j in range(dm):
-            uv = u[j]
-            row = win + j * 2 * di
-            w1 = P[row:row + di]
-            w2 = P[row + di:row + 2 * di]
-            for i in range(di):
-                xb[i] += uv * w1[i]
-            for i in range(di):
-                z[i] += uv * w2[i]
+        _matvec(u, P[win:win + dm * 2 * di], 2 * di, xb, kern)          # W_in's first di columns
+        _matvec(u, P[win + di:win + dm * 2 * di], 2 * di, z, kern)      # and its last di
         # causal depthwise conv + silu
         o = alay[ab + A_XC] + t * di
         xc = A[o:o + di]
@@ -257,13 +279,13 @@ def ssm_forward(P, lay, A, alay, dims, t, byte, S, ib, NE, rows):
         o = alay[ab + A_PJ] + t * K
         pj = A[o:o + K]
         pj[:] = ZERO
-        _matvec(xs, P[lay[pb + L_WX]:lay[pb + L_WX] + di * K], pj)
+        _matvec(xs, P[lay[pb + L_WX]:lay[pb + L_WX] + di * K], K, pj, kern)
         o = alay[ab + A_DT] + t * di
         dt = A[o:o + di]
         o = alay[ab + A_DEC] + t * di
         dec = A[o:o + di]
         dt[:] = P[lay[pb + L_DTB]:lay[pb + L_DTB] + di]
-        _matvec(pj[:rk], P[lay[pb + L_WDT]:lay[pb + L_WDT] + rk * di], dt)
+        _matvec(pj[:rk], P[lay[pb + L_WDT]:lay[pb + L_WDT] + rk * di], di, dt, kern)
         for i in range(di):
             dt[i] = min(max(dt[i], DT_MIN_A), DT_MAX_A)
         vexp(dt, dt, ib)
@@ -296,7 +318,7 @@ def ssm_forward(P, lay, A, alay, dims, t, byte, S, ib, NE, rows):
         for i in range(di):
             og[i] = y[i] * t1[i]
         xout[:] = xin
-        _matvec(og, P[lay[pb + L_WOUT]:lay[pb + L_WOUT] + di * dm], xout)
+        _matvec(og, P[lay[pb + L_WOUT]:lay[pb + L_WOUT] + di * dm], dm, xout, kern)
     o = alay[ga + G_XF] + t * dm
     o2 = alay[ga + G_F] + t * dm
     A[alay[ga + G_RF] + t] = _rmsnorm_fwd(A[o:o + dm], P[lay[gl + G_GF]:lay[gl + G_GF] + dm],
@@ -334,9 +356,24 @@ def _sbuf_len(dims):
     return (dims[D_T] + CONV) * w
 
 
+# kern: the addresses of the C versions of the two matrix loops below
+# (native/ssm.c: the same sums in the same order, faster), or zeros: numba's own.
+K_OUTER, K_BACK, K_MATVEC, K_SCAN = 0, 1, 2, 3
+N_KERNELS = 4
+
+
+@njit(cache=True, inline="always")
+def _addr(a):
+    return np.int64(a.ctypes.data)
+
+
 @njit(cache=True, inline="always", error_model="numpy")
-def _acc_outer(X, xs, J, Y, ys, I, T, G):
+def _acc_outer(X, xs, J, Y, ys, I, T, G, kern):
     """G[j, i] += sum_t X[t, j] * Y[t, i] (row strides xs, ys); t outer, element-wise over i."""
+    if kern[K_OUTER] != 0:
+        call_c(kern[K_OUTER], (_addr(X), np.int64(xs), np.int64(J), _addr(Y), np.int64(ys), np.int64(I),
+                               np.int64(T), _addr(G)))
+        return
     for t in range(T):
         yr = Y[t * ys:t * ys + I]
         for j in range(J):
@@ -347,9 +384,13 @@ def _acc_outer(X, xs, J, Y, ys, I, T, G):
 
 
 @njit(cache=True, inline="always", error_model="numpy")
-def _back_mat(W, J, I, Y, ys, T, ta, tb, X, xs):
+def _back_mat(W, J, I, Y, ys, T, ta, tb, X, xs, kern):
     """X[t, j] += sum_i W[j, i] * Y[t, i] (W row-major J x I). Transposed through the
     scratch views ta, tb so that the inner loop runs element-wise over t, i in order."""
+    if kern[K_BACK] != 0:
+        call_c(kern[K_BACK], (_addr(W), np.int64(J), np.int64(I), _addr(Y), np.int64(ys), np.int64(T),
+                              _addr(ta), _addr(X), np.int64(xs)))
+        return
     for t in range(T):
         for i in range(I):
             ta[i * T + t] = Y[t * ys + i]
@@ -380,10 +421,75 @@ def _rmsnorm_back(x, r, g, dy, dg, dx):
         dx[j] += r * (dy[j] * g[j] - xn * m)
 
 
+@njit(cache=True, inline="always", error_model="numpy")
+def _scan_back(T, di, ds, rk, H, PJ, DT, DEC, XS, dY, dPJ, dXS, dA, dH, vq, vdd, vae, gal, lo_dt, hi_dt, kern):
+    """The recurrence's backward pass over a chunk, t descending: dB, dC (into dPJ),
+    d(xs) (into dXS), d(step-size pre-activation) (dA), A_log's gradient (gal); dH
+    carries d(state) back in time; vq, vdd: scratch rows."""
+    K = rk + 2 * ds
+    if kern[K_SCAN] != 0:
+        lim = np.empty(2, dtype=np.float32)
+        lim[0] = lo_dt
+        lim[1] = hi_dt
+        call_c(kern[K_SCAN], (np.int64(T), np.int64(di), np.int64(ds), np.int64(rk), _addr(H), _addr(PJ), _addr(DT),
+                              _addr(DEC), _addr(XS), _addr(dY), _addr(dPJ), _addr(dXS), _addr(dA), _addr(dH),
+                              _addr(vq), _addr(vdd), _addr(vae), _addr(gal), _addr(lim)))
+        return
+    for t in range(T - 1, -1, -1):
+        hn = H[(t + 1) * ds * di:(t + 2) * ds * di]
+        hp = H[t * ds * di:(t + 1) * ds * di]
+        dy = dY[t * di:(t + 1) * di]
+        pj = PJ[t * K:(t + 1) * K]
+        dpj = dPJ[t * K:(t + 1) * K]
+        dtv = DT[t * di:(t + 1) * di]
+        dec = DEC[t * di:(t + 1) * di]
+        xs = XS[t * di:(t + 1) * di]
+        dxs = dXS[t * di:(t + 1) * di]
+        da = dA[t * di:(t + 1) * di]
+        # dC from y = C . h_t+1; dh gets C * dy
+        for s in range(ds):
+            h2 = hn[s * di:(s + 1) * di]
+            dh = dH[s * di:(s + 1) * di]
+            cs = pj[rk + ds + s]
+            acc = ZERO
+            for i in range(di):
+                acc += h2[i] * dy[i]
+            dpj[rk + ds + s] = acc
+            for i in range(di):
+                dh[i] += cs * dy[i]
+        vq[:] = ZERO
+        vdd[:] = ZERO
+        for s in range(ds):
+            h1 = hp[s * di:(s + 1) * di]
+            dh = dH[s * di:(s + 1) * di]
+            bs = pj[rk + s]
+            for i in range(di):
+                vdd[i] += dh[i] * h1[i]
+                vq[i] += dh[i] * bs
+            acc = ZERO
+            for i in range(di):
+                acc += dh[i] * dtv[i] * xs[i]
+            dpj[rk + s] = acc
+        for i in range(di):
+            # dec = exp(-dt * ea), ea = exp(A_log); dt = exp(a) unless clamped
+            dxs[i] += dtv[i] * vq[i]
+            ddt = xs[i] * vq[i] - vdd[i] * vae[i] * dec[i]
+            gal[i] -= vdd[i] * dtv[i] * dec[i] * vae[i]
+            if dtv[i] <= lo_dt or dtv[i] >= hi_dt:
+                da[i] = ZERO
+            else:
+                da[i] = ddt * dtv[i]
+        for s in range(ds):
+            dh = dH[s * di:(s + 1) * di]
+            for i in range(di):
+                dh[i] *= dec[i]
+
+
 @njit(cache=True, error_model="numpy")
-def ssm_backward(P, G, lay, A, alay, dims, S, ib, tokens, T):
+def ssm_backward(P, G, lay, A, alay, dims, S, ib, tokens, T, kern):
     """Accumulate into G the gradient of the chunk's coding cost (in nats) over
-    rows 0..T-1. tokens[t] is the input byte of row t, tokens[t + 1] its target."""
+    rows 0..T-1. tokens[t] is the input byte of row t, tokens[t + 1] its target.
+    kern: addresses of C matrix loops, or zeros (see K_OUTER)."""
     dm, di, ds, rk, nl = dims[D_DM], dims[D_DI], dims[D_DS], dims[D_R], dims[D_NL]
     K = rk + 2 * ds
     gl = nl * N_LP
@@ -433,9 +539,9 @@ def ssm_backward(P, G, lay, A, alay, dims, S, ib, tokens, T):
         ab = l * N_LA
         wout = lay[pb + L_WOUT]
         # ---- out-projection (dX is the gradient of this block's output = residual)
-        _acc_outer(A[alay[ab + A_O]:], di, di, dX, dm, dm, T, G[wout:wout + di * dm])
+        _acc_outer(A[alay[ab + A_O]:], di, di, dX, dm, dm, T, G[wout:wout + di * dm], kern)
         dO[:T * di] = ZERO
-        _back_mat(P[wout:wout + di * dm], di, dm, dX, dm, T, ta, tb, dO, di)
+        _back_mat(P[wout:wout + di * dm], di, dm, dX, dm, T, ta, tb, dO, di, kern)
         # ---- gate and the skip term of y
         Z, Y, XS = A[alay[ab + A_Z]:], A[alay[ab + A_Y]:], A[alay[ab + A_XS]:]
         dd = lay[pb + L_D]
@@ -462,57 +568,10 @@ def ssm_backward(P, G, lay, A, alay, dims, S, ib, tokens, T):
         alog = lay[pb + L_ALOG]
         gal = G[alog:alog + di]
         vexp(P[alog:alog + di], vae, ib)
-        lo_dt, hi_dt = fexp(DT_MIN_A), fexp(DT_MAX_A)
         dH[:] = ZERO
         dPJ[:T * K] = ZERO
-        for t in range(T - 1, -1, -1):
-            hn = H[(t + 1) * ds * di:(t + 2) * ds * di]
-            hp = H[t * ds * di:(t + 1) * ds * di]
-            dy = dY[t * di:(t + 1) * di]
-            pj = PJ[t * K:(t + 1) * K]
-            dpj = dPJ[t * K:(t + 1) * K]
-            dtv = DT[t * di:(t + 1) * di]
-            dec = DEC[t * di:(t + 1) * di]
-            xs = XS[t * di:(t + 1) * di]
-            dxs = dXS[t * di:(t + 1) * di]
-            da = dA[t * di:(t + 1) * di]
-            # dC from y = C . h_t+1; dh gets C * dy
-            for s in range(ds):
-                h2 = hn[s * di:(s + 1) * di]
-                dh = dH[s * di:(s + 1) * di]
-                cs = pj[rk + ds + s]
-                acc = ZERO
-                for i in range(di):
-                    acc += h2[i] * dy[i]
-                dpj[rk + ds + s] = acc
-                for i in range(di):
-                    dh[i] += cs * dy[i]
-            vq[:] = ZERO
-            vdd[:] = ZERO
-            for s in range(ds):
-                h1 = hp[s * di:(s + 1) * di]
-                dh = dH[s * di:(s + 1) * di]
-                bs = pj[rk + s]
-                for i in range(di):
-                    vdd[i] += dh[i] * h1[i]
-                    vq[i] += dh[i] * bs
-                acc = ZERO
-                for i in range(di):
-                    acc += dh[i] * dtv[i] * xs[i]
-                dpj[rk + s] = acc
-            for i in range(di):
-                # dec = exp(-dt * ea), ea = exp(A_log); dt = exp(a) unless clamped
-                dxs[i] += dtv[i] * vq[i]
-                ddt = xs[i] * vq[i] - vdd[i] * vae[i] * dec[i]
-                gal[i] -= vdd[i] * dtv[i] * dec[i] * vae[i]
-                if dtv[i] <= lo_dt or dtv[i] >= hi_dt:
-                    da[i] = ZERO
-                else:
-                    da[i] = ddt * dtv[i]
-            for s in range(ds):
-                dh = dH[s * di:(s + 1) * di]
-                for i in range(di):
-                    dh[i] *= dec[i]
+        _scan_back(T, di, ds, rk, H, PJ, DT, DEC, XS, dY, dPJ, dXS, dA, dH, vq, vdd, vae, gal,
+                   fexp(DT_MIN_A), fexp(DT_MAX_A), kern)
         # ---- step sizes: a = dtb + lo @ W_dt
         dtb = lay[pb + L_DTB]
         gdtb = G[dtb:dtb + di]
@@ -521,12 +580,12 @@ def ssm_backward(P, G, lay, A, alay, dims, S, ib, tokens, T):
             for i in range(di):
                 gdtb[i] += da[i]
         wdt = lay[pb + L_WDT]
-        _acc_outer(PJ, K, rk, dA, di, di, T, G[wdt:wdt + rk * di])
-        _back_mat(P[wdt:wdt + rk * di], rk, di, dA, di, T, ta, tb, dPJ, K)
+        _acc_outer(PJ, K, rk, dA, di, di, T, G[wdt:wdt + rk * di], kern)
+        _back_mat(P[wdt:wdt + rk * di], rk, di, dA, di, T, ta, tb, dPJ, K, kern)
         # ---- x-projection: [lo, B, C] = xs @ W_x
         wx = lay[pb + L_WX]
-        _acc_outer(XS, di, di, dPJ, K, K, T, G[wx:wx + di * K])
-        _back_mat(P[wx:wx + di * K], di, K, dPJ, K, T, ta, tb, dXS, di)
+        _acc_outer(XS, di, di, dPJ, K, K, T, G[wx:wx + di * K], kern)
+        _back_mat(P[wx:wx + di * K], di, K, dPJ, K, T, ta, tb, dXS, di, kern)
         # ---- silu and conv; dXB rows are the conv history (CONV - 1 rows from before the chunk)
         XC, XB = A[alay[ab + A_XC]:], A[alay[ab + A_XB]:]
         cw, cb = lay[pb + L_CW], lay[pb + L_CB]
@@ -554,9 +613,9 @@ def ssm_backward(P, G, lay, A, alay, dims, S, ib, tokens, T):
             dXZ[t * 2 * di:t * 2 * di + di] = dXB[(t + CONV - 1) * di:(t + CONV) * di]
             dXZ[t * 2 * di + di:(t + 1) * 2 * di] = dZ[t * di:(t + 1) * di]
         win = lay[pb + L_WIN]
-        _acc_outer(A[alay[ab + A_U]:], dm, dm, dXZ, 2 * di, 2 * di, T, G[win:win + dm * 2 * di])
+        _acc_outer(A[alay[ab + A_U]:], dm, dm, dXZ, 2 * di, 2 * di, T, G[win:win + dm * 2 * di], kern)
         dU[:T * dm] = ZERO
-        _back_mat(P[win:win + dm * 2 * di], dm, 2 * di, dXZ, 2 * di, T, ta, tb, dU, dm)
+        _back_mat(P[win:win + dm * 2 * di], dm, 2 * di, dXZ, 2 * di, T, ta, tb, dU, dm, kern)
         # ---- norm; the residual gradient passes through unchanged
         xin = alay[ab + A_XIN]
         gg = lay[pb + L_G]
@@ -604,13 +663,13 @@ def ssm_carry(A, alay, dims, T):
 
 
 @njit(cache=True, error_model="numpy")
-def ssm_run_chunk(P, lay, A, alay, dims, S, ib, NE, rows, tokens, T):
+def ssm_run_chunk(P, lay, A, alay, dims, S, ib, NE, rows, tokens, T, kern):
     """Forward T rows (teacher forcing on `tokens`) and store each target's 8
     node logits in G_LG; the coder does this byte by byte, tests and tuning at once."""
     nl = dims[D_NL]
     lg = alay[nl * N_LA + G_LG]
     for t in range(T):
-        ssm_forward(P, lay, A, alay, dims, t, tokens[t], S, ib, NE, rows)
+        ssm_forward(P, lay, A, alay, dims, t, tokens[t], S, ib, NE, rows, kern)
         c = tokens[t + 1]
         node = 1
         for b in range(8):

@@ -23,7 +23,7 @@ from .ssm import (D_NL, D_T, G_LG, N_LA, adam_step, ngram_rows, ngram_step, ssm_
 CTX_ARRAYS = (("sP", np.float32), ("sG", np.float32), ("sV", np.float32), ("sopt", np.float32),
               ("slay", np.int64), ("sA", np.float32), ("salay", np.int64), ("sdims", np.int64),
               ("sS", np.float32), ("sib", np.int32), ("stok", np.int64), ("sNE", np.float32),
-              ("sNV", np.float32), ("srows", np.int64), ("slr", np.float32))
+              ("sNV", np.float32), ("srows", np.int64), ("slr", np.float32), ("skern", np.int64))
 
 
 @intrinsic
@@ -49,7 +49,7 @@ def make_context(state) -> np.ndarray:
 _ctx_t = types.CPointer(int64)
 # offsets of each array's [address, length] in ctx (numba folds them as constants)
 (O_P, O_G, O_V, O_OPT, O_LAY, O_A, O_ALAY, O_DIMS, O_S, O_IB, O_TOK, O_NE, O_NV, O_ROWS,
- O_LR) = range(0, 2 * len(CTX_ARRAYS), 2)
+ O_LR, O_KERN) = range(0, 2 * len(CTX_ARRAYS), 2)
 
 
 @njit(inline="always")
@@ -68,7 +68,8 @@ def ssm_byte(ctx, row, c4, c8, word):
     _i64(ctx, O_TOK)[row] = c4 & 0xFF
     ngram_rows(c4, c8, word, dims, rows, row)
     ssm_forward(_f32(ctx, O_P), _i64(ctx, O_LAY), _f32(ctx, O_A), _i64(ctx, O_ALAY), dims, row, c4 & 0xFF,
-                _f32(ctx, O_S), carray(_pointer(ctx[O_IB], int32), ctx[O_IB + 1]), _f32(ctx, O_NE), rows)
+                _f32(ctx, O_S), carray(_pointer(ctx[O_IB], int32), ctx[O_IB + 1]), _f32(ctx, O_NE), rows,
+                _i64(ctx, O_KERN))
 
 
 @cfunc(float32(_ctx_t, int64, int64, int64), cache=True, error_model="numpy")
@@ -90,7 +91,7 @@ def ssm_end(ctx, row, byte):
                                  _i64(ctx, O_ALAY), _f32(ctx, O_S))
         lr = _f32(ctx, O_LR)[0]
         ssm_backward(P, G, _i64(ctx, O_LAY), A, alay, dims, S, carray(_pointer(ctx[O_IB], int32), ctx[O_IB + 1]),
-                     stok, chunk)
+                     stok, chunk, _i64(ctx, O_KERN))
         adam_step(P, G, _f32(ctx, O_V), opt, lr)
         ngram_step(_f32(ctx, O_NE), _f32(ctx, O_NV), _i64(ctx, O_ROWS), S, dims, chunk, lr, opt)
         ssm_carry(A, alay, dims, chunk)

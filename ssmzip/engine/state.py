@@ -140,6 +140,8 @@ class BlockState:
         self.sG = np.zeros_like(self.sP)
         self.sV = np.zeros_like(self.sP)
         self.sopt = np.ones(2, dtype=np.float32)
+        # the C matrix loops of the SSM's backward pass, with the C kernel only
+        self.skern = native.ssm_kernels() if preset is not None else np.zeros(4, np.int64)
 
     def run(self, mode, buf, start, end, io):
         """Code buf[start:end] (ENCODE: into io; DECODE: from io), continuing from
@@ -166,6 +168,6 @@ class BlockState:
                       C.SQUASH, C.STRETCH, C.STATE_NEXT, C.STATE_PRIORITY, C.RECIPROCAL,
                       p.has_ssm, self.sP, self.sG, self.sV, self.sopt, self.slay,
                       self.sA, self.salay, self.sdims, self.sS, self.sib, self.stok, self.slr[0],
-                      self.sNE, self.sNV, self.srows)
+                      self.sNE, self.sNV, self.srows, self.skern)
 
 
