@@ -53,7 +53,7 @@ enum {
 
 /* Everything one call needs. Mirrored field for field by native.py's Segment;
  * SSMZIP_ABI changes whenever it does, so that a stale library is refused. */
-#define SSMZIP_ABI 5   /* 3: the library also holds native/ecsq.c; 4: and native/split.c; 5: and native/split_encode.c */
+#define SSMZIP_ABI 6   /* 3: the library also holds native/ecsq.c; 4: and native/split.c; 5: and native/split_encode.c; 6: and native/ssm.c */
 typedef struct {
     int64_t mode, start, end, io_len;
     int64_t n_ctx, table_bits, use_runs, match_min, n_mixers, lr, final_lr, n_apms, apm_rate;
