@@ -28,13 +28,13 @@
 enum {
     CTX_ORDER1, CTX_ORDER2, CTX_ORDER3, CTX_ORDER4, CTX_ORDER5, CTX_ORDER6, CTX_ORDER8,
     CTX_WORD, CTX_WORD2, CTX_SPARSE2, CTX_SPARSE34, CTX_COLUMN, CTX_ORDER12, CTX_SPARSE23,
-    CTX_WORDPOS, CTX_INDIRECT1, CTX_INDIRECT2, CTX_TAG
+    CTX_WORDPOS, CTX_INDIRECT1, CTX_INDIRECT2, CTX_TAG, CTX_LINESTART, CTX_WORD1, CTX_WORD02
 };
 
 /* Registers kept between segments: predictor.py R_*. */
 enum {
     R_X1, R_X2, R_X, R_IO, R_C4, R_C8, R_C12, R_WORD, R_WORD1, R_WORDPRE,
-    R_LINE, R_PREVLINE, R_MPTR, R_MLEN, R_TAG, R_TAGPOS, R_SSM_ROW
+    R_LINE, R_PREVLINE, R_MPTR, R_MLEN, R_TAG, R_TAGPOS, R_SSM_ROW, R_LINE0, R_WORD2
 };
 
 #define ENCODE 0
@@ -49,11 +49,13 @@ enum {
 #define MATCH_MAX_LEN 65535
 #define VERIFY_LEN 32
 #define LEN_BUCKETS 32
-#define MAX_CTX 20
+#define MAX_CTX 24
+#define APM4_ROWS (1 << 18)
 
 /* Everything one call needs. Mirrored field for field by native.py's Segment;
  * SSMZIP_ABI changes whenever it does, so that a stale library is refused. */
-#define SSMZIP_ABI 6   /* 3: the library also holds native/ecsq.c; 4: and native/split.c; 5: and native/split_encode.c; 6: and native/ssm.c */
+#define SSMZIP_ABI 7   /* 3: the library also holds native/ecsq.c; 4: and native/split.c; 5: and native/split_encode.c;
+                          6: and native/ssm.c; 7: mixers 4-5, APM 4 */
 typedef struct {
     int64_t mode, start, end, io_len;
     int64_t n_ctx, table_bits, use_runs, match_min, n_mixers, lr, final_lr, n_apms, apm_rate;
@@ -68,6 +70,7 @@ typedef struct {
     const int32_t *sq, *st;
     const uint8_t *state_next;                             /* [state][bit] */
     const int32_t *priority, *recip;
+    int32_t *w4, *w5, *apm4;                               /* mixers 4-5 and APM 4 (level 9) */
     /* levels 7-9: the SSM, run by numba through these (ssmzip/engine/ssm_callbacks.py) */
     int64_t use_ssm;
     int64_t *ssm_ctx;
@@ -93,8 +96,8 @@ static inline uint64_t hash2(uint64_t a, uint64_t b)
 }
 
 static inline uint64_t context_value(int64_t kind, uint64_t c4, uint64_t c8, uint64_t c12,
-                                     uint64_t word, uint64_t word1, uint64_t wordpre, uint64_t above,
-                                     uint64_t ind1, uint64_t ind2, uint64_t tag)
+                                     uint64_t word, uint64_t word1, uint64_t word2, uint64_t wordpre,
+                                     uint64_t above, uint64_t ind1, uint64_t ind2, uint64_t tag, uint64_t line0)
 {
     switch (kind) {
     case CTX_ORDER1: return c4 & 0xFF;
@@ -115,6 +118,9 @@ static inline uint64_t context_value(int64_t kind, uint64_t c4, uint64_t c8, uin
     case CTX_INDIRECT1: return (ind1 << 8) | (c4 & 0xFF);
     case CTX_INDIRECT2: return (ind2 << 16) | (c4 & 0xFFFF);
     case CTX_TAG: return hash2(tag, c4 & 0xFF);
+    case CTX_LINESTART: return hash2(line0, c4 & 0xFFFF);
+    case CTX_WORD1: return hash2(word1, c4 & 0xFF);
+    case CTX_WORD02: return hash2(word, word2 + 7);
     default: return 0;
     }
 }
@@ -283,8 +289,8 @@ int64_t ssmzip_cm_segment(const Segment *a)
     int32_t *sm_p = a->sm_p, *sm_n = a->sm_n, *rsm_p = a->rsm_p, *rsm_n = a->rsm_n;
     uint32_t *runs = a->runs;
     int32_t *x = a->x, *xf = a->xf, *o0 = a->o0, *ind = a->ind;
-    int32_t *w1 = a->w1, *w2 = a->w2, *w3 = a->w3, *wf = a->wf;
-    int32_t *apm1 = a->apm1, *apm2 = a->apm2, *apm3 = a->apm3;
+    int32_t *w1 = a->w1, *w2 = a->w2, *w3 = a->w3, *w4 = a->w4, *w5 = a->w5, *wf = a->wf;
+    int32_t *apm1 = a->apm1, *apm2 = a->apm2, *apm3 = a->apm3, *apm4 = a->apm4;
     const int32_t *sq = a->sq, *st = a->st, *priority = a->priority, *recip = a->recip;
     const uint8_t *state_next = a->state_next;
     int64_t sm_idx[MAX_CTX + 1];
@@ -294,6 +300,7 @@ int64_t ssmzip_cm_segment(const Segment *a)
     int64_t x1 = regs[R_X1], x2 = regs[R_X2], xc = regs[R_X], iop = regs[R_IO];
     uint64_t c4 = (uint64_t)regs[R_C4], c8 = (uint64_t)regs[R_C8], c12 = (uint64_t)regs[R_C12];
     uint64_t word = (uint64_t)regs[R_WORD], word1 = (uint64_t)regs[R_WORD1];
+    uint64_t word2 = (uint64_t)regs[R_WORD2], line0 = (uint64_t)regs[R_LINE0];
     uint64_t wordpre = (uint64_t)regs[R_WORDPRE];
     int64_t line = regs[R_LINE], prevline = regs[R_PREVLINE];
     int64_t mptr = regs[R_MPTR], mlen = regs[R_MLEN];
@@ -311,8 +318,8 @@ int64_t ssmzip_cm_segment(const Segment *a)
         int64_t c1 = (int64_t)(c4 & 0xFF);
         uint64_t ind1 = (uint64_t)ind[c1], ind2 = (uint64_t)ind[256 + (c4 & 0xFFFF)];
         for (int64_t i = 0; i < n_ctx; i++) {
-            uint64_t h = hash2(context_value(a->kinds[i], c4, c8, c12, word, word1, wordpre, above,
-                                             ind1, ind2, tag), (uint64_t)i);
+            uint64_t h = hash2(context_value(a->kinds[i], c4, c8, c12, word, word1, word2, wordpre, above,
+                                             ind1, ind2, tag, line0), (uint64_t)i);
             hashes[i] = (int64_t)h;
             int64_t g = (int64_t)((h >> 8) & (uint64_t)(nslots - 1));
             __builtin_prefetch(table + (i << a->table_bits) + ((g & ~3) << 4));
@@ -354,6 +361,7 @@ int64_t ssmzip_cm_segment(const Segment *a)
             expected = buf[mptr] | 256;
         const int64_t mbucket = length_bucket(mlen);
         const int64_t h_apm3 = (int64_t)((hash2(c4 & 0xFFFF, 99) & 0xFF) << 8);
+        const int64_t h_apm4 = (int64_t)((hash2(c4 & 0xFFFFFF, 77) & ((APM4_ROWS >> 8) - 1)) << 8);
         if (use_ssm)
             a->ssm_byte(a->ssm_ctx, s_row, (int64_t)c4, (int64_t)c8, (int64_t)word);
 
@@ -370,6 +378,12 @@ int64_t ssmzip_cm_segment(const Segment *a)
                 __builtin_prefetch(apm3 + ra3);
                 __builtin_prefetch(apm3 + ra3 + 16);
                 __builtin_prefetch(apm3 + ra3 + 32);
+                if (n_apms > 3) {
+                    const int64_t ra4 = (h_apm4 | c0) * APM_POINTS;
+                    __builtin_prefetch(apm4 + ra4);
+                    __builtin_prefetch(apm4 + ra4 + 16);
+                    __builtin_prefetch(apm4 + ra4 + 32);
+                }
             }
             /* predict: context models */
             int64_t known = 0;
@@ -417,7 +431,7 @@ int64_t ssmzip_cm_segment(const Segment *a)
             /* mix */
             int64_t order = msel > 0 ? n_ctx + (msel >> 2) : known;
             const int64_t b1 = (order * 8 + (c1 >> 5)) * n_in;
-            int64_t b2 = 0, b3 = 0, nf = 0;
+            int64_t b2 = 0, b3 = 0, b4 = 0, b5 = 0, nf = 0;
             int32_t d = mix_dot(w1 + b1, x, n_in);
             const int32_t d1 = d;
             if (n_mixers > 1) {
@@ -430,6 +444,17 @@ int64_t ssmzip_cm_segment(const Segment *a)
                     xf[2] = mix_dot(w3 + b3, x, n_in);
                     nf = 3;
                 }
+                if (n_mixers > 3) {
+                    b4 = ((int64_t)((c4 >> 8) & 0xFF) * 8 + bitpos) * n_in;
+                    xf[3] = mix_dot(w4 + b4, x, n_in);
+                    nf = 4;
+                }
+                if (n_mixers > 4) {
+                    const int64_t mlc = mbucket < 15 ? mbucket : 15;
+                    b5 = (((ebit + 1) * 16 + mlc) * 8 + bitpos) * n_in;
+                    xf[4] = mix_dot(w5 + b5, x, n_in);
+                    nf = 5;
+                }
                 xf[nf] = 256;
                 nf++;
                 d = mix_dot(wf + c0 * nf, xf, nf);
@@ -437,13 +462,17 @@ int64_t ssmzip_cm_segment(const Segment *a)
             const int64_t pm = sq[d + 2047];
 
             /* refine: APM chain */
-            int64_t ia1, ia2, ia3 = 0;
+            int64_t ia1, ia2, ia3 = 0, ia4 = 0;
             int64_t pa = apm_predict(apm1, c0, d, &ia1);
             int64_t p = (pm + 3 * pa) >> 2;
             pa = apm_predict(apm2, c0 | (c1 << 8), st[p], &ia2);
             p = (p + 3 * pa) >> 2;
             if (n_apms > 2) {
                 pa = apm_predict(apm3, h_apm3 | c0, st[p], &ia3);
+                p = (p + 3 * pa) >> 2;
+            }
+            if (n_apms > 3) {
+                pa = apm_predict(apm4, h_apm4 | c0, st[p], &ia4);
                 p = (p + 3 * pa) >> 2;
             }
             if (p < 1)
@@ -504,12 +533,18 @@ int64_t ssmzip_cm_segment(const Segment *a)
                 mix_update(w2 + b2, x, n_in, (bit << 12) - sq[xf[1] + 2047], lre);
                 if (n_mixers > 2)
                     mix_update(w3 + b3, x, n_in, (bit << 12) - sq[xf[2] + 2047], lre);
+                if (n_mixers > 3)
+                    mix_update(w4 + b4, x, n_in, (bit << 12) - sq[xf[3] + 2047], lre);
+                if (n_mixers > 4)
+                    mix_update(w5 + b5, x, n_in, (bit << 12) - sq[xf[4] + 2047], lre);
                 mix_update(wf + c0 * nf, xf, nf, (bit << 12) - pm, final_lr);
             }
             apm_update(apm1, ia1, bit, apm_rate);
             apm_update(apm2, ia2, bit, apm_rate);
             if (n_apms > 2)
                 apm_update(apm3, ia3, bit, apm_rate);
+            if (n_apms > 3)
+                apm_update(apm4, ia4, bit, apm_rate);
 
             c0 = c0 * 2 + bit;
             node = node * 2 + bit;
@@ -568,9 +603,12 @@ int64_t ssmzip_cm_segment(const Segment *a)
                 wordpre = (c4 >> 8) & 0xFF;
             word = ((word + (uint64_t)lc + 1) * 0x2F0F3A5Bull) & M32;
         } else if (word != 0) {
+            word2 = word1;
             word1 = word;
             word = 0;
         }
+        if (pos == line)
+            line0 = (uint64_t)c;
         if (c == 10) {
             prevline = line;
             line = pos + 1;
@@ -591,6 +629,8 @@ int64_t ssmzip_cm_segment(const Segment *a)
     regs[R_WORD] = (int64_t)word;
     regs[R_WORD1] = (int64_t)word1;
     regs[R_WORDPRE] = (int64_t)wordpre;
+    regs[R_WORD2] = (int64_t)word2;
+    regs[R_LINE0] = (int64_t)line0;
     regs[R_LINE] = line;
     regs[R_PREVLINE] = prevline;
     regs[R_MPTR] = mptr;

@@ -50,7 +50,7 @@ def hash2(a, b):
 
 
 @njit(cache=True, inline="always")
-def context_value(kind, c4, c8, c12, word, word1, wordpre, above, ind1, ind2, tag):
+def context_value(kind, c4, c8, c12, word, word1, word2, wordpre, above, ind1, ind2, tag, line0):
     """The raw context of one model at a byte boundary (before hashing)."""
     if kind == P.CTX_ORDER1:
         return c4 & 0xFF
@@ -88,6 +88,12 @@ def context_value(kind, c4, c8, c12, word, word1, wordpre, above, ind1, ind2, ta
         return (ind2 << 16) | (c4 & 0xFFFF)
     if kind == P.CTX_TAG:
         return hash2(tag, c4 & 0xFF)
+    if kind == P.CTX_LINESTART:
+        return hash2(line0, c4 & 0xFFFF)
+    if kind == P.CTX_WORD1:
+        return hash2(word1, c4 & 0xFF)
+    if kind == P.CTX_WORD02:
+        return hash2(word, word2 + 7)        # + 7: no word two back is not the empty word
     return 0
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 ENV = "SSMZIP_BACKEND"
-ABI = 6                    # native/cm.c's SSMZIP_ABI: the layout of Segment below, ssm.c, ecsq.c, split.c and split_encode.c present
+ABI = 7                    # native/cm.c's SSMZIP_ABI: the layout of Segment below, ssm.c, ecsq.c, split.c and split_encode.c present
 _c_i64 = ctypes.c_int64
 _ptr = ctypes.c_void_p
 
@@ -30,7 +30,7 @@ _SCALARS = ("mode", "start", "end", "io_len", "n_ctx", "table_bits", "use_runs",
             "n_mixers", "lr", "final_lr", "n_apms", "apm_rate", "match_mask", "n_states")
 _POINTERS = ("buf", "io", "regs", "kinds", "slots", "hashes", "run_state", "table", "sm_p", "sm_n",
              "runs", "rsm_p", "rsm_n", "mindex", "o0", "ind", "w1", "w2", "w3", "wf", "x", "xf",
-             "apm1", "apm2", "apm3", "sq", "st", "state_next", "priority", "recip")
+             "apm1", "apm2", "apm3", "sq", "st", "state_next", "priority", "recip", "w4", "w5", "apm4")
 
 
 class Segment(ctypes.Structure):
@@ -149,7 +149,7 @@ def make_segment(model, sq, st, state_next, priority, recip, mode, buf, io) -> S
                   match_mask=model.mindex.shape[0] - 1, n_states=priority.shape[0],
                   buf=address(buf), io=address(io), sq=address(sq), st=address(st), state_next=address(state_next),
                   priority=address(priority), recip=address(recip),
-                  **{n: address(getattr(model, n)) for n in _POINTERS[2:25]})
+                  **{n: address(getattr(model, n)) for n in _POINTERS[2:25] + _POINTERS[30:]})
     if p.has_ssm:
         cb = model.ssm_callbacks
         seg.use_ssm = 1

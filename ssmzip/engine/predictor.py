@@ -11,9 +11,10 @@ adds one more, its logit for the bit.
 The stretched probabilities are mixed by up to three mixers whose weight sets
 are selected by different small contexts -- (how many contexts have been seen
 before, or the match length) x (top bits of the last byte); the partial byte;
-the last byte x bit position -- a final mixer combines them, and a chain of
-two or three APMs refines the result. After the bit is known every part learns
-from it.
+the last byte x bit position; at -9 also the byte before last x bit position,
+and the match model's state (expected bit, length class) x bit position -- a
+final mixer combines them, and a chain of two to four APMs refines the result.
+After the bit is known every part learns from it.
 
 Encoder and decoder run the same function (`_code_segment`), so they cannot
 drift apart: the only difference is whether a bit is taken from the input
@@ -32,8 +33,9 @@ from .mixer import apm_predict, apm_update, mix_dot, mix_update
 from .prefetch import prefetch
 from .ssm import (D_NL, D_T, G_LG, N_LA, adam_step, ngram_rows, ngram_step, ssm_backward, ssm_carry, ssm_forward,
                   ssm_logit)
-from .state import (APM_POINTS, DECODE, ENCODE, R_C4, R_C8, R_C12, R_IO, R_LINE, R_MLEN, R_MPTR, R_PREVLINE, R_SSM_ROW,
-                    R_TAG, R_TAGPOS, R_WORD, R_WORD1, R_WORDPRE, R_X, R_X1, R_X2, RUN_COUNT_CLASSES, RUN_FROM)
+from .state import (APM4_ROWS, APM_POINTS, DECODE, ENCODE, R_C4, R_C8, R_C12, R_IO, R_LINE, R_LINE0, R_MLEN, R_MPTR,
+                    R_PREVLINE, R_SSM_ROW, R_TAG, R_TAGPOS, R_WORD, R_WORD1, R_WORD2, R_WORDPRE, R_X, R_X1, R_X2,
+                    RUN_COUNT_CLASSES, RUN_FROM)
 
 SM_LIMIT = 1023                      # state-map adaptation count limit
 MATCH_SM_LIMIT = 255
@@ -55,7 +57,7 @@ def sm_update(sm_p, sm_n, k, bit, limit, recip):
 def _code_segment(mode, buf, start, end, io, regs, kinds, table_bits, use_runs, match_min,
                   n_mixers, lr, final_lr, n_apms, apm_rate,
                   table, slots, hashes, sm_p, sm_n, runs, rsm_p, rsm_n, run_state,
-                  mindex, o0, ind, w1, w2, w3, wf, x, xf, apm1, apm2, apm3,
+                  mindex, o0, ind, w1, w2, w3, w4, w5, wf, x, xf, apm1, apm2, apm3, apm4,
                   sq, st, state_next, priority, recip,
                   use_ssm, sP, sG, sV, sopt, slay, sA, salay, sdims, sS, sib, stok, slr,
                   sNE, sNV, srows, skern):
@@ -91,7 +93,9 @@ def _code_segment(mode, buf, start, end, io, regs, kinds, table_bits, use_runs, 
     c12 = regs[R_C12]
     word = regs[R_WORD]
     word1 = regs[R_WORD1]
+    word2 = regs[R_WORD2]
     wordpre = regs[R_WORDPRE]
+    line0 = regs[R_LINE0]
     line = regs[R_LINE]
     prevline = regs[R_PREVLINE]
     mptr = regs[R_MPTR]
@@ -109,8 +113,8 @@ def _code_segment(mode, buf, start, end, io, regs, kinds, table_bits, use_runs, 
         ind1 = ind[c1]
         ind2 = ind[256 + (c4 & 0xFFFF)]
         for i in range(n_ctx):       # hash all first and prefetch, so that the misses overlap
-            h = hash2(context_value(kinds[i], c4, c8, c12, word, word1, wordpre, above,
-                                    ind1, ind2, tag), i)
+            h = hash2(context_value(kinds[i], c4, c8, c12, word, word1, word2, wordpre, above,
+                                    ind1, ind2, tag, line0), i)
             hashes[i] = h
             prefetch(table, (i << table_bits) + (((h >> 8) & (nslots - 1) & ~3) << 4))
             if use_runs and i >= RUN_FROM:
@@ -134,6 +138,7 @@ def _code_segment(mode, buf, start, end, io, regs, kinds, table_bits, use_runs, 
             expected = buf[mptr] | 256
         mbucket = length_bucket(mlen)
         h_apm3 = (hash2(c4 & 0xFFFF, 99) & 0xFF) << 8    # c0 in the low bits keeps one byte's rows together
+        h_apm4 = (hash2(c4 & 0xFFFFFF, 77) & ((APM4_ROWS >> 8) - 1)) << 8
         if use_ssm:
             stok[s_row] = c4 & 0xFF
             ngram_rows(c4, c8, word, sdims, srows, s_row)
@@ -155,6 +160,11 @@ def _code_segment(mode, buf, start, end, io, regs, kinds, table_bits, use_runs, 
                 prefetch(apm3, ra3)
                 prefetch(apm3, ra3 + 16)
                 prefetch(apm3, ra3 + 32)
+                if n_apms > 3:
+                    ra4 = (h_apm4 | c0) * APM_POINTS
+                    prefetch(apm4, ra4)
+                    prefetch(apm4, ra4 + 16)
+                    prefetch(apm4, ra4 + 32)
             # ---- predict: context models
             known = 0
             for i in range(n_ctx):
@@ -220,6 +230,15 @@ def _code_segment(mode, buf, start, end, io, regs, kinds, table_bits, use_runs, 
                     b3 = (c1 * 8 + bitpos) * n_in
                     xf[2] = mix_dot(w3, b3, x, n_in)
                     nf = 3
+                if n_mixers > 3:
+                    b4 = (((c4 >> 8) & 0xFF) * 8 + bitpos) * n_in
+                    xf[3] = mix_dot(w4, b4, x, n_in)
+                    nf = 4
+                if n_mixers > 4:
+                    mlc = mbucket if mbucket < 15 else 15
+                    b5 = (((ebit + 1) * 16 + mlc) * 8 + bitpos) * n_in
+                    xf[4] = mix_dot(w5, b5, x, n_in)
+                    nf = 5
                 xf[nf] = 256
                 nf += 1
                 d = mix_dot(wf, c0 * nf, xf, nf)
@@ -233,6 +252,10 @@ def _code_segment(mode, buf, start, end, io, regs, kinds, table_bits, use_runs, 
             ia3 = 0
             if n_apms > 2:
                 pa, ia3 = apm_predict(apm3, h_apm3 | c0, st[p])
+                p = (p + 3 * pa) >> 2
+            ia4 = 0
+            if n_apms > 3:
+                pa, ia4 = apm_predict(apm4, h_apm4 | c0, st[p])
                 p = (p + 3 * pa) >> 2
             if p < 1:
                 p = 1
@@ -267,11 +290,17 @@ def _code_segment(mode, buf, start, end, io, regs, kinds, table_bits, use_runs, 
                 mix_update(w2, b2, x, n_in, (bit << 12) - sq[xf[1] + 2047], lre)
                 if n_mixers > 2:
                     mix_update(w3, b3, x, n_in, (bit << 12) - sq[xf[2] + 2047], lre)
+                if n_mixers > 3:
+                    mix_update(w4, b4, x, n_in, (bit << 12) - sq[xf[3] + 2047], lre)
+                if n_mixers > 4:
+                    mix_update(w5, b5, x, n_in, (bit << 12) - sq[xf[4] + 2047], lre)
                 mix_update(wf, c0 * nf, xf, nf, (bit << 12) - pm, final_lr)
             apm_update(apm1, ia1, bit, apm_rate)
             apm_update(apm2, ia2, bit, apm_rate)
             if n_apms > 2:
                 apm_update(apm3, ia3, bit, apm_rate)
+            if n_apms > 3:
+                apm_update(apm4, ia4, bit, apm_rate)
 
             c0 = c0 * 2 + bit
             node = node * 2 + bit
@@ -323,8 +352,11 @@ def _code_segment(mode, buf, start, end, io, regs, kinds, table_bits, use_runs, 
                 wordpre = (c4 >> 8) & 0xFF
             word = word_hash(word, lc)
         elif word != 0:
+            word2 = word1
             word1 = word
             word = 0
+        if pos == line:
+            line0 = c
         if c == 10:
             prevline = line
             line = pos + 1
@@ -340,7 +372,9 @@ def _code_segment(mode, buf, start, end, io, regs, kinds, table_bits, use_runs, 
     regs[R_C12] = c12
     regs[R_WORD] = word
     regs[R_WORD1] = word1
+    regs[R_WORD2] = word2
     regs[R_WORDPRE] = wordpre
+    regs[R_LINE0] = line0
     regs[R_LINE] = line
     regs[R_PREVLINE] = prevline
     regs[R_MPTR] = mptr

@@ -23,12 +23,16 @@ R_LINE, R_PREVLINE = 10, 11
 R_MPTR, R_MLEN = 12, 13
 R_TAG, R_TAGPOS = 14, 15
 R_SSM_ROW = 16               # the SSM's row in its current training chunk
-N_REGS = 17
+R_LINE0, R_WORD2 = 17, 18    # first byte of the current line; the word before the previous one
+N_REGS = 19
 
 ORDER_CLASSES = MAX_CONTEXTS + 5     # contexts seen before (0..15), or 5 match-length classes
 MIXER1_SETS = ORDER_CLASSES * 8      # x top 3 bits of the last byte
 MIXER2_SETS = 256                    # partial byte
 MIXER3_SETS = 256 * 8                # last byte x bit position
+MIXER4_SETS = 256 * 8                # the byte before last x bit position
+MIXER5_SETS = 3 * 16 * 8             # match state (none, expects 0, expects 1) x length class x bit position
+APM4_ROWS = 1 << 18                  # hashed order 3 (10 bits) x partial byte
 RUN_COUNT_CLASSES = 32
 RUN_FROM = 2                         # orders 1 and 2 get no run input (too short to be deterministic)
 LEN_BUCKETS = 32                     # match-length classes (match.length_bucket)
@@ -89,12 +93,15 @@ class BlockState:
         self.w1 = new_weights(MIXER1_SETS, n_in, w0)
         self.w2 = new_weights(MIXER2_SETS if preset.mixers > 1 else 1, n_in, w0)
         self.w3 = new_weights(MIXER3_SETS if preset.mixers > 2 else 1, n_in, w0)
+        self.w4 = new_weights(MIXER4_SETS if preset.mixers > 3 else 1, n_in, w0)
+        self.w5 = new_weights(MIXER5_SETS if preset.mixers > 4 else 1, n_in, w0)
         self.wf = new_weights(256, preset.mixers + 1, WEIGHT_ONE // preset.mixers)
         self.x = np.zeros(n_in, dtype=np.int32)
-        self.xf = np.zeros(4, dtype=np.int32)
+        self.xf = np.zeros(6, dtype=np.int32)
         self.apm1 = new_apm(256, C.SQUASH)
         self.apm2 = new_apm(1 << 16, C.SQUASH)
         self.apm3 = new_apm(1 << 16 if preset.apms > 2 else 1, C.SQUASH)
+        self.apm4 = new_apm(APM4_ROWS if preset.apms > 3 else 1, C.SQUASH)
         self._init_ssm(preset if ssm_feed is None else None)
         self._native = native.cm_kernel() if preset.contexts else None   # the SSM alone: numba
         self._segment = None
@@ -163,8 +170,8 @@ class BlockState:
                       p.match_min, p.mixers, p.mixer_lr, p.final_lr, p.apms, p.apm_rate,
                       self.table, self.slots, self.hashes, self.sm_p, self.sm_n,
                       self.runs, self.rsm_p, self.rsm_n, self.run_state,
-                      self.mindex, self.o0, self.ind, self.w1, self.w2, self.w3, self.wf, self.x, self.xf,
-                      self.apm1, self.apm2, self.apm3,
+                      self.mindex, self.o0, self.ind, self.w1, self.w2, self.w3, self.w4, self.w5, self.wf,
+                      self.x, self.xf, self.apm1, self.apm2, self.apm3, self.apm4,
                       C.SQUASH, C.STRETCH, C.STATE_NEXT, C.STATE_PRIORITY, C.RECIPROCAL,
                       p.has_ssm, self.sP, self.sG, self.sV, self.sopt, self.slay,
                       self.sA, self.salay, self.sdims, self.sS, self.sib, self.stok, self.slr[0],
