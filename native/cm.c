@@ -28,7 +28,8 @@
 enum {
     CTX_ORDER1, CTX_ORDER2, CTX_ORDER3, CTX_ORDER4, CTX_ORDER5, CTX_ORDER6, CTX_ORDER8,
     CTX_WORD, CTX_WORD2, CTX_SPARSE2, CTX_SPARSE34, CTX_COLUMN, CTX_ORDER12, CTX_SPARSE23,
-    CTX_WORDPOS, CTX_INDIRECT1, CTX_INDIRECT2, CTX_TAG, CTX_LINESTART, CTX_WORD1, CTX_WORD02
+    CTX_WORDPOS, CTX_INDIRECT1, CTX_INDIRECT2, CTX_TAG, CTX_LINESTART, CTX_WORD1, CTX_WORD02,
+    CTX_TAGWORD, CTX_WORDSTART, CTX_LINEWORD
 };
 
 /* Registers kept between segments: predictor.py R_*. */
@@ -121,6 +122,9 @@ static inline uint64_t context_value(int64_t kind, uint64_t c4, uint64_t c8, uin
     case CTX_LINESTART: return hash2(line0, c4 & 0xFFFF);
     case CTX_WORD1: return hash2(word1, c4 & 0xFF);
     case CTX_WORD02: return hash2(word, word2 + 7);
+    case CTX_TAGWORD: return hash2(tag, word + 5);
+    case CTX_WORDSTART: return hash2(wordpre, c4 & 0xFF);
+    case CTX_LINEWORD: return hash2(line0, word + 11);
     default: return 0;
     }
 }

@@ -93,7 +93,13 @@ def context_value(kind, c4, c8, c12, word, word1, word2, wordpre, above, ind1, i
     if kind == P.CTX_WORD1:
         return hash2(word1, c4 & 0xFF)
     if kind == P.CTX_WORD02:
-        return hash2(word, word2 + 7)        # + 7: no word two back is not the empty word
+        return hash2(word, word2 + 7)        # + 7 (and below): unlike values for the same inputs
+    if kind == P.CTX_TAGWORD:
+        return hash2(tag, word + 5)
+    if kind == P.CTX_WORDSTART:
+        return hash2(wordpre, c4 & 0xFF)
+    if kind == P.CTX_LINEWORD:
+        return hash2(line0, word + 11)
     return 0
 
 

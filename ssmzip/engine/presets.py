@@ -34,7 +34,10 @@ CTX_TAG = 17         # the opening of the innermost markup (<tag, [[, {{) + last
 CTX_LINESTART = 18   # the first byte of the current line + last 2 bytes (lists, tables, headings)
 CTX_WORD1 = 19       # previous word + last byte
 CTX_WORD02 = 20      # current word + the word before the previous one (skips one word)
-N_CTX_KINDS = 21
+CTX_TAGWORD = 21     # the opening of the innermost markup + current word
+CTX_WORDSTART = 22   # the byte just before the current word + last byte
+CTX_LINEWORD = 23    # the first byte of the current line + current word
+N_CTX_KINDS = 24
 
 MAX_CONTEXTS = 24
 MIN_TABLE_BITS, MAX_TABLE_BITS = 12, 28      # bytes per context hash table, log2
@@ -195,12 +198,13 @@ def _validate(p: Preset) -> None:
 
 _O = (CTX_ORDER1, CTX_ORDER2, CTX_ORDER3, CTX_ORDER4)
 
-def _level(level, contexts, table_bits, runs, match_min, match_bits, mixers, apms, block_bits, ssm=None):
+def _level(level, contexts, table_bits, runs, match_min, match_bits, mixers, apms, block_bits, ssm=None,
+           mixer_lr=12, final_lr=16):
     s = {} if ssm is None else dict(zip(("ssm_dm", "ssm_di", "ssm_ds", "ssm_rank", "ssm_layers",
                                          "ssm_chunk", "ssm_lr", "ssm_seed", "ssm_ngram",
                                          "ssm_ngram_bits"), ssm))
     return Preset(level, contexts, table_bits, runs, match_min, match_bits, mixers,
-                  mixer_lr=12, final_lr=16, apms=apms, apm_rate=7, block_bits=block_bits, **s)
+                  mixer_lr=mixer_lr, final_lr=final_lr, apms=apms, apm_rate=7, block_bits=block_bits, **s)
 
 
 # SSM sizes: dm, di, ds, rank, layers, chunk, lr (1e-5), seed, n-gram inputs, their table bits
@@ -212,10 +216,12 @@ _SSM_LARGE = (64, 128, 8, 8, 2, 32, 300, 1, 6, 17)
 _TEXT = (CTX_WORD, CTX_WORD2, CTX_SPARSE2, CTX_COLUMN, CTX_TAG)
 _HIGH = (CTX_ORDER5, CTX_ORDER6)
 
-# Level 9 gained three contexts (line start, previous word, the word before it), two
-# mixers (weight sets by the byte before last, and by the match model's state) and an APM
-# on hashed order 3: 220,265 -> 218,541 bytes for its context models alone on enwik8_1M
-# (-0.8 %), 216,247 -> 215,010 with the SSM (-0.6 %), for about 2.3 us/byte more.
+# Level 9 gained two mixers (weight sets by the byte before last, and by the match
+# model's state), an APM on hashed order 3 and six text contexts (line start, previous
+# word, the word two back, markup + word, the byte before the word, line start + word),
+# and its final mixer learns slower (6, was 16; first layer 14, was 12): on enwik8_1M
+# 220,265 -> 216,912 bytes for its context models alone (-1.5 %; 3M: -1.8 %), and
+# 216,247 -> 213,676 with the SSM (-1.2 %), for about 5.5 us/byte more.
 # Levels 1 and 6 were retuned for speed (measured on enwik8_1M, C backend): -1 dropped
 # order 3 and hashes 6 bytes for the match model (+1.4 % size, 12 % faster); -6 dropped
 # order 1 and the sparse context (+0.2 %, 12 % faster) and swapped the column context for
@@ -235,8 +241,8 @@ LEVELS = {
               24, 1, 7, 22, 3, 3, 25, _SSM_MEDIUM),
     9: _level(9, _O + _HIGH + (CTX_ORDER8, CTX_ORDER12) + _TEXT
               + (CTX_INDIRECT1, CTX_INDIRECT2, CTX_WORDPOS, CTX_SPARSE23, CTX_SPARSE34,
-                 CTX_LINESTART, CTX_WORD1, CTX_WORD02),
-              24, 1, 7, 22, 5, 4, 25, _SSM_LARGE),
+                 CTX_LINESTART, CTX_WORD1, CTX_WORD02, CTX_TAGWORD, CTX_WORDSTART, CTX_LINEWORD),
+              24, 1, 7, 22, 5, 4, 25, _SSM_LARGE, mixer_lr=14, final_lr=6),
 }
 DEFAULT_LEVEL = 6
 

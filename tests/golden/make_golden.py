@@ -14,7 +14,7 @@ and NAME-6v1.ssz were made by levels 1 and 6 before they were retuned for speed
 (commits 93d1360, a009a93: other contexts, another match length); NAME-9v1.ssz
 were made by level 9 before it had an SSM (preset layout 1), NAME-9v2.ssz by
 level 9 with the SSM but before its fourth and fifth mixers, fourth APM and
-three text contexts; they must still decode and re-encode (with the preset
+six text contexts; they must still decode and re-encode (with the preset
 stored in them) to the same bytes.
 
 The inputs come from a self-contained xorshift generator (no library RNG
