@@ -71,7 +71,7 @@ def _load():
             fn.argtypes = [ctypes.POINTER(Segment)]
             fn.restype = _c_i64
             _LIB = lib
-            return fn, "native C (the context models and the SSM's training products; the rest of the SSM on numba)"
+            return fn, "native C (the context models and the SSM's matrix loops; the rest of the SSM on numba)"
         except (OSError, AttributeError) as e:
             err = f"cannot be used: {e}"
     if choice == "native":
