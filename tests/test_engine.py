@@ -100,6 +100,13 @@ def test_preset_bytes_round_trip_and_validation():
         Preset.from_bytes(bytes(bad))
     with pytest.raises(ValueError):
         dataclasses.replace(LEVELS[6], table_bits=40)   # would ask for 1 TB
+    # the widest ranges a preset may use (level 9's), and one past each
+    from ssmzip.engine import presets
+    dataclasses.replace(LEVELS[6], mixers=5, apms=4, contexts=tuple(range(presets.N_CTX_KINDS)))
+    for bad_fields in ({"mixers": 6}, {"mixers": 0}, {"apms": 5}, {"apms": 1},
+                       {"contexts": (presets.N_CTX_KINDS,)}):
+        with pytest.raises(ValueError):
+            dataclasses.replace(LEVELS[6], **bad_fields)
     with pytest.raises(ValueError):
         dataclasses.replace(LEVELS[6], contexts=(0, 0))
     with pytest.raises(ValueError):

@@ -86,6 +86,18 @@ def test_ssm_matrix_loops_same_bits_as_numba(J, I, T, c_path):
     assert np.array_equal(results[0][0], results[1][0]) and np.array_equal(results[0][1], results[1][1])
 
 
+def test_ssm_kernel_table_matches_the_numba_side():
+    from ssmzip.engine import ssm
+    assert len(native.SSM_KERNELS) == ssm.N_KERNELS
+    kern = native.ssm_kernels()
+    assert all(kern) and kern[ssm.K_SCAN] == ctypes_address("ssmzip_scan_back")
+
+
+def ctypes_address(name):
+    import ctypes
+    return ctypes.cast(getattr(native.library(), name), ctypes.c_void_p).value
+
+
 def test_cross_decoding(monkeypatch):
     """Made by one backend, decoded by the other, both ways."""
     preset = LEVELS[6]

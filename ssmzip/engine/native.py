@@ -31,6 +31,8 @@ _SCALARS = ("mode", "start", "end", "io_len", "n_ctx", "table_bits", "use_runs",
 _POINTERS = ("buf", "io", "regs", "kinds", "slots", "hashes", "run_state", "table", "sm_p", "sm_n",
              "runs", "rsm_p", "rsm_n", "mindex", "o0", "ind", "w1", "w2", "w3", "wf", "x", "xf",
              "apm1", "apm2", "apm3", "sq", "st", "state_next", "priority", "recip", "w4", "w5", "apm4")
+# those that are not the model's own arrays (make_segment passes them in)
+_SHARED = ("buf", "io", "sq", "st", "state_next", "priority", "recip")
 
 
 class Segment(ctypes.Structure):
@@ -114,13 +116,15 @@ def bind(signatures: dict):
     return ns
 
 
+SSM_KERNELS = ("acc_outer", "back_mat", "matvec", "scan_back")   # in ssm.K_OUTER .. K_SCAN order
+
+
 def ssm_kernels() -> np.ndarray:
     """The addresses of native/ssm.c's matrix loops for the SSM
     (ssm.K_OUTER, ssm.K_BACK, ssm.K_MATVEC, ssm.K_SCAN), or zeros when numba is to be used."""
-    kern = np.zeros(4, dtype=np.int64)
+    kern = np.zeros(len(SSM_KERNELS), dtype=np.int64)
     if cm_kernel() is not None:
-        kern[:] = [ctypes.cast(getattr(_LIB, f"ssmzip_{n}"), _ptr).value
-                   for n in ("acc_outer", "back_mat", "matvec", "scan_back")]
+        kern[:] = [ctypes.cast(getattr(_LIB, f"ssmzip_{n}"), _ptr).value for n in SSM_KERNELS]
     return kern
 
 
@@ -149,7 +153,7 @@ def make_segment(model, sq, st, state_next, priority, recip, mode, buf, io) -> S
                   match_mask=model.mindex.shape[0] - 1, n_states=priority.shape[0],
                   buf=address(buf), io=address(io), sq=address(sq), st=address(st), state_next=address(state_next),
                   priority=address(priority), recip=address(recip),
-                  **{n: address(getattr(model, n)) for n in _POINTERS[2:25] + _POINTERS[30:]})
+                  **{n: address(getattr(model, n)) for n in _POINTERS if n not in _SHARED})
     if p.has_ssm:
         cb = model.ssm_callbacks
         seg.use_ssm = 1

@@ -40,6 +40,8 @@ CTX_LINEWORD = 23    # the first byte of the current line + current word
 N_CTX_KINDS = 24
 
 MAX_CONTEXTS = 24
+APM_POINTS = 33                              # interpolation points per APM context (mixer.py)
+APM4_ROWS = 1 << 18                          # the fourth APM: hashed order 3 (10 bits) x partial byte
 MIN_TABLE_BITS, MAX_TABLE_BITS = 12, 28      # bytes per context hash table, log2
 MIN_MATCH_BITS, MAX_MATCH_BITS = 10, 26      # entries in the match index, log2
 MIN_BLOCK_BITS, MAX_BLOCK_BITS = 10, 30      # block size, log2
@@ -101,7 +103,7 @@ class Preset:
         ssm = 0
         if self.has_ssm:
             ssm = self.ssm_shape().memory()
-        apm4 = (1 << 18) * 33 * 4 if self.apms > 3 else 0      # state.APM4_ROWS x APM_POINTS int32
+        apm4 = 4 * APM4_ROWS * APM_POINTS if self.apms > 3 else 0
         return len(self.contexts) * per_ctx + 4 * (1 << self.match_bits) + (4 << 20) + apm4 + ssm
 
     def ssm_shape(self) -> Shape:
@@ -221,7 +223,8 @@ _HIGH = (CTX_ORDER5, CTX_ORDER6)
 # word, the word two back, markup + word, the byte before the word, line start + word),
 # and its final mixer learns slower (6, was 16; first layer 14, was 12): on enwik8_1M
 # 220,265 -> 216,912 bytes for its context models alone (-1.5 %; 3M: -1.8 %), and
-# 216,247 -> 213,676 with the SSM (-1.2 %), for about 5.5 us/byte more.
+# 216,247 -> 213,676 with the SSM (-1.2 %); its context models took 3.5 -> 5.0-7.4 us/byte
+# (three runs, C backend, 2-core EPYC VM).
 # Levels 1 and 6 were retuned for speed (measured on enwik8_1M, C backend): -1 dropped
 # order 3 and hashes 6 bytes for the match model (+1.4 % size, 12 % faster); -6 dropped
 # order 1 and the sparse context (+0.2 %, 12 % faster) and swapped the column context for

@@ -9,7 +9,7 @@ import numpy as np
 
 from . import counters as C
 from . import native
-from .presets import MAX_CONTEXTS
+from .presets import APM4_ROWS, APM_POINTS, MAX_CONTEXTS  # noqa: F401 (APM sizes re-exported)
 from .ssm_layout import G_LG, N_DIMS, N_LA, init_params
 
 ENCODE, DECODE = 0, 1
@@ -32,12 +32,10 @@ MIXER2_SETS = 256                    # partial byte
 MIXER3_SETS = 256 * 8                # last byte x bit position
 MIXER4_SETS = 256 * 8                # the byte before last x bit position
 MIXER5_SETS = 3 * 16 * 8             # match state (none, expects 0, expects 1) x length class x bit position
-APM4_ROWS = 1 << 18                  # hashed order 3 (10 bits) x partial byte
 RUN_COUNT_CLASSES = 32
 RUN_FROM = 2                         # orders 1 and 2 get no run input (too short to be deterministic)
 LEN_BUCKETS = 32                     # match-length classes (match.length_bucket)
 WEIGHT_ONE = 1 << 16                 # mixer weight 1.0 (16.16 fixed point, mixer.py)
-APM_POINTS = 33                      # interpolation points per APM context (mixer.py)
 
 
 def aligned_zeros(n: int, dtype, align: int = 64) -> np.ndarray:
@@ -147,8 +145,8 @@ class BlockState:
         self.sG = np.zeros_like(self.sP)
         self.sV = np.zeros_like(self.sP)
         self.sopt = np.ones(2, dtype=np.float32)
-        # the C matrix loops of the SSM's backward pass, with the C kernel only
-        self.skern = native.ssm_kernels() if preset is not None else np.zeros(4, np.int64)
+        # native/ssm.c's matrix loops for the SSM (zeros: numba's own), with the C kernel only
+        self.skern = native.ssm_kernels()
 
     def run(self, mode, buf, start, end, io):
         """Code buf[start:end] (ENCODE: into io; DECODE: from io), continuing from
