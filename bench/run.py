@@ -51,7 +51,9 @@ def parse_args(argv=None):
     ap.add_argument("--gen-size", type=int, default=1_000_000,
                     help="bytes of each generated corpus (default 1000000)")
     ap.add_argument("--seed", type=int, default=0, help="seed of the generated corpora")
-    ap.add_argument("--repeat", type=int, default=1, help="runs per measurement; the median is reported")
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="runs per measurement, in rounds (every system once per round); "
+                         "the median is reported")
     ap.add_argument("--timeout", type=float, default=7200, help="seconds allowed per process")
     ap.add_argument("--out", default=DEFAULT_OUT, help="where reports go (default bench/results/)")
     ap.add_argument("--tmpdir", help="where inputs are generated and outputs written (default: system temp)")
@@ -151,48 +153,75 @@ def _sha256(path):
     return h.hexdigest()
 
 
-def bench_one(system, name, path, work, args):
-    """Compress and decompress `path` args.repeat times; return a result dict."""
-    size = os.path.getsize(path)
-    res = {"input": name, "input_bytes": size, "system": system.name, "ok": False, "error": "",
-           "bytes": None, "sha256": None, "comp_s": None, "decomp_s": None, "peak_rss": 0,
-           "comp_cpu_s": None, "decomp_cpu_s": None}
+def _new_result(system, name, size):
+    return {"input": name, "input_bytes": size, "system": system.name, "ok": False, "error": "",
+            "bytes": None, "sha256": None, "comp_s": None, "decomp_s": None, "peak_rss": 0,
+            "comp_cpu_s": None, "decomp_cpu_s": None,
+            "_times": ([], [], [], []), "_digests": set()}
+
+
+def _run_once(system, path, work, args, res):
+    """Compress and decompress `path` once, adding the times to `res`; False on failure."""
     env = system.env or None
-    comp_t, decomp_t, comp_cpu, decomp_cpu, digests = [], [], [], [], set()
+    comp_t, decomp_t, comp_cpu, decomp_cpu = res["_times"]
     cpath, dpath = os.path.join(work, "compressed"), os.path.join(work, "decompressed")
-    for _ in range(args.repeat):
-        for p in (cpath, dpath):
-            if os.path.exists(p):
-                os.unlink(p)
-        argv, stdout = systems.expand(system.compress, path, cpath)
-        r = measure.run(argv, stdout_path=stdout, cwd=work, env=env, timeout=args.timeout)
-        if not r.ok:
-            res["error"] = _why("compress", r)
-            return res
-        comp_t.append(r.seconds)
-        comp_cpu.append(r.cpu_seconds)
-        res["peak_rss"] = max(res["peak_rss"], r.peak_rss)
-        res["bytes"] = os.path.getsize(cpath)
-        digests.add(_sha256(cpath))
-        argv, stdout = systems.expand(system.decompress, cpath, dpath)
-        r = measure.run(argv, stdout_path=stdout, cwd=work, env=env, timeout=args.timeout)
-        if not r.ok:
-            res["error"] = _why("decompress", r)
-            return res
-        decomp_t.append(r.seconds)
-        decomp_cpu.append(r.cpu_seconds)
-        res["peak_rss"] = max(res["peak_rss"], r.peak_rss)
-        if not measure.files_equal(path, dpath):
-            res["error"] = (f"ROUND TRIP MISMATCH: decompressed {os.path.getsize(dpath):,} bytes "
-                            f"differ from the {size:,}-byte input")
-            return res
+    for p in (cpath, dpath):
+        if os.path.exists(p):
+            os.unlink(p)
+    argv, stdout = systems.expand(system.compress, path, cpath)
+    r = measure.run(argv, stdout_path=stdout, cwd=work, env=env, timeout=args.timeout)
+    if not r.ok:
+        res["error"] = _why("compress", r)
+        return False
+    comp_t.append(r.seconds)
+    comp_cpu.append(r.cpu_seconds)
+    res["peak_rss"] = max(res["peak_rss"], r.peak_rss)
+    res["bytes"] = os.path.getsize(cpath)
+    res["_digests"].add(_sha256(cpath))
+    argv, stdout = systems.expand(system.decompress, cpath, dpath)
+    r = measure.run(argv, stdout_path=stdout, cwd=work, env=env, timeout=args.timeout)
+    if not r.ok:
+        res["error"] = _why("decompress", r)
+        return False
+    decomp_t.append(r.seconds)
+    decomp_cpu.append(r.cpu_seconds)
+    res["peak_rss"] = max(res["peak_rss"], r.peak_rss)
+    if not measure.files_equal(path, dpath):
+        size = res["input_bytes"]
+        res["error"] = (f"ROUND TRIP MISMATCH: decompressed {os.path.getsize(dpath):,} bytes "
+                        f"differ from the {size:,}-byte input")
+        return False
+    return True
+
+
+def _finish(res, repeat):
+    comp_t, decomp_t, comp_cpu, decomp_cpu = res.pop("_times")
+    digests = res.pop("_digests")
+    if res["error"]:
+        return res
     if len(digests) > 1:
-        res["error"] = f"NONDETERMINISTIC: {len(digests)} different outputs in {args.repeat} runs"
+        res["error"] = f"NONDETERMINISTIC: {len(digests)} different outputs in {repeat} runs"
         return res
     res.update(ok=True, sha256=digests.pop(), comp_s=statistics.median(comp_t),
                decomp_s=statistics.median(decomp_t), comp_cpu_s=statistics.median(comp_cpu),
                decomp_cpu_s=statistics.median(decomp_cpu))
     return res
+
+
+def bench_input(chosen, name, path, work, args):
+    """Every system on `path`, args.repeat rounds; return a result dict per system.
+
+    In each round every system runs once, in turn, so that a drift of the
+    machine's speed (this shared VM moves by 20 % and more within minutes)
+    falls on all of them alike and their ratios (-T2 against -T1, ssmzip
+    against a peer) stay meaningful; each time reported is a median."""
+    size = os.path.getsize(path)
+    results = [_new_result(s, name, size) for s in chosen]
+    for _ in range(args.repeat):
+        for s, res in zip(chosen, results):
+            if not res["error"]:
+                _run_once(s, path, work, args, res)
+    return [_finish(res, args.repeat) for res in results]
 
 
 def _why(step, r):
@@ -208,7 +237,7 @@ def warm_up(ours, work, args):
     with open(sample, "wb") as f:
         f.write(generate("text", 65536, 1))
     for s in ours:
-        r = bench_one(s, "warm-up", sample, work, argparse.Namespace(repeat=1, timeout=args.timeout))
+        r, = bench_input([s], "warm-up", sample, work, argparse.Namespace(repeat=1, timeout=args.timeout))
         if not r["ok"]:
             print(f"  warm-up of {s.name} failed: {r['error']}", file=sys.stderr)
 
@@ -250,8 +279,7 @@ def main(argv=None) -> int:
             warm_up(ours, work, args)
         for name, path in inputs:
             print(f"{name} ({os.path.getsize(path):,} bytes)", file=sys.stderr)
-            for s in chosen:
-                r = bench_one(s, name, path, work, args)
+            for r in bench_input(chosen, name, path, work, args):
                 print(_progress(r), file=sys.stderr, flush=True)
                 results.append(r)
     if any(s.family == "ssmzip" for s in chosen) and source_fingerprint() != fingerprint:
