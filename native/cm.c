@@ -29,7 +29,7 @@ enum {
     CTX_ORDER1, CTX_ORDER2, CTX_ORDER3, CTX_ORDER4, CTX_ORDER5, CTX_ORDER6, CTX_ORDER8,
     CTX_WORD, CTX_WORD2, CTX_SPARSE2, CTX_SPARSE34, CTX_COLUMN, CTX_ORDER12, CTX_SPARSE23,
     CTX_WORDPOS, CTX_INDIRECT1, CTX_INDIRECT2, CTX_TAG, CTX_LINESTART, CTX_WORD1, CTX_WORD02,
-    CTX_TAGWORD, CTX_WORDSTART, CTX_LINEWORD
+    CTX_TAGWORD, CTX_WORDSTART, CTX_LINEWORD, CTX_TAGORDER2, CTX_TAGORDER3
 };
 
 /* Registers kept between segments: predictor.py R_*. */
@@ -45,22 +45,22 @@ enum {
 #define MATCH_SM_LIMIT 255
 #define ORDER0_RATE 5
 #define APM_POINTS 33
-#define SKIP_ERR 100
 #define WEIGHT_LIMIT (1 << 19)
 #define MATCH_MAX_LEN 65535
 #define VERIFY_LEN 32
 #define LEN_BUCKETS 32
-#define MAX_CTX 24
+#define MAX_CTX 26
 #define APM4_ROWS (1 << 18)
 
 /* Everything one call needs. Mirrored field for field by native.py's Segment;
  * SSMZIP_ABI changes whenever it does, so that a stale library is refused. */
-#define SSMZIP_ABI 7   /* 3: the library also holds native/ecsq.c; 4: and native/split.c; 5: and native/split_encode.c;
-                          6: and native/ssm.c; 7: mixers 4-5, APM 4 */
+#define SSMZIP_ABI 8   /* 3: the library also holds native/ecsq.c; 4: and native/split.c; 5: and native/split_encode.c;
+                          6: and native/ssm.c; 7: mixers 4-5, APM 4; 8: mixer_skip, apm_first, apm3_bits */
 typedef struct {
     int64_t mode, start, end, io_len;
     int64_t n_ctx, table_bits, use_runs, match_min, n_mixers, lr, final_lr, n_apms, apm_rate;
     int64_t match_mask, n_states;
+    int64_t mixer_skip, apm_first, apm3_bits;              /* Preset.mixer_skip, .apm_first, .apm3_bits */
     uint8_t *buf, *io;
     int64_t *regs, *kinds, *slots, *hashes, *run_state;   /* run_state: 5 rows of n_ctx */
     uint8_t *table;
@@ -125,6 +125,8 @@ static inline uint64_t context_value(int64_t kind, uint64_t c4, uint64_t c8, uin
     case CTX_TAGWORD: return hash2(tag, word + 5);
     case CTX_WORDSTART: return hash2(wordpre, c4 & 0xFF);
     case CTX_LINEWORD: return hash2(line0, word + 11);
+    case CTX_TAGORDER2: return hash2(tag, c4 & 0xFFFF);
+    case CTX_TAGORDER3: return hash2(tag, c4 & 0xFFFFFF);
     default: return 0;
     }
 }
@@ -173,9 +175,10 @@ static inline int32_t mix_dot(const int32_t *w, const int32_t *x, int64_t n)
     return clamp_stretch(s >> 8);
 }
 
-static inline void mix_update(int32_t *w, const int32_t *x, int64_t n, int64_t err, int64_t lr)
+static inline void mix_update(int32_t *w, const int32_t *x, int64_t n, int64_t err, int64_t lr,
+                              int64_t skip)
 {
-    if (-SKIP_ERR < err && err < SKIP_ERR)
+    if (-skip < err && err < skip)
         return;
     int32_t e = (int32_t)(err * lr);
     for (int64_t i = 0; i < n; i++) {
@@ -286,6 +289,8 @@ int64_t ssmzip_cm_segment(const Segment *a)
     const int64_t n_states = a->n_states;
     const int64_t msm = n_ctx * n_states;
     const int64_t lr = a->lr, final_lr = a->final_lr, apm_rate = a->apm_rate;
+    const int64_t skip = a->mixer_skip, apm_first = a->apm_first;
+    const uint64_t apm3_mask = ((uint64_t)1 << a->apm3_bits) - 1;
     uint8_t *buf = a->buf, *io = a->io, *table = a->table;
     int64_t *regs = a->regs, *slots = a->slots, *hashes = a->hashes;
     int64_t *r_idx = a->run_state, *r_byte = r_idx + n_ctx, *r_cnt = r_byte + n_ctx;
@@ -364,7 +369,7 @@ int64_t ssmzip_cm_segment(const Segment *a)
         if (mlen > 0)
             expected = buf[mptr] | 256;
         const int64_t mbucket = length_bucket(mlen);
-        const int64_t h_apm3 = (int64_t)((hash2(c4 & 0xFFFF, 99) & 0xFF) << 8);
+        const int64_t h_apm3 = (int64_t)((hash2(c4 & 0xFFFF, 99) & apm3_mask) << 8);
         const int64_t h_apm4 = (int64_t)((hash2(c4 & 0xFFFFFF, 77) & ((APM4_ROWS >> 8) - 1)) << 8);
         if (use_ssm)
             a->ssm_byte(a->ssm_ctx, s_row, (int64_t)c4, (int64_t)c8, (int64_t)word);
@@ -468,7 +473,7 @@ int64_t ssmzip_cm_segment(const Segment *a)
             /* refine: APM chain */
             int64_t ia1, ia2, ia3 = 0, ia4 = 0;
             int64_t pa = apm_predict(apm1, c0, d, &ia1);
-            int64_t p = (pm + 3 * pa) >> 2;
+            int64_t p = (pm * (4 - apm_first) + pa * apm_first) >> 2;
             pa = apm_predict(apm2, c0 | (c1 << 8), st[p], &ia2);
             p = (p + 3 * pa) >> 2;
             if (n_apms > 2) {
@@ -532,16 +537,16 @@ int64_t ssmzip_cm_segment(const Segment *a)
             int64_t lre = lr;                 /* learn faster while the weights are young */
             if (pos < (1 << 18))
                 lre = lr + ((2 * lr * ((1 << 18) - pos)) >> 18);
-            mix_update(w1 + b1, x, n_in, (bit << 12) - sq[d1 + 2047], lre);
+            mix_update(w1 + b1, x, n_in, (bit << 12) - sq[d1 + 2047], lre, skip);
             if (n_mixers > 1) {
-                mix_update(w2 + b2, x, n_in, (bit << 12) - sq[xf[1] + 2047], lre);
+                mix_update(w2 + b2, x, n_in, (bit << 12) - sq[xf[1] + 2047], lre, skip);
                 if (n_mixers > 2)
-                    mix_update(w3 + b3, x, n_in, (bit << 12) - sq[xf[2] + 2047], lre);
+                    mix_update(w3 + b3, x, n_in, (bit << 12) - sq[xf[2] + 2047], lre, skip);
                 if (n_mixers > 3)
-                    mix_update(w4 + b4, x, n_in, (bit << 12) - sq[xf[3] + 2047], lre);
+                    mix_update(w4 + b4, x, n_in, (bit << 12) - sq[xf[3] + 2047], lre, skip);
                 if (n_mixers > 4)
-                    mix_update(w5 + b5, x, n_in, (bit << 12) - sq[xf[4] + 2047], lre);
-                mix_update(wf + c0 * nf, xf, nf, (bit << 12) - pm, final_lr);
+                    mix_update(w5 + b5, x, n_in, (bit << 12) - sq[xf[4] + 2047], lre, skip);
+                mix_update(wf + c0 * nf, xf, nf, (bit << 12) - pm, final_lr, skip);
             }
             apm_update(apm1, ia1, bit, apm_rate);
             apm_update(apm2, ia2, bit, apm_rate);

@@ -46,11 +46,15 @@ def test_golden_set_is_complete():
 
 def test_golden_covers_the_ssm():
     """The -9 golden files are made with the SSM on and today's level 9 (five mixers,
-    four APMs), the -9v2 ones with the SSM and three mixers, the -9v1 ones without the SSM."""
+    four APMs, preset layout 3), the -9v3 ones by its third version (layout 2), the
+    -9v2 ones with the SSM and three mixers, the -9v1 ones without the SSM."""
     for path in FILES:
         preset = ssmzip.info(io.BytesIO(path.read_bytes())).preset
         if path.stem.endswith("-9"):
             assert preset.has_ssm and preset.mixers == 5 and preset.apms == 4, path.name
+            assert preset.to_bytes()[0] == 3 and preset.mixer_skip != 100, path.name
+        if path.stem.endswith("-9v3"):
+            assert preset.has_ssm and preset.mixers == 5 and preset.to_bytes()[0] == 2, path.name
         if path.stem.endswith("-9v2"):
             assert preset.has_ssm and preset.mixers == 3, path.name
         if path.stem.endswith("-9v1"):

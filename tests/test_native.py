@@ -2,6 +2,7 @@
 every level, on inputs that exercise every model (text with words, markup and
 lines; repeats for the match model; random and constant bytes; block and
 segment boundaries). Golden files are also checked on both (test_golden.py)."""
+import dataclasses
 import os
 
 import numpy as np
@@ -39,9 +40,7 @@ def _numba(monkeypatch):
     monkeypatch.setattr(native, "cm_kernel", lambda: None)
 
 
-@pytest.mark.parametrize("level", sorted(LEVELS))
-def test_same_bytes_as_numba(level, monkeypatch):
-    preset = LEVELS[level]
+def _same_bytes_as_numba(preset, label, monkeypatch):
     assert native.cm_kernel() is not None, native.describe()
     ours = {k: encode_block(v, preset) for k, v in INPUTS.items()}
     for k, blob in ours.items():
@@ -49,8 +48,22 @@ def test_same_bytes_as_numba(level, monkeypatch):
     _numba(monkeypatch)
     for k, v in INPUTS.items():
         theirs = encode_block(v, preset)
-        assert theirs == ours[k], f"level {level}, {k}: native and numba differ"
+        assert theirs == ours[k], f"{label}, {k}: native and numba differ"
         assert decode_block(theirs, len(v), preset) == v
+
+
+@pytest.mark.parametrize("level", sorted(LEVELS))
+def test_same_bytes_as_numba(level, monkeypatch):
+    _same_bytes_as_numba(LEVELS[level], f"level {level}", monkeypatch)
+
+
+@pytest.mark.parametrize("fields", [dict(mixer_skip=0, apm_first=0, apm3_bits=10),
+                                    dict(mixer_skip=1024, apm_first=4, apm3_bits=8)])
+def test_same_bytes_as_numba_with_layout_3_fields(fields, monkeypatch):
+    """Preset layout 3's fields at their extremes, on a level without the SSM (fast)."""
+    preset = dataclasses.replace(LEVELS[6], **fields)
+    assert preset.to_bytes()[0] == 3
+    _same_bytes_as_numba(preset, f"level 6 with {fields}", monkeypatch)
 
 
 def _ssm_loops():

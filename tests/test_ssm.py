@@ -2,6 +2,7 @@
 place in the presets and the engine."""
 import dataclasses
 import re
+import struct
 
 import numba
 import numpy as np
@@ -117,11 +118,14 @@ def test_init_is_reproducible_and_seeded():
 
 
 def test_presets_serialise_the_ssm():
-    p = LEVELS[9]
+    p = LEVELS[7]
     assert p.has_ssm and p.to_bytes()[0] == 2
     assert Preset.from_bytes(p.to_bytes()) == p
     q = without_ssm(p)
     assert not q.has_ssm and q.to_bytes()[0] == 1 and Preset.from_bytes(q.to_bytes()) == q
+    # level 9 needs layout 3 (its mixer threshold, first APM share, third APM size), SSM or not
+    for r in (LEVELS[9], without_ssm(LEVELS[9])):
+        assert r.to_bytes()[0] == 3 and Preset.from_bytes(r.to_bytes()) == r
     assert Preset.serialized_size(p.to_bytes() + b"xx") == len(p.to_bytes())
     assert p.memory_estimate() > q.memory_estimate()
     for lv in range(1, 7):
@@ -138,13 +142,23 @@ def test_hostile_ssm_sizes_are_refused(field, value):
         Preset.from_bytes(bytes(raw[:-1]))
 
 
-def test_layout_2_without_an_ssm_is_refused():
+def test_a_preset_in_a_later_layout_than_it_needs_is_refused():
+    """One preset, one encoding: layout 2 without an SSM, or layout 3 with the
+    learning fields at their defaults, would re-encode to other bytes."""
     names = [f.name for f in dataclasses.fields(Preset)][2:]     # the u16 fields after the contexts
-    p = without_ssm(LEVELS[9])
-    raw = bytearray(b"\x02" + p.to_bytes()[1:] + bytes(2 * (len(names) - names.index("ssm_layers"))))
-    assert Preset.serialized_size(bytes(raw)) == len(raw)
-    with pytest.raises(ValueError, match="without an SSM"):
-        Preset.from_bytes(bytes(raw))
+    p = without_ssm(LEVELS[6])
+    n_ssm = names.index("mixer_skip") - names.index("ssm_layers")
+    layout2 = bytearray(b"\x02" + p.to_bytes()[1:] + bytes(2 * n_ssm))
+    layout3 = bytearray(b"\x03" + p.to_bytes()[1:] + bytes(2 * n_ssm) + struct.pack("<3H", 100, 3, 8))
+    for raw in (layout2, layout3):
+        assert Preset.serialized_size(bytes(raw)) == len(raw)
+        with pytest.raises(ValueError, match="needs layout 1"):
+            Preset.from_bytes(bytes(raw))
+    # the same layout 3 bytes with a non-default threshold are a valid preset
+    layout3[-6:-4] = struct.pack("<H", 32)
+    q = Preset.from_bytes(bytes(layout3))
+    assert (q.mixer_skip, q.apm_first, q.apm3_bits, q.has_ssm) == (32, 3, 8, False)
+    assert q.to_bytes() == bytes(layout3)
 
 
 def test_corrupt_ssm_stream_is_a_clean_error():

@@ -100,6 +100,10 @@ def context_value(kind, c4, c8, c12, word, word1, word2, wordpre, above, ind1, i
         return hash2(wordpre, c4 & 0xFF)
     if kind == P.CTX_LINEWORD:
         return hash2(line0, word + 11)
+    if kind == P.CTX_TAGORDER2:
+        return hash2(tag, c4 & 0xFFFF)
+    if kind == P.CTX_TAGORDER3:
+        return hash2(tag, c4 & 0xFFFFFF)
     return 0
 
 

@@ -55,7 +55,7 @@ def sm_update(sm_p, sm_n, k, bit, limit, recip):
 
 @njit(cache=True)
 def _code_segment(mode, buf, start, end, io, regs, kinds, table_bits, use_runs, match_min,
-                  n_mixers, lr, final_lr, n_apms, apm_rate,
+                  n_mixers, lr, final_lr, n_apms, apm_rate, skip, apm_first,
                   table, slots, hashes, sm_p, sm_n, runs, rsm_p, rsm_n, run_state,
                   mindex, o0, ind, w1, w2, w3, w4, w5, wf, x, xf, apm1, apm2, apm3, apm4,
                   sq, st, state_next, priority, recip,
@@ -76,6 +76,7 @@ def _code_segment(mode, buf, start, end, io, regs, kinds, table_bits, use_runs, 
     n_states = priority.shape[0]
     msm = n_ctx * n_states           # state-map offset of the match model
     mmask = mindex.shape[0] - 1
+    apm3_mask = ((apm3.shape[0] // APM_POINTS) >> 8) - 1    # Preset.apm3_bits (state.py sizes the table)
     sm_idx = np.empty(n_ctx + 1, dtype=np.int64)
     # run_state rows: slot index, remembered byte (| 256, or -1), count, live expectation, map index
     r_idx = run_state[0]
@@ -137,7 +138,7 @@ def _code_segment(mode, buf, start, end, io, regs, kinds, table_bits, use_runs, 
         if mlen > 0:
             expected = buf[mptr] | 256
         mbucket = length_bucket(mlen)
-        h_apm3 = (hash2(c4 & 0xFFFF, 99) & 0xFF) << 8    # c0 in the low bits keeps one byte's rows together
+        h_apm3 = (hash2(c4 & 0xFFFF, 99) & apm3_mask) << 8    # c0 in the low bits keeps one byte's rows together
         h_apm4 = (hash2(c4 & 0xFFFFFF, 77) & ((APM4_ROWS >> 8) - 1)) << 8
         if use_ssm:
             stok[s_row] = c4 & 0xFF
@@ -246,7 +247,7 @@ def _code_segment(mode, buf, start, end, io, regs, kinds, table_bits, use_runs, 
 
             # ---- refine: APM chain (order 0, order 1, hashed order 2)
             pa, ia1 = apm_predict(apm1, c0, d)
-            p = (pm + 3 * pa) >> 2
+            p = (pm * (4 - apm_first) + pa * apm_first) >> 2
             pa, ia2 = apm_predict(apm2, c0 | (c1 << 8), st[p])
             p = (p + 3 * pa) >> 2
             ia3 = 0
@@ -285,16 +286,16 @@ def _code_segment(mode, buf, start, end, io, regs, kinds, table_bits, use_runs, 
             lre = lr                 # learn faster while the weights are young
             if pos < (1 << 18):
                 lre = lr + ((2 * lr * ((1 << 18) - pos)) >> 18)
-            mix_update(w1, b1, x, n_in, (bit << 12) - sq[d1 + 2047], lre)
+            mix_update(w1, b1, x, n_in, (bit << 12) - sq[d1 + 2047], lre, skip)
             if n_mixers > 1:
-                mix_update(w2, b2, x, n_in, (bit << 12) - sq[xf[1] + 2047], lre)
+                mix_update(w2, b2, x, n_in, (bit << 12) - sq[xf[1] + 2047], lre, skip)
                 if n_mixers > 2:
-                    mix_update(w3, b3, x, n_in, (bit << 12) - sq[xf[2] + 2047], lre)
+                    mix_update(w3, b3, x, n_in, (bit << 12) - sq[xf[2] + 2047], lre, skip)
                 if n_mixers > 3:
-                    mix_update(w4, b4, x, n_in, (bit << 12) - sq[xf[3] + 2047], lre)
+                    mix_update(w4, b4, x, n_in, (bit << 12) - sq[xf[3] + 2047], lre, skip)
                 if n_mixers > 4:
-                    mix_update(w5, b5, x, n_in, (bit << 12) - sq[xf[4] + 2047], lre)
-                mix_update(wf, c0 * nf, xf, nf, (bit << 12) - pm, final_lr)
+                    mix_update(w5, b5, x, n_in, (bit << 12) - sq[xf[4] + 2047], lre, skip)
+                mix_update(wf, c0 * nf, xf, nf, (bit << 12) - pm, final_lr, skip)
             apm_update(apm1, ia1, bit, apm_rate)
             apm_update(apm2, ia2, bit, apm_rate)
             if n_apms > 2:

@@ -98,7 +98,7 @@ class BlockState:
         self.xf = np.zeros(6, dtype=np.int32)
         self.apm1 = new_apm(256, C.SQUASH)
         self.apm2 = new_apm(1 << 16, C.SQUASH)
-        self.apm3 = new_apm(1 << 16 if preset.apms > 2 else 1, C.SQUASH)
+        self.apm3 = new_apm(1 << (preset.apm3_bits + 8) if preset.apms > 2 else 1, C.SQUASH)
         self.apm4 = new_apm(APM4_ROWS if preset.apms > 3 else 1, C.SQUASH)
         self._init_ssm(preset if ssm_feed is None else None)
         self._native = native.cm_kernel() if preset.contexts else None   # the SSM alone: numba
@@ -166,6 +166,7 @@ class BlockState:
         p = self.preset
         _code_segment(mode, buf, start, end, io, self.regs, self.kinds, p.table_bits, p.runs,
                       p.match_min, p.mixers, p.mixer_lr, p.final_lr, p.apms, p.apm_rate,
+                      p.mixer_skip, p.apm_first,
                       self.table, self.slots, self.hashes, self.sm_p, self.sm_n,
                       self.runs, self.rsm_p, self.rsm_n, self.run_state,
                       self.mindex, self.o0, self.ind, self.w1, self.w2, self.w3, self.w4, self.w5, self.wf,
