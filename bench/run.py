@@ -160,6 +160,19 @@ def _new_result(system, name, size):
             "_times": ([], [], [], []), "_digests": set()}
 
 
+def _step(step, template, inp, outp, work, env, args, res, times, cpus):
+    """Run one compress or decompress command, timed; False (and res["error"]) on failure."""
+    argv, stdout = systems.expand(template, inp, outp)
+    r = measure.run(argv, stdout_path=stdout, cwd=work, env=env, timeout=args.timeout)
+    if not r.ok:
+        res["error"] = _why(step, r)
+        return False
+    times.append(r.seconds)
+    cpus.append(r.cpu_seconds)
+    res["peak_rss"] = max(res["peak_rss"], r.peak_rss)
+    return True
+
+
 def _run_once(system, path, work, args, res):
     """Compress and decompress `path` once, adding the times to `res`; False on failure."""
     env = system.env or None
@@ -168,24 +181,12 @@ def _run_once(system, path, work, args, res):
     for p in (cpath, dpath):
         if os.path.exists(p):
             os.unlink(p)
-    argv, stdout = systems.expand(system.compress, path, cpath)
-    r = measure.run(argv, stdout_path=stdout, cwd=work, env=env, timeout=args.timeout)
-    if not r.ok:
-        res["error"] = _why("compress", r)
+    if not _step("compress", system.compress, path, cpath, work, env, args, res, comp_t, comp_cpu):
         return False
-    comp_t.append(r.seconds)
-    comp_cpu.append(r.cpu_seconds)
-    res["peak_rss"] = max(res["peak_rss"], r.peak_rss)
     res["bytes"] = os.path.getsize(cpath)
     res["_digests"].add(_sha256(cpath))
-    argv, stdout = systems.expand(system.decompress, cpath, dpath)
-    r = measure.run(argv, stdout_path=stdout, cwd=work, env=env, timeout=args.timeout)
-    if not r.ok:
-        res["error"] = _why("decompress", r)
+    if not _step("decompress", system.decompress, cpath, dpath, work, env, args, res, decomp_t, decomp_cpu):
         return False
-    decomp_t.append(r.seconds)
-    decomp_cpu.append(r.cpu_seconds)
-    res["peak_rss"] = max(res["peak_rss"], r.peak_rss)
     if not measure.files_equal(path, dpath):
         size = res["input_bytes"]
         res["error"] = (f"ROUND TRIP MISMATCH: decompressed {os.path.getsize(dpath):,} bytes "
