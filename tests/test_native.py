@@ -10,7 +10,7 @@ import pytest
 
 from conftest import text_sample
 from ssmzip.engine import LEVELS, decode_block, encode_block, native
-from ssmzip.engine import state
+from ssmzip.engine import cm_layout
 
 pytestmark = pytest.mark.skipif(
     native.cm_kernel() is None and os.environ.get("SSMZIP_EXPECT_NATIVE") != "1",
@@ -29,7 +29,7 @@ def _inputs():
         "text": text,
         "markup": markup,
         "repeats": text[:3000] * 4,
-        "segments": text_sample(state.SEGMENT + 1234, seed=3),   # crosses a segment boundary
+        "segments": text_sample(cm_layout.SEGMENT + 1234, seed=3),   # crosses a segment boundary
     }
 
 

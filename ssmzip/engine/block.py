@@ -5,7 +5,8 @@ callbacks; the model's state carries over from one segment to the next.
 """
 import numpy as np
 
-from .state import DECODE, ENCODE, R_IO, R_X, R_X1, SEGMENT, BlockState
+from .cm_layout import DECODE, ENCODE, R_IO, R_X, R_X1, SEGMENT
+from .state import BlockState
 
 
 def _encode_flush(x1, out, op):

@@ -10,7 +10,7 @@ mispredicted bit ends it for the rest of the byte.
 from numba import njit
 
 from .contexts import hash32
-from .state import LEN_BUCKETS
+from .cm_layout import LEN_BUCKETS
 
 MAX_LEN = 65535
 VERIFY_LEN = 32           # how far back a candidate is checked when found

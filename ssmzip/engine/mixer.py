@@ -19,7 +19,7 @@ nearer point is updated.
 import numpy as np
 from numba import njit
 
-from .state import APM_POINTS
+from .presets import APM_POINTS
 
 
 @njit(cache=True, inline="always")

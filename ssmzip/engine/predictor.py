@@ -33,7 +33,7 @@ from .mixer import apm_predict, apm_update, mix_dot, mix_update
 from .prefetch import prefetch
 from .ssm import (D_NL, D_T, G_LG, N_LA, adam_step, ngram_rows, ngram_step, ssm_backward, ssm_carry, ssm_forward,
                   ssm_logit)
-from .state import (APM4_ROWS, APM_POINTS, DECODE, ENCODE, R_C4, R_C8, R_C12, R_IO, R_LINE, R_LINE0, R_MLEN, R_MPTR,
+from .cm_layout import (APM4_ROWS, APM_POINTS, DECODE, ENCODE, R_C4, R_C8, R_C12, R_IO, R_LINE, R_LINE0, R_MLEN, R_MPTR,
                     R_PREVLINE, R_SSM_ROW, R_TAG, R_TAGPOS, R_WORD, R_WORD1, R_WORD2, R_WORDPRE, R_X, R_X1, R_X2,
                     RUN_COUNT_CLASSES, RUN_FROM)
 

@@ -20,7 +20,8 @@ import numpy as np
 import torch
 
 from ..engine.block import BlockDecoder, BlockEncoder
-from ..engine.state import SEGMENT, BlockState
+from ..engine.cm_layout import SEGMENT
+from ..engine.state import BlockState
 from ..parallel import available_cores
 from . import inputs
 from .feed import PATH, TABLE, Feed
