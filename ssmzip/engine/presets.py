@@ -129,7 +129,7 @@ class Preset:
     def _layout(self) -> int:
         """The oldest layout that can say this preset: files of the presets that
         existed before a layout keep their bytes."""
-        if (self.mixer_skip, self.apm_first, self.apm3_bits) != _LAYOUT3_DEFAULTS:
+        if tuple(getattr(self, n) for n in _LAYOUT3_FIELDS) != _LAYOUT3_DEFAULTS:
             return _LAYOUT_LEARNING
         return _LAYOUT_SSM if self.has_ssm else _LAYOUT_NO_SSM
 
@@ -172,8 +172,10 @@ class Preset:
 
 
 _N_SSM_FIELDS = 10
-_N_LAYOUT3_FIELDS = 3
-_LAYOUT3_DEFAULTS = (100, 3, 8)        # mixer_skip, apm_first, apm3_bits as layouts 1 and 2 have them
+_LAYOUT3_FIELDS = ("mixer_skip", "apm_first", "apm3_bits")
+_N_LAYOUT3_FIELDS = len(_LAYOUT3_FIELDS)
+# what layouts 1 and 2 mean: the dataclass's defaults, written once
+_LAYOUT3_DEFAULTS = tuple(f.default for f in fields(Preset) if f.name in _LAYOUT3_FIELDS)
 _N_SCALARS = {_LAYOUT_NO_SSM: len(fields(Preset)) - 2 - _N_SSM_FIELDS - _N_LAYOUT3_FIELDS,
               _LAYOUT_SSM: len(fields(Preset)) - 2 - _N_LAYOUT3_FIELDS,
               _LAYOUT_LEARNING: len(fields(Preset)) - 2}
@@ -229,13 +231,13 @@ def _validate(p: Preset) -> None:
 _O = (CTX_ORDER1, CTX_ORDER2, CTX_ORDER3, CTX_ORDER4)
 
 def _level(level, contexts, table_bits, runs, match_min, match_bits, mixers, apms, block_bits, ssm=None,
-           mixer_lr=12, final_lr=16, mixer_skip=100, apm_first=3, apm3_bits=8):
+           mixer_lr=12, final_lr=16, **learning):
     s = {} if ssm is None else dict(zip(("ssm_dm", "ssm_di", "ssm_ds", "ssm_rank", "ssm_layers",
                                          "ssm_chunk", "ssm_lr", "ssm_seed", "ssm_ngram",
                                          "ssm_ngram_bits"), ssm))
     return Preset(level, contexts, table_bits, runs, match_min, match_bits, mixers,
                   mixer_lr=mixer_lr, final_lr=final_lr, apms=apms, apm_rate=7, block_bits=block_bits,
-                  mixer_skip=mixer_skip, apm_first=apm_first, apm3_bits=apm3_bits, **s)
+                  **learning, **s)
 
 
 # SSM sizes: dm, di, ds, rank, layers, chunk, lr (1e-5), seed, n-gram inputs, their table bits
