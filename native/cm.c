@@ -51,16 +51,20 @@ enum {
 #define LEN_BUCKETS 32
 #define MAX_CTX 26
 #define APM4_ROWS (1 << 18)
+#define KNOWN_CLASSES 32
+#define MIXERS_WIDE 1
 
 /* Everything one call needs. Mirrored field for field by native.py's Segment;
  * SSMZIP_ABI changes whenever it does, so that a stale library is refused. */
-#define SSMZIP_ABI 8   /* 3: the library also holds native/ecsq.c; 4: and native/split.c; 5: and native/split_encode.c;
-                          6: and native/ssm.c; 7: mixers 4-5, APM 4; 8: mixer_skip, apm_first, apm3_bits */
+#define SSMZIP_ABI 9   /* 3: the library also holds native/ecsq.c; 4: and native/split.c; 5: and native/split_encode.c;
+                          6: and native/ssm.c; 7: mixers 4-5, APM 4; 8: mixer_skip, apm_first, apm3_bits;
+                          9: mixer_design, APM 5 */
 typedef struct {
     int64_t mode, start, end, io_len;
     int64_t n_ctx, table_bits, use_runs, match_min, n_mixers, lr, final_lr, n_apms, apm_rate;
     int64_t match_mask, n_states;
     int64_t mixer_skip, apm_first, apm3_bits;              /* Preset.mixer_skip, .apm_first, .apm3_bits */
+    int64_t mixer_design;                                  /* Preset.mixer_design */
     uint8_t *buf, *io;
     int64_t *regs, *kinds, *slots, *hashes, *run_state;   /* run_state: 5 rows of n_ctx */
     uint8_t *table;
@@ -72,6 +76,7 @@ typedef struct {
     const uint8_t *state_next;                             /* [state][bit] */
     const int32_t *priority, *recip;
     int32_t *w4, *w5, *apm4;                               /* mixers 4-5 and APM 4 (level 9) */
+    int32_t *apm5;                                         /* APM 5 (level 9) */
     /* levels 7-9: the SSM, run by numba through these (ssmzip/engine/ssm_callbacks.py) */
     int64_t use_ssm;
     int64_t *ssm_ctx;
@@ -291,6 +296,7 @@ int64_t ssmzip_cm_segment(const Segment *a)
     const int64_t lr = a->lr, final_lr = a->final_lr, apm_rate = a->apm_rate;
     const int64_t skip = a->mixer_skip, apm_first = a->apm_first;
     const uint64_t apm3_mask = ((uint64_t)1 << a->apm3_bits) - 1;
+    const int wide = a->mixer_design == MIXERS_WIDE;
     uint8_t *buf = a->buf, *io = a->io, *table = a->table;
     int64_t *regs = a->regs, *slots = a->slots, *hashes = a->hashes;
     int64_t *r_idx = a->run_state, *r_byte = r_idx + n_ctx, *r_cnt = r_byte + n_ctx;
@@ -299,7 +305,7 @@ int64_t ssmzip_cm_segment(const Segment *a)
     uint32_t *runs = a->runs;
     int32_t *x = a->x, *xf = a->xf, *o0 = a->o0, *ind = a->ind;
     int32_t *w1 = a->w1, *w2 = a->w2, *w3 = a->w3, *w4 = a->w4, *w5 = a->w5, *wf = a->wf;
-    int32_t *apm1 = a->apm1, *apm2 = a->apm2, *apm3 = a->apm3, *apm4 = a->apm4;
+    int32_t *apm1 = a->apm1, *apm2 = a->apm2, *apm3 = a->apm3, *apm4 = a->apm4, *apm5 = a->apm5;
     const int32_t *sq = a->sq, *st = a->st, *priority = a->priority, *recip = a->recip;
     const uint8_t *state_next = a->state_next;
     int64_t sm_idx[MAX_CTX + 1];
@@ -378,10 +384,19 @@ int64_t ssmzip_cm_segment(const Segment *a)
         if (a->mode == ENCODE)
             c = buf[pos];
         for (int64_t bitpos = 0; bitpos < 8; bitpos++) {
+            /* the fifth APM's row (predictor.py) */
+            const int64_t r5 = expected >= 0 ? 256 + (expected & 0xFF)
+                               : mlen > 0 ? 512 + (int64_t)buf[mptr] : (int64_t)((c4 >> 8) & 0xFF);
             const int64_t ra2 = (c0 | (c1 << 8)) * APM_POINTS;
             __builtin_prefetch(apm2 + ra2);
             __builtin_prefetch(apm2 + ra2 + 16);
             __builtin_prefetch(apm2 + ra2 + 32);
+            if (n_apms > 4) {
+                const int64_t ra5 = (r5 * 256 + c0) * APM_POINTS;
+                __builtin_prefetch(apm5 + ra5);
+                __builtin_prefetch(apm5 + ra5 + 16);
+                __builtin_prefetch(apm5 + ra5 + 32);
+            }
             if (n_apms > 2) {
                 const int64_t ra3 = (h_apm3 | c0) * APM_POINTS;
                 __builtin_prefetch(apm3 + ra3);
@@ -438,7 +453,9 @@ int64_t ssmzip_cm_segment(const Segment *a)
             }
 
             /* mix */
-            int64_t order = msel > 0 ? n_ctx + (msel >> 2) : known;
+            int64_t order = known;
+            if (msel > 0)
+                order = wide ? (1 + (msel >> 2)) * KNOWN_CLASSES + known : n_ctx + (msel >> 2);
             const int64_t b1 = (order * 8 + (c1 >> 5)) * n_in;
             int64_t b2 = 0, b3 = 0, b4 = 0, b5 = 0, nf = 0;
             int32_t d = mix_dot(w1 + b1, x, n_in);
@@ -449,7 +466,7 @@ int64_t ssmzip_cm_segment(const Segment *a)
                 xf[1] = mix_dot(w2 + b2, x, n_in);
                 nf = 2;
                 if (n_mixers > 2) {
-                    b3 = (c1 * 8 + bitpos) * n_in;
+                    b3 = (wide ? c1 * 256 + c0 : c1 * 8 + bitpos) * n_in;
                     xf[2] = mix_dot(w3 + b3, x, n_in);
                     nf = 3;
                 }
@@ -471,7 +488,7 @@ int64_t ssmzip_cm_segment(const Segment *a)
             const int64_t pm = sq[d + 2047];
 
             /* refine: APM chain */
-            int64_t ia1, ia2, ia3 = 0, ia4 = 0;
+            int64_t ia1, ia2, ia3 = 0, ia4 = 0, ia5 = 0;
             int64_t pa = apm_predict(apm1, c0, d, &ia1);
             int64_t p = (pm * (4 - apm_first) + pa * apm_first) >> 2;
             pa = apm_predict(apm2, c0 | (c1 << 8), st[p], &ia2);
@@ -483,6 +500,10 @@ int64_t ssmzip_cm_segment(const Segment *a)
             if (n_apms > 3) {
                 pa = apm_predict(apm4, h_apm4 | c0, st[p], &ia4);
                 p = (p + 3 * pa) >> 2;
+            }
+            if (n_apms > 4) {
+                pa = apm_predict(apm5, r5 * 256 + c0, st[p], &ia5);
+                p = (p + pa) >> 1;
             }
             if (p < 1)
                 p = 1;
@@ -538,12 +559,13 @@ int64_t ssmzip_cm_segment(const Segment *a)
             if (pos < (1 << 18))
                 lre = lr + ((2 * lr * ((1 << 18) - pos)) >> 18);
             mix_update(w1 + b1, x, n_in, (bit << 12) - sq[d1 + 2047], lre, skip);
+            const int64_t lr_fast = wide ? (lre * 3) >> 1 : lre;
             if (n_mixers > 1) {
-                mix_update(w2 + b2, x, n_in, (bit << 12) - sq[xf[1] + 2047], lre, skip);
+                mix_update(w2 + b2, x, n_in, (bit << 12) - sq[xf[1] + 2047], lr_fast, skip);
                 if (n_mixers > 2)
-                    mix_update(w3 + b3, x, n_in, (bit << 12) - sq[xf[2] + 2047], lre, skip);
+                    mix_update(w3 + b3, x, n_in, (bit << 12) - sq[xf[2] + 2047], wide ? 2 * lre : lre, skip);
                 if (n_mixers > 3)
-                    mix_update(w4 + b4, x, n_in, (bit << 12) - sq[xf[3] + 2047], lre, skip);
+                    mix_update(w4 + b4, x, n_in, (bit << 12) - sq[xf[3] + 2047], lr_fast, skip);
                 if (n_mixers > 4)
                     mix_update(w5 + b5, x, n_in, (bit << 12) - sq[xf[4] + 2047], lre, skip);
                 mix_update(wf + c0 * nf, xf, nf, (bit << 12) - pm, final_lr, skip);
@@ -554,6 +576,8 @@ int64_t ssmzip_cm_segment(const Segment *a)
                 apm_update(apm3, ia3, bit, apm_rate);
             if (n_apms > 3)
                 apm_update(apm4, ia4, bit, apm_rate);
+            if (n_apms > 4)
+                apm_update(apm5, ia5, bit, apm_rate - 1);
 
             c0 = c0 * 2 + bit;
             node = node * 2 + bit;

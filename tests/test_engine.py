@@ -102,12 +102,13 @@ def test_preset_bytes_round_trip_and_validation():
         dataclasses.replace(LEVELS[6], table_bits=40)   # would ask for 1 TB
     # the widest ranges a preset may use (level 9's), and one past each
     from ssmzip.engine import presets
-    dataclasses.replace(LEVELS[6], mixers=5, apms=4, contexts=tuple(range(presets.N_CTX_KINDS)),
-                        mixer_skip=1024, apm_first=4, apm3_bits=12)
-    dataclasses.replace(LEVELS[6], mixer_skip=0, apm_first=0, apm3_bits=8)
-    for bad_fields in ({"mixers": 6}, {"mixers": 0}, {"apms": 5}, {"apms": 1},
+    dataclasses.replace(LEVELS[6], mixers=5, apms=5, contexts=tuple(range(presets.N_CTX_KINDS)),
+                        mixer_skip=1024, apm_first=4, apm3_bits=12, mixer_design=presets.MIXERS_WIDE)
+    dataclasses.replace(LEVELS[6], mixer_skip=0, apm_first=0, apm3_bits=8, mixer_design=presets.MIXERS_CLASSIC)
+    for bad_fields in ({"mixers": 6}, {"mixers": 0}, {"apms": 6}, {"apms": 1},
                        {"contexts": (presets.N_CTX_KINDS,)}, {"mixer_skip": 1025}, {"mixer_skip": -1},
-                       {"apm_first": 5}, {"apm3_bits": 7}, {"apm3_bits": 13}):
+                       {"apm_first": 5}, {"apm3_bits": 7}, {"apm3_bits": 13}, {"mixer_design": 2},
+                       {"mixer_design": -1}):
         with pytest.raises(ValueError):
             dataclasses.replace(LEVELS[6], **bad_fields)
     with pytest.raises(ValueError):

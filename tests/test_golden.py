@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 import ssmzip
+from ssmzip.engine.presets import MIXERS_CLASSIC, MIXERS_WIDE
 
 GOLDEN = Path(__file__).resolve().parent / "golden"
 FILES = sorted(GOLDEN.glob("*.ssz"))
@@ -45,13 +46,17 @@ def test_golden_set_is_complete():
 
 
 def test_golden_covers_the_ssm():
-    """The -9 golden files are made with the SSM on and today's level 9 (five mixers,
-    four APMs, preset layout 3), the -9v3 ones by its third version (layout 2), the
-    -9v2 ones with the SSM and three mixers, the -9v1 ones without the SSM."""
+    """The -9 golden files are made with the SSM on and today's level 9 (five mixers
+    of the wide design, five APMs, preset layout 4), the -9v4 ones by its fourth
+    version (layout 3), the -9v3 ones by its third (layout 2), the -9v2 ones with
+    the SSM and three mixers, the -9v1 ones without the SSM."""
     for path in FILES:
         preset = ssmzip.info(io.BytesIO(path.read_bytes())).preset
         if path.stem.endswith("-9"):
-            assert preset.has_ssm and preset.mixers == 5 and preset.apms == 4, path.name
+            assert preset.has_ssm and preset.mixers == 5 and preset.apms == 5, path.name
+            assert preset.to_bytes()[0] == 4 and preset.mixer_design == MIXERS_WIDE, path.name
+        if path.stem.endswith("-9v4"):
+            assert preset.has_ssm and preset.apms == 4 and preset.mixer_design == MIXERS_CLASSIC, path.name
             assert preset.to_bytes()[0] == 3 and preset.mixer_skip != 100, path.name
         if path.stem.endswith("-9v3"):
             assert preset.has_ssm and preset.mixers == 5 and preset.to_bytes()[0] == 2, path.name

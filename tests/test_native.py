@@ -11,6 +11,7 @@ import pytest
 from conftest import text_sample
 from ssmzip.engine import LEVELS, decode_block, encode_block, native
 from ssmzip.engine import cm_layout
+from ssmzip.engine.presets import MIXERS_WIDE
 
 pytestmark = pytest.mark.skipif(
     native.cm_kernel() is None and os.environ.get("SSMZIP_EXPECT_NATIVE") != "1",
@@ -63,6 +64,16 @@ def test_same_bytes_as_numba_with_layout_3_fields(fields, monkeypatch):
     """Preset layout 3's fields at their extremes, on a level without the SSM (fast)."""
     preset = dataclasses.replace(LEVELS[6], **fields)
     assert preset.to_bytes()[0] == 3
+    _same_bytes_as_numba(preset, f"level 6 with {fields}", monkeypatch)
+
+
+@pytest.mark.parametrize("fields", [dict(mixer_design=MIXERS_WIDE), dict(apms=5),
+                                    dict(mixer_design=MIXERS_WIDE, apms=5, mixers=5, apm_rate=4)])
+def test_same_bytes_as_numba_with_layout_4_fields(fields, monkeypatch):
+    """Preset layout 4: the wide mixer design and the fifth APM, alone and together
+    (with every mixer, and the fifth APM at its fastest rate), on level 6 (fast)."""
+    preset = dataclasses.replace(LEVELS[6], **fields)
+    assert preset.to_bytes()[0] == 4
     _same_bytes_as_numba(preset, f"level 6 with {fields}", monkeypatch)
 
 

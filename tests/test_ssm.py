@@ -11,6 +11,7 @@ import pytest
 from ssmzip.engine import LEVELS, Preset, decode_block, encode_block, ssm_only, without_ssm
 from ssmzip.engine import ssm as M
 from ssmzip.engine import ssm_layout
+from ssmzip.engine.presets import MIXERS_CLASSIC, MIXERS_WIDE
 
 SSM_LEVELS = [lv for lv, p in sorted(LEVELS.items()) if p.has_ssm]
 
@@ -123,9 +124,9 @@ def test_presets_serialise_the_ssm():
     assert Preset.from_bytes(p.to_bytes()) == p
     q = without_ssm(p)
     assert not q.has_ssm and q.to_bytes()[0] == 1 and Preset.from_bytes(q.to_bytes()) == q
-    # level 9 needs layout 3 (its mixer threshold, first APM share, third APM size), SSM or not
+    # level 9 needs layout 4 (its mixer design and fifth APM), SSM or not
     for r in (LEVELS[9], without_ssm(LEVELS[9])):
-        assert r.to_bytes()[0] == 3 and Preset.from_bytes(r.to_bytes()) == r
+        assert r.to_bytes()[0] == 4 and Preset.from_bytes(r.to_bytes()) == r
     assert Preset.serialized_size(p.to_bytes() + b"xx") == len(p.to_bytes())
     assert p.memory_estimate() > q.memory_estimate()
     for lv in range(1, 7):
@@ -159,6 +160,17 @@ def test_a_preset_in_a_later_layout_than_it_needs_is_refused():
     q = Preset.from_bytes(bytes(layout3))
     assert (q.mixer_skip, q.apm_first, q.apm3_bits, q.has_ssm) == (32, 3, 8, False)
     assert q.to_bytes() == bytes(layout3)
+    # layout 4 with the classic mixers and at most four APMs says nothing layout 3 cannot
+    layout4 = bytearray(b"\x04" + bytes(layout3[1:]) + struct.pack("<H", MIXERS_CLASSIC))
+    assert Preset.serialized_size(bytes(layout4)) == len(layout4)
+    with pytest.raises(ValueError, match="needs layout 3"):
+        Preset.from_bytes(bytes(layout4))
+    layout4[-2:] = struct.pack("<H", MIXERS_WIDE)
+    r = Preset.from_bytes(bytes(layout4))
+    assert r.mixer_design == MIXERS_WIDE and r.mixer_skip == 32 and r.to_bytes() == bytes(layout4)
+    # a fifth APM needs layout 4 even with the classic mixers
+    s = dataclasses.replace(q, apms=5)
+    assert s.to_bytes()[0] == 4 and Preset.from_bytes(s.to_bytes()) == s
 
 
 def test_corrupt_ssm_stream_is_a_clean_error():

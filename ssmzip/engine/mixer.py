@@ -9,8 +9,9 @@ Everything stays in int32 so that LLVM vectorises the loops (8 lanes with
 AVX2), and integer sums are exact in any order, so vectorised and scalar code
 (NUMBA_CPU_NAME=generic or host) give the same bits. Bounds: |x| <= 2047 < 2^11
 and |w| <= 2^19 (weights are clamped to +-8.0), so |w * x| < 2^30; each term is
-shifted before the sum, so 64 terms stay below 2^28; |err| <= 4095 * 48 < 2^18,
-so |x * err| < 2^29.
+shifted before the sum, so 64 terms stay below 2^28; the rate is at most 96
+(3 x 16 while the weights are young, x 2 for mixer 3 of the wide design), so
+|err * lr| <= 4095 * 96 < 2^19 and |x * err * lr| < 2^30.
 
 APM (adaptive probability map): refines a probability given a context by
 interpolating between 33 learned points over the stretch domain; only the

@@ -21,17 +21,17 @@ from pathlib import Path
 import numpy as np
 
 ENV = "SSMZIP_BACKEND"
-ABI = 8                    # native/cm.c's SSMZIP_ABI: the layout of Segment below, ssm.c, ecsq.c, split.c and split_encode.c present
+ABI = 9                    # native/cm.c's SSMZIP_ABI: the layout of Segment below, ssm.c, ecsq.c, split.c and split_encode.c present
 _c_i64 = ctypes.c_int64
 _ptr = ctypes.c_void_p
 
 # (name, ctypes type), in the order of the C struct `Segment` in native/cm.c.
 _SCALARS = ("mode", "start", "end", "io_len", "n_ctx", "table_bits", "use_runs", "match_min",
             "n_mixers", "lr", "final_lr", "n_apms", "apm_rate", "match_mask", "n_states",
-            "mixer_skip", "apm_first", "apm3_bits")
+            "mixer_skip", "apm_first", "apm3_bits", "mixer_design")
 _POINTERS = ("buf", "io", "regs", "kinds", "slots", "hashes", "run_state", "table", "sm_p", "sm_n",
              "runs", "rsm_p", "rsm_n", "mindex", "o0", "ind", "w1", "w2", "w3", "wf", "x", "xf",
-             "apm1", "apm2", "apm3", "sq", "st", "state_next", "priority", "recip", "w4", "w5", "apm4")
+             "apm1", "apm2", "apm3", "sq", "st", "state_next", "priority", "recip", "w4", "w5", "apm4", "apm5")
 # those that are not the model's own arrays (make_segment passes them in)
 _SHARED = ("buf", "io", "sq", "st", "state_next", "priority", "recip")
 
@@ -152,7 +152,7 @@ def make_segment(model, sq, st, state_next, priority, recip, mode, buf, io) -> S
                   table_bits=p.table_bits, use_runs=p.runs, match_min=p.match_min, n_mixers=p.mixers,
                   lr=p.mixer_lr, final_lr=p.final_lr, n_apms=p.apms, apm_rate=p.apm_rate,
                   match_mask=model.mindex.shape[0] - 1, n_states=priority.shape[0],
-                  mixer_skip=p.mixer_skip, apm_first=p.apm_first, apm3_bits=p.apm3_bits,
+                  mixer_skip=p.mixer_skip, apm_first=p.apm_first, apm3_bits=p.apm3_bits, mixer_design=p.mixer_design,
                   buf=address(buf), io=address(io), sq=address(sq), st=address(st), state_next=address(state_next),
                   priority=address(priority), recip=address(recip),
                   **{n: address(getattr(model, n)) for n in _POINTERS if n not in _SHARED})

@@ -13,7 +13,12 @@ are selected by different small contexts -- (how many contexts have been seen
 before, or the match length) x (top bits of the last byte); the partial byte;
 the last byte x bit position; at -9 also the byte before last x bit position,
 and the match model's state (expected bit, length class) x bit position -- a
-final mixer combines them, and a chain of two to four APMs refines the result.
+final mixer combines them, and a chain of two to five APMs refines the result.
+Level 9's "wide" mixer design (Preset.mixer_design) chooses mixer 1's weights
+by the match length class together with the count of contexts seen, and mixer
+3's by the last byte x the partial byte, and its fifth APM is keyed by what the
+match model says: the byte it predicts, the byte it wrongly predicted earlier
+in this byte, or (no match) the byte before last.
 After the bit is known every part learns from it.
 
 Encoder and decoder run the same function (`_code_segment`), so they cannot
@@ -33,7 +38,8 @@ from .mixer import apm_predict, apm_update, mix_dot, mix_update
 from .prefetch import prefetch
 from .ssm import (D_NL, D_T, G_LG, N_LA, adam_step, ngram_rows, ngram_step, ssm_backward, ssm_carry, ssm_forward,
                   ssm_logit)
-from .cm_layout import (APM4_ROWS, APM_POINTS, DECODE, ENCODE, R_C4, R_C8, R_C12, R_IO, R_LINE, R_LINE0, R_MLEN, R_MPTR,
+from .presets import MIXERS_WIDE
+from .cm_layout import (APM4_ROWS, APM_POINTS, DECODE, ENCODE, KNOWN_CLASSES, R_C4, R_C8, R_C12, R_IO, R_LINE, R_LINE0, R_MLEN, R_MPTR,
                     R_PREVLINE, R_SSM_ROW, R_TAG, R_TAGPOS, R_WORD, R_WORD1, R_WORD2, R_WORDPRE, R_X, R_X1, R_X2,
                     RUN_COUNT_CLASSES, RUN_FROM)
 
@@ -55,9 +61,9 @@ def sm_update(sm_p, sm_n, k, bit, limit, recip):
 
 @njit(cache=True)
 def _code_segment(mode, buf, start, end, io, regs, kinds, table_bits, use_runs, match_min,
-                  n_mixers, lr, final_lr, n_apms, apm_rate, skip, apm_first,
+                  n_mixers, lr, final_lr, n_apms, apm_rate, skip, apm_first, mixer_design,
                   table, slots, hashes, sm_p, sm_n, runs, rsm_p, rsm_n, run_state,
-                  mindex, o0, ind, w1, w2, w3, w4, w5, wf, x, xf, apm1, apm2, apm3, apm4,
+                  mindex, o0, ind, w1, w2, w3, w4, w5, wf, x, xf, apm1, apm2, apm3, apm4, apm5,
                   sq, st, state_next, priority, recip,
                   use_ssm, sP, sG, sV, sopt, slay, sA, salay, sdims, sS, sib, stok, slr,
                   sNE, sNV, srows, skern):
@@ -77,6 +83,7 @@ def _code_segment(mode, buf, start, end, io, regs, kinds, table_bits, use_runs, 
     msm = n_ctx * n_states           # state-map offset of the match model
     mmask = mindex.shape[0] - 1
     apm3_mask = ((apm3.shape[0] // APM_POINTS) >> 8) - 1    # Preset.apm3_bits (state.py sizes the table)
+    wide = mixer_design == MIXERS_WIDE
     sm_idx = np.empty(n_ctx + 1, dtype=np.int64)
     # run_state rows: slot index, remembered byte (| 256, or -1), count, live expectation, map index
     r_idx = run_state[0]
@@ -151,11 +158,24 @@ def _code_segment(mode, buf, start, end, io, regs, kinds, table_bits, use_runs, 
         if mode == ENCODE:
             c = buf[pos]
         for bitpos in range(8):
+            # the fifth APM's row: the byte the match model predicts while it holds, the
+            # byte it wrongly predicted once it failed in this byte, else the byte before last
+            if expected >= 0:
+                r5 = 256 + (expected & 0xFF)
+            elif mlen > 0:
+                r5 = 512 + buf[mptr]
+            else:
+                r5 = (c4 >> 8) & 0xFF
             # the APM rows this bit will read (3 lines each), fetched while the models work
             ra2 = (c0 | (c1 << 8)) * APM_POINTS
             prefetch(apm2, ra2)
             prefetch(apm2, ra2 + 16)
             prefetch(apm2, ra2 + 32)
+            if n_apms > 4:
+                ra5 = (r5 * 256 + c0) * APM_POINTS
+                prefetch(apm5, ra5)
+                prefetch(apm5, ra5 + 16)
+                prefetch(apm5, ra5 + 32)
             if n_apms > 2:
                 ra3 = (h_apm3 | c0) * APM_POINTS
                 prefetch(apm3, ra3)
@@ -215,7 +235,7 @@ def _code_segment(mode, buf, start, end, io, regs, kinds, table_bits, use_runs, 
 
             # ---- mix
             if msel > 0:
-                order = n_ctx + (msel >> 2)
+                order = (1 + (msel >> 2)) * KNOWN_CLASSES + known if wide else n_ctx + (msel >> 2)
             else:
                 order = known
             b1 = (order * 8 + (c1 >> 5)) * n_in
@@ -228,7 +248,7 @@ def _code_segment(mode, buf, start, end, io, regs, kinds, table_bits, use_runs, 
                 xf[1] = mix_dot(w2, b2, x, n_in)
                 nf = 2
                 if n_mixers > 2:
-                    b3 = (c1 * 8 + bitpos) * n_in
+                    b3 = (c1 * 256 + c0 if wide else c1 * 8 + bitpos) * n_in
                     xf[2] = mix_dot(w3, b3, x, n_in)
                     nf = 3
                 if n_mixers > 3:
@@ -258,6 +278,10 @@ def _code_segment(mode, buf, start, end, io, regs, kinds, table_bits, use_runs, 
             if n_apms > 3:
                 pa, ia4 = apm_predict(apm4, h_apm4 | c0, st[p])
                 p = (p + 3 * pa) >> 2
+            ia5 = 0
+            if n_apms > 4:
+                pa, ia5 = apm_predict(apm5, r5 * 256 + c0, st[p])
+                p = (p + pa) >> 1
             if p < 1:
                 p = 1
             elif p > 4095:
@@ -287,12 +311,14 @@ def _code_segment(mode, buf, start, end, io, regs, kinds, table_bits, use_runs, 
             if pos < (1 << 18):
                 lre = lr + ((2 * lr * ((1 << 18) - pos)) >> 18)
             mix_update(w1, b1, x, n_in, (bit << 12) - sq[d1 + 2047], lre, skip)
+            # "wide": mixers 2 and 4 learn 1.5x as fast, mixer 3 (65536 weight sets) 2x
+            lr_fast = (lre * 3) >> 1 if wide else lre
             if n_mixers > 1:
-                mix_update(w2, b2, x, n_in, (bit << 12) - sq[xf[1] + 2047], lre, skip)
+                mix_update(w2, b2, x, n_in, (bit << 12) - sq[xf[1] + 2047], lr_fast, skip)
                 if n_mixers > 2:
-                    mix_update(w3, b3, x, n_in, (bit << 12) - sq[xf[2] + 2047], lre, skip)
+                    mix_update(w3, b3, x, n_in, (bit << 12) - sq[xf[2] + 2047], 2 * lre if wide else lre, skip)
                 if n_mixers > 3:
-                    mix_update(w4, b4, x, n_in, (bit << 12) - sq[xf[3] + 2047], lre, skip)
+                    mix_update(w4, b4, x, n_in, (bit << 12) - sq[xf[3] + 2047], lr_fast, skip)
                 if n_mixers > 4:
                     mix_update(w5, b5, x, n_in, (bit << 12) - sq[xf[4] + 2047], lre, skip)
                 mix_update(wf, c0 * nf, xf, nf, (bit << 12) - pm, final_lr, skip)
@@ -302,6 +328,8 @@ def _code_segment(mode, buf, start, end, io, regs, kinds, table_bits, use_runs, 
                 apm_update(apm3, ia3, bit, apm_rate)
             if n_apms > 3:
                 apm_update(apm4, ia4, bit, apm_rate)
+            if n_apms > 4:
+                apm_update(apm5, ia5, bit, apm_rate - 1)     # its rows see fewer bits: a faster rate
 
             c0 = c0 * 2 + bit
             node = node * 2 + bit

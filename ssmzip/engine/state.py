@@ -9,8 +9,10 @@ import numpy as np
 
 from . import counters as C
 from . import native
-from .cm_layout import (APM4_ROWS, APM_POINTS, LEN_BUCKETS, MIXER1_SETS, MIXER2_SETS, MIXER3_SETS, MIXER4_SETS,
-                        MIXER5_SETS, N_REGS, R_X2, RUN_COUNT_CLASSES, RUN_FROM, WEIGHT_ONE)
+from .cm_layout import (APM4_ROWS, APM5_ROWS, APM_POINTS, LEN_BUCKETS, MIXER1_SETS, MIXER1_WIDE_SETS, MIXER2_SETS,
+                        MIXER3_SETS, MIXER3_WIDE_SETS, MIXER4_SETS, MIXER5_SETS, N_REGS, R_X2, RUN_COUNT_CLASSES,
+                        WEIGHT_ONE)
+from .presets import MIXERS_WIDE
 from .ssm_layout import G_LG, N_DIMS, N_LA, init_params
 
 
@@ -43,7 +45,8 @@ class BlockState:
         """ssm_feed: the SSM's logits come from outside (ssmzip.gpu.feed.Feed: an
         SSM run on torch) and the C kernel reads them; the numba SSM is not built."""
         n = len(preset.contexts)
-        n_in = n + 3 + (n - RUN_FROM if preset.runs else 0) + (1 if preset.has_ssm else 0)
+        n_in = preset.mixer_inputs()
+        wide = preset.mixer_design == MIXERS_WIDE
         self.preset = preset
         self.regs = np.zeros(N_REGS, dtype=np.int64)
         self.regs[R_X2] = 0xFFFFFFFF
@@ -64,9 +67,9 @@ class BlockState:
         self.o0 = np.full(256, 1 << 15, dtype=np.int32)
         self.ind = np.zeros(256 + 65536, dtype=np.int32)   # indirect: byte histories after 1 and 2 bytes
         w0 = WEIGHT_ONE // 4
-        self.w1 = new_weights(MIXER1_SETS, n_in, w0)
+        self.w1 = new_weights(MIXER1_WIDE_SETS if wide else MIXER1_SETS, n_in, w0)
         self.w2 = new_weights(MIXER2_SETS if preset.mixers > 1 else 1, n_in, w0)
-        self.w3 = new_weights(MIXER3_SETS if preset.mixers > 2 else 1, n_in, w0)
+        self.w3 = new_weights((MIXER3_WIDE_SETS if wide else MIXER3_SETS) if preset.mixers > 2 else 1, n_in, w0)
         self.w4 = new_weights(MIXER4_SETS if preset.mixers > 3 else 1, n_in, w0)
         self.w5 = new_weights(MIXER5_SETS if preset.mixers > 4 else 1, n_in, w0)
         self.wf = new_weights(256, preset.mixers + 1, WEIGHT_ONE // preset.mixers)
@@ -76,6 +79,7 @@ class BlockState:
         self.apm2 = new_apm(1 << 16, C.SQUASH)
         self.apm3 = new_apm(1 << (preset.apm3_bits + 8) if preset.apms > 2 else 1, C.SQUASH)
         self.apm4 = new_apm(APM4_ROWS if preset.apms > 3 else 1, C.SQUASH)
+        self.apm5 = new_apm(APM5_ROWS if preset.apms > 4 else 1, C.SQUASH)
         self._init_ssm(preset if ssm_feed is None else None)
         self._native = native.cm_kernel() if preset.contexts else None   # the SSM alone: numba
         self._segment = None
@@ -142,11 +146,11 @@ class BlockState:
         p = self.preset
         _code_segment(mode, buf, start, end, io, self.regs, self.kinds, p.table_bits, p.runs,
                       p.match_min, p.mixers, p.mixer_lr, p.final_lr, p.apms, p.apm_rate,
-                      p.mixer_skip, p.apm_first,
+                      p.mixer_skip, p.apm_first, p.mixer_design,
                       self.table, self.slots, self.hashes, self.sm_p, self.sm_n,
                       self.runs, self.rsm_p, self.rsm_n, self.run_state,
                       self.mindex, self.o0, self.ind, self.w1, self.w2, self.w3, self.w4, self.w5, self.wf,
-                      self.x, self.xf, self.apm1, self.apm2, self.apm3, self.apm4,
+                      self.x, self.xf, self.apm1, self.apm2, self.apm3, self.apm4, self.apm5,
                       C.SQUASH, C.STRETCH, C.STATE_NEXT, C.STATE_PRIORITY, C.RECIPROCAL,
                       p.has_ssm, self.sP, self.sG, self.sV, self.sopt, self.slay,
                       self.sA, self.salay, self.sdims, self.sS, self.sib, self.stok, self.slr[0],

@@ -16,8 +16,9 @@ were made by level 9 before it had an SSM (preset layout 1), NAME-9v2.ssz by
 level 9 with the SSM but before its fourth and fifth mixers, fourth APM and
 six text contexts, NAME-9v3.ssz by level 9 before its preset layout 3 (mixer
 update threshold 32, first APM share 1/4, a larger third APM, two markup
-contexts); they must still decode and re-encode (with the preset stored in
-them) to the same bytes.
+contexts), NAME-9v4.ssz by level 9 before its preset layout 4 (wider mixer
+weight sets, a fifth APM); they must still decode and re-encode (with the
+preset stored in them) to the same bytes.
 
 The inputs come from a self-contained xorshift generator (no library RNG
 whose sequence could change), so running this again gives the same inputs.
@@ -27,7 +28,7 @@ import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 LEVELS = (1, 6, 9)
-LEGACY = ("1v1", "6v1", "9v1", "9v2", "9v3")  # suffixes of kept files of earlier presets (see above)
+LEGACY = ("1v1", "6v1", "9v1", "9v2", "9v3", "9v4")  # suffixes of kept files of earlier presets (see above)
 BLOCK_SIZE = 4096        # so that the inputs span several blocks, the last one short
 
 
