@@ -385,7 +385,7 @@ int64_t ssmzip_cm_segment(const Segment *a)
             c = buf[pos];
         for (int64_t bitpos = 0; bitpos < 8; bitpos++) {
             /* the fifth APM's row (predictor.py) */
-            const int64_t r5 = expected >= 0 ? 256 + (expected & 0xFF)
+            const int64_t r5 = n_apms <= 4 ? 0 : expected >= 0 ? 256 + (expected & 0xFF)
                                : mlen > 0 ? 512 + (int64_t)buf[mptr] : (int64_t)((c4 >> 8) & 0xFF);
             const int64_t ra2 = (c0 | (c1 << 8)) * APM_POINTS;
             __builtin_prefetch(apm2 + ra2);

@@ -4,7 +4,8 @@ kernel (predictor.py, match.py), the state that allocates the arrays
 (state.py) and, mirrored by hand, the C kernel (native/cm.c): so that the
 kernel depends on this module and not on the state that calls it.
 """
-from .presets import APM4_ROWS, APM5_ROWS, APM_POINTS, MAX_CONTEXTS, RUN_FROM  # noqa: F401 (re-exported)
+from .presets import (APM4_ROWS, APM5_ROWS, APM_POINTS, MAX_CONTEXTS, MIXER3_WIDE_SETS,  # noqa: F401 (re-exported)
+                      RUN_FROM)
 
 ENCODE, DECODE = 0, 1
 SEGMENT = 1 << 16            # bytes coded per call into a kernel (progress granularity)
@@ -29,7 +30,6 @@ MIXER4_SETS = 256 * 8                # the byte before last x bit position
 MIXER5_SETS = 3 * 16 * 8             # match state (none, expects 0, expects 1) x length class x bit position
 KNOWN_CLASSES = 32                   # "wide": contexts seen before (0..25, room for 32) ...
 MIXER1_WIDE_SETS = 6 * KNOWN_CLASSES * 8   # ... x (no match, or 5 match-length classes) x top 3 bits of the last byte
-MIXER3_WIDE_SETS = 256 * 256         # "wide": last byte x partial byte
 RUN_COUNT_CLASSES = 32
 LEN_BUCKETS = 32                     # match-length classes (match.length_bucket)
 WEIGHT_ONE = 1 << 16                 # mixer weight 1.0 (16.16 fixed point, mixer.py)

@@ -158,20 +158,21 @@ def _code_segment(mode, buf, start, end, io, regs, kinds, table_bits, use_runs, 
         if mode == ENCODE:
             c = buf[pos]
         for bitpos in range(8):
-            # the fifth APM's row: the byte the match model predicts while it holds, the
-            # byte it wrongly predicted once it failed in this byte, else the byte before last
-            if expected >= 0:
-                r5 = 256 + (expected & 0xFF)
-            elif mlen > 0:
-                r5 = 512 + buf[mptr]
-            else:
-                r5 = (c4 >> 8) & 0xFF
             # the APM rows this bit will read (3 lines each), fetched while the models work
             ra2 = (c0 | (c1 << 8)) * APM_POINTS
             prefetch(apm2, ra2)
             prefetch(apm2, ra2 + 16)
             prefetch(apm2, ra2 + 32)
+            r5 = 0
             if n_apms > 4:
+                # the fifth APM's row: the byte the match model predicts while it holds, the
+                # byte it wrongly predicted once it failed in this byte, else the byte before last
+                if expected >= 0:
+                    r5 = 256 + (expected & 0xFF)
+                elif mlen > 0:
+                    r5 = 512 + buf[mptr]
+                else:
+                    r5 = (c4 >> 8) & 0xFF
                 ra5 = (r5 * 256 + c0) * APM_POINTS
                 prefetch(apm5, ra5)
                 prefetch(apm5, ra5 + 16)

@@ -44,8 +44,9 @@ N_CTX_KINDS = 26
 MAX_CONTEXTS = 26
 APM_POINTS = 33                              # interpolation points per APM context (mixer.py)
 APM4_ROWS = 1 << 18                          # the fourth APM: hashed order 3 (10 bits) x partial byte
-RUN_FROM = 2                                 # contexts 0 and 1 (orders 1 and 2) get no run input
+RUN_FROM = 2                                 # a preset's first two contexts (its lowest orders) get no run input
 APM5_ROWS = 3 * 256 * 256                    # the fifth APM: match state x a byte (see predictor.py) x partial byte
+MIXER3_WIDE_SETS = 256 * 256                 # mixer 3's weight sets in the wide design: last byte x partial byte
 MIN_APM3_BITS, MAX_APM3_BITS = 8, 12         # the third APM: hashed order 2 (these bits) x partial byte
 MIN_TABLE_BITS, MAX_TABLE_BITS = 12, 28      # bytes per context hash table, log2
 MIN_MATCH_BITS, MAX_MATCH_BITS = 10, 26      # entries in the match index, log2
@@ -124,8 +125,9 @@ class Preset:
         apm5 = 4 * APM5_ROWS * APM_POINTS if self.apms > 4 else 0
         apm4 = 4 * APM4_ROWS * APM_POINTS if self.apms > 3 else 0
         apm3 = 4 * APM_POINTS << (self.apm3_bits + 8) if self.apms > 2 else 0
-        # mixer 3's 65536 weight sets (the other mixers' are under the 4 MB allowance)
-        wide = 4 * 65536 * self.mixer_inputs() if self.mixer_design == MIXERS_WIDE and self.mixers > 2 else 0
+        # mixer 3's weight sets in the wide design (the other mixers' are under a MB together)
+        wide = (4 * MIXER3_WIDE_SETS * self.mixer_inputs()
+                if self.mixer_design == MIXERS_WIDE and self.mixers > 2 else 0)
         return (len(self.contexts) * per_ctx + 4 * (1 << self.match_bits) + (4 << 20) + apm3 + apm4 + apm5 + wide
                 + ssm)
 
