@@ -31,7 +31,8 @@ class BuildNative(build_ext):
 
 setup(
     ext_modules=[Extension("ssmzip._native",
-                           sources=["native/cm.c", "native/ssm.c", "native/ecsq.c", "native/split.c", "native/split_encode.c"],
+                           sources=["native/cm.c", "native/ssm.c", "native/ecsq.c", "native/split.c", "native/split_encode.c",
+                                    "native/bwt.c"],
                            depends=["native/ecsq_kernels.h", "native/split.h"], optional=True)],
     cmdclass={"build_ext": BuildNative},
 )

@@ -10,13 +10,15 @@ workers is made, so that its imports overlap the first block's reading.
 """
 from __future__ import annotations
 
-import multiprocessing
 import os
 import signal
 from collections import deque
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
-from typing import Callable, Optional
+from typing import TYPE_CHECKING, Callable, Optional
+
+if TYPE_CHECKING:
+    from concurrent.futures import ProcessPoolExecutor
+# multiprocessing and concurrent.futures are imported when a pool starts: a
+# one-block run never needs them (30 ms of a level-1 run's start-up).
 
 
 def available_cores() -> int:
@@ -42,6 +44,7 @@ def _context():
     and every later worker forks from it already initialised, so a pool
     starts in a fraction of a second instead of importing numba per worker.
     """
+    import multiprocessing
     try:
         ctx = multiprocessing.get_context("forkserver")
     except ValueError:
@@ -119,6 +122,7 @@ class OrderedPool:
         self._pending.append(self._executor.submit(fn, *args))
 
     def _start(self) -> None:
+        from concurrent.futures import ProcessPoolExecutor
         self._executor = ProcessPoolExecutor(
             max_workers=self.workers, mp_context=self._ctx or _context(), initializer=_worker_init)
         # The job held back while we did not know whether there would be a
@@ -130,6 +134,7 @@ class OrderedPool:
         job = self._pending.popleft()
         if isinstance(job, _Deferred):
             return job.run_inline()
+        from concurrent.futures.process import BrokenProcessPool
         try:
             return job.result()
         except BrokenProcessPool:

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 import ssmzip
-from ssmzip.engine.presets import MIXERS_CLASSIC, MIXERS_WIDE
+from ssmzip.engine.presets import MIXERS_CLASSIC, MIXERS_WIDE, TRANSFORM_BWT, TRANSFORM_NONE
 
 GOLDEN = Path(__file__).resolve().parent / "golden"
 FILES = sorted(GOLDEN.glob("*.ssz"))
@@ -64,3 +64,15 @@ def test_golden_covers_the_ssm():
             assert preset.has_ssm and preset.mixers == 3, path.name
         if path.stem.endswith("-9v1"):
             assert not preset.has_ssm, path.name
+
+
+def test_golden_covers_both_level_1_engines():
+    """The -1 golden files are made by today's level 1 (the BWT, preset layout 5),
+    the -1v2 ones by level 1 when it was the context-mixing engine (layout 1)."""
+    for path in FILES:
+        preset = ssmzip.info(io.BytesIO(path.read_bytes())).preset
+        if path.stem.endswith("-1"):
+            assert preset.transform == TRANSFORM_BWT and preset.to_bytes()[0] == 5, path.name
+        if path.stem.endswith("-1v2"):
+            assert preset.transform == TRANSFORM_NONE and preset.to_bytes()[0] == 1, path.name
+            assert len(preset.contexts) == 3, path.name

@@ -1,11 +1,14 @@
-"""encode_block / decode_block: one block through a BlockState, segment by segment.
+"""encode_block / decode_block: one block through a BlockState, segment by segment
+(or, for a transform preset such as level 1's, through bwt_block.py in one go).
 
 Segments bound how much output room is reserved at a time and give progress
 callbacks; the model's state carries over from one segment to the next.
 """
 import numpy as np
 
+from . import bwt_block
 from .cm_layout import DECODE, ENCODE, R_IO, R_X, R_X1, SEGMENT
+from .presets import TRANSFORM_BWT
 from .state import BlockState
 
 
@@ -65,6 +68,11 @@ class BlockDecoder:
 
 def encode_block(data, preset, progress=None) -> bytes:
     """Compress one block with `preset`; the result decodes with decode_block."""
+    if preset.transform == TRANSFORM_BWT:       # one call: the transform needs the whole block
+        payload = bwt_block.encode(data)
+        if progress is not None:
+            progress(len(data))
+        return payload
     enc = BlockEncoder(data, BlockState(preset))
     n = len(enc.buf)
     for start in range(0, n, SEGMENT):
@@ -78,6 +86,11 @@ def encode_block(data, preset, progress=None) -> bytes:
 def decode_block(payload, size, preset, progress=None) -> bytes:
     """Decompress `size` bytes from `payload`. Garbage in gives garbage out of the
     right size (never a crash or a hang): the container's checksum catches it."""
+    if preset.transform == TRANSFORM_BWT:
+        out = bwt_block.decode(payload, size)
+        if progress is not None:
+            progress(size)
+        return out
     dec = BlockDecoder(payload, size, BlockState(preset))
     for start in range(0, size, SEGMENT):
         end = min(start + SEGMENT, size)
@@ -91,4 +104,5 @@ def warm_up() -> None:
     """Load (or compile) the coding kernel now rather than on the first block, e.g.
     in a process that forks workers, so that each worker starts with it in memory."""
     from .presets import LEVELS
-    encode_block(b"warm-up", LEVELS[1])
+    encode_block(b"warm-up", LEVELS[2])     # the context-mixing kernel (every level but 1)
+    encode_block(b"warm-up", LEVELS[1])     # the BWT's

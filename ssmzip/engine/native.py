@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 ENV = "SSMZIP_BACKEND"
-ABI = 9                    # native/cm.c's SSMZIP_ABI: the layout of Segment below, ssm.c, ecsq.c, split.c and split_encode.c present
+ABI = 10                   # native/cm.c's SSMZIP_ABI: the layout of Segment below, ssm.c, ecsq.c, split.c, split_encode.c and bwt.c present
 _c_i64 = ctypes.c_int64
 _ptr = ctypes.c_void_p
 

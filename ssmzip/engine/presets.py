@@ -59,9 +59,13 @@ MIN_BLOCK_BITS, MAX_BLOCK_BITS = 10, 30      # block size, log2
 # third APM's size (all fields, the SSM's zero when there is none); it is
 # written only for presets that need it. Layout 4 adds the mixers' design (how
 # their weight sets are chosen and how fast each learns), and only it may ask
-# for a fifth APM.
-_LAYOUT_NO_SSM, _LAYOUT_SSM, _LAYOUT_LEARNING, _LAYOUT_MIXERS = 1, 2, 3, 4
+# for a fifth APM. Layout 5 is a transform preset (level 1's BWT): it holds only the
+# transform and the block size, the coder of a transform having no knobs.
+_LAYOUT_NO_SSM, _LAYOUT_SSM, _LAYOUT_LEARNING, _LAYOUT_MIXERS, _LAYOUT_TRANSFORM = 1, 2, 3, 4, 5
 MIXERS_CLASSIC, MIXERS_WIDE = 0, 1           # Preset.mixer_design (predictor.py says what each means)
+# Preset.transform: what codes the block. TRANSFORM_NONE: the context-mixing engine;
+# TRANSFORM_BWT: the Burrows-Wheeler transform and its small model (bwt.py, bwt_coder.py).
+TRANSFORM_NONE, TRANSFORM_BWT = 0, 1
 
 # SSM bounds (see ssm.py): a hostile header cannot ask for a huge network.
 MAX_SSM_DM, MAX_SSM_DI, MAX_SSM_DS, MAX_SSM_RANK, MAX_SSM_LAYERS = 256, 512, 64, 64, 8
@@ -104,6 +108,9 @@ class Preset:
     apm3_bits: int = 8         # the third APM's rows: hashed order 2 (this many bits) x partial byte
     # Layout 4 (level 9's fifth version): which weight sets the mixers choose from.
     mixer_design: int = MIXERS_CLASSIC
+    # Layout 5: a transform in place of the context-mixing engine (every field above
+    # but the level and the block size then keeps transform_preset's fixed value).
+    transform: int = TRANSFORM_NONE
 
     def __post_init__(self):
         _validate(self)
@@ -118,6 +125,9 @@ class Preset:
 
     def memory_estimate(self) -> int:
         """Bytes of model tables one block coder holds (not counting the block itself)."""
+        if self.transform == TRANSFORM_BWT:
+            # the suffix sorter's arrays (about 9 bytes a byte) and the model's 0.6 MB
+            return 10 * self.block_size + (1 << 20)
         per_ctx = (1 << self.table_bits) + ((1 << self.table_bits) >> 2 if self.runs else 0)
         ssm = 0
         if self.has_ssm:
@@ -141,12 +151,16 @@ class Preset:
                      self.ssm_ngram, self.ssm_ngram_bits)
 
     def _scalars(self, layout):
+        if layout == _LAYOUT_TRANSFORM:
+            return [self.transform, self.block_bits]
         n = _N_SCALARS[layout]
         return [getattr(self, f.name) for f in fields(self) if f.name not in ("level", "contexts")][:n]
 
     def _layout(self) -> int:
         """The oldest layout that can say this preset: files of the presets that
         existed before a layout keep their bytes."""
+        if self.transform != TRANSFORM_NONE:
+            return _LAYOUT_TRANSFORM
         if self.mixer_design != MIXERS_CLASSIC or self.apms > 4:
             return _LAYOUT_MIXERS
         if tuple(getattr(self, n) for n in _LAYOUT3_FIELDS) != _LAYOUT3_DEFAULTS:
@@ -173,7 +187,12 @@ class Preset:
         contexts = tuple(data[3:3 + n])
         vals = struct.unpack_from(f"<{k}H", data, 3 + n)
         try:
-            p = cls(level, contexts, *vals)
+            if layout == _LAYOUT_TRANSFORM:
+                if n:
+                    raise ValueError("a transform preset has no contexts")
+                p = transform_preset(level, vals[0], vals[1])
+            else:
+                p = cls(level, contexts, *vals)
         except TypeError as e:
             raise ValueError(str(e)) from None
         if layout != p._layout():      # one preset, one encoding: re-encoding gives the same bytes
@@ -197,10 +216,12 @@ _N_LAYOUT3_FIELDS = len(_LAYOUT3_FIELDS)
 # what layouts 1 and 2 mean: the dataclass's defaults, written once
 _LAYOUT3_DEFAULTS = tuple(f.default for f in fields(Preset) if f.name in _LAYOUT3_FIELDS)
 _N_LAYOUT4_FIELDS = 1                         # mixer_design
-_N_SCALARS = {_LAYOUT_NO_SSM: len(fields(Preset)) - 2 - _N_SSM_FIELDS - _N_LAYOUT3_FIELDS - _N_LAYOUT4_FIELDS,
-              _LAYOUT_SSM: len(fields(Preset)) - 2 - _N_LAYOUT3_FIELDS - _N_LAYOUT4_FIELDS,
-              _LAYOUT_LEARNING: len(fields(Preset)) - 2 - _N_LAYOUT4_FIELDS,
-              _LAYOUT_MIXERS: len(fields(Preset)) - 2}
+_N_ENGINE_FIELDS = len(fields(Preset)) - 3     # the scalars of layouts 1-4: all but level, contexts, transform
+_N_SCALARS = {_LAYOUT_NO_SSM: _N_ENGINE_FIELDS - _N_SSM_FIELDS - _N_LAYOUT3_FIELDS - _N_LAYOUT4_FIELDS,
+              _LAYOUT_SSM: _N_ENGINE_FIELDS - _N_LAYOUT3_FIELDS - _N_LAYOUT4_FIELDS,
+              _LAYOUT_LEARNING: _N_ENGINE_FIELDS - _N_LAYOUT4_FIELDS,
+              _LAYOUT_MIXERS: _N_ENGINE_FIELDS,
+              _LAYOUT_TRANSFORM: 2}           # transform, block_bits
 
 
 def _validate(p: Preset) -> None:
@@ -209,7 +230,12 @@ def _validate(p: Preset) -> None:
 
     if not 0 <= p.level <= 9:
         bad("level")
-    if not isinstance(p.contexts, tuple) or not (0 if p.ssm_layers else 1) <= len(p.contexts) <= MAX_CONTEXTS:
+    if p.transform not in (TRANSFORM_NONE, TRANSFORM_BWT):
+        bad("transform")
+    if p.transform != TRANSFORM_NONE:
+        if any(getattr(p, k) != v for k, v in _TRANSFORM_FIXED.items()):
+            bad("a transform preset sets only its level and block size")
+    elif not isinstance(p.contexts, tuple) or not (0 if p.ssm_layers else 1) <= len(p.contexts) <= MAX_CONTEXTS:
         bad("context count")
     if any(not 0 <= c < N_CTX_KINDS for c in p.contexts) or len(set(p.contexts)) != len(p.contexts):
         bad("context kinds")
@@ -250,6 +276,17 @@ def _validate(p: Preset) -> None:
               and (MIN_SSM_NGRAM_BITS <= p.ssm_ngram_bits <= MAX_SSM_NGRAM_BITS if p.ssm_ngram
                    else p.ssm_ngram_bits == 0)):
         bad("SSM sizes")
+
+
+# What a transform preset's context-mixing fields hold: the smallest valid values
+# (unused; fixed so that one transform preset has one encoding).
+_TRANSFORM_FIXED = dict(contexts=(), table_bits=MIN_TABLE_BITS, runs=0, match_min=0, match_bits=MIN_MATCH_BITS,
+                        mixers=1, mixer_lr=1, final_lr=1, apms=2, apm_rate=4)
+
+
+def transform_preset(level: int, transform: int, block_bits: int) -> Preset:
+    """A preset that codes each block through a transform (TRANSFORM_BWT)."""
+    return Preset(level, block_bits=block_bits, transform=transform, **_TRANSFORM_FIXED)
 
 
 _O = (CTX_ORDER1, CTX_ORDER2, CTX_ORDER3, CTX_ORDER4)
@@ -296,7 +333,7 @@ _HIGH = (CTX_ORDER5, CTX_ORDER6)
 # the indirect one (-0.2 % on 1M, -0.26 % on 3M, same speed). Files made before still
 # decode: every file carries its own preset.
 LEVELS = {
-    1: _level(1, (CTX_ORDER1, CTX_ORDER2, CTX_ORDER4), 22, 0, 6, 20, 1, 2, 22),
+    1: transform_preset(1, TRANSFORM_BWT, 22),
     2: _level(2, _O + (CTX_WORD,), 22, 0, 7, 20, 1, 2, 22),
     3: _level(3, _O + (CTX_ORDER6, CTX_WORD), 22, 0, 7, 20, 1, 2, 23),
     4: _level(4, _O + (CTX_ORDER6, CTX_WORD, CTX_TAG), 22, 0, 7, 20, 2, 2, 23),

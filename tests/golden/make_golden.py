@@ -11,7 +11,8 @@ change: bump the container's format version and keep decoding old files.
 
 Files of an earlier format stay beside them and are never rewritten: NAME-1v1.ssz
 and NAME-6v1.ssz were made by levels 1 and 6 before they were retuned for speed
-(commits 93d1360, a009a93: other contexts, another match length); NAME-9v1.ssz
+(commits 93d1360, a009a93: other contexts, another match length), NAME-1v2.ssz
+by level 1 when it was still the context-mixing engine (before the BWT); NAME-9v1.ssz
 were made by level 9 before it had an SSM (preset layout 1), NAME-9v2.ssz by
 level 9 with the SSM but before its fourth and fifth mixers, fourth APM and
 six text contexts, NAME-9v3.ssz by level 9 before its preset layout 3 (mixer
@@ -28,7 +29,7 @@ import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 LEVELS = (1, 6, 9)
-LEGACY = ("1v1", "6v1", "9v1", "9v2", "9v3", "9v4")  # suffixes of kept files of earlier presets (see above)
+LEGACY = ("1v1", "1v2", "6v1", "9v1", "9v2", "9v3", "9v4")  # suffixes of kept files of earlier presets (see above)
 BLOCK_SIZE = 4096        # so that the inputs span several blocks, the last one short
 
 
