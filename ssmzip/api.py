@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import BinaryIO, Callable, Optional, Union
 
 from . import container
-from .engine import DEFAULT_LEVEL, Preset, preset_for_level
+from .engine import DEFAULT_LEVEL, Preset, codes_without_gil, preset_for_level
 from .parallel import OrderedPool
 
 Progress = Optional[Callable[[int], None]]
@@ -135,7 +135,7 @@ class _Reader(io.RawIOBase):
                 break
             prog = _progress_for(self._progress)
             pool.submit(container.decompress_block, number, rec, payload,
-                        self._header.preset, progress=prog)
+                        self._header.preset, progress=prog, gil_free=codes_without_gil(self._header.preset))
             self._jobs.append((rec.size, prog))
         if not self._jobs:
             return False
@@ -217,7 +217,8 @@ class _Writer:
         while self._pool.full():
             self._write_next()
         prog = _progress_for(self._progress)
-        self._pool.submit(container.compress_block, block, self._preset, progress=prog)
+        self._pool.submit(container.compress_block, block, self._preset, progress=prog,
+                          gil_free=codes_without_gil(self._preset))
         self._jobs.append((len(block), prog))
 
     def _write_next(self) -> None:
@@ -480,7 +481,7 @@ def compress_many(items, level: int = DEFAULT_LEVEL, threads: int = 1,
             for o in range(0, len(mv), bs):
                 while pool.full():
                     take()
-                pool.submit(container.compress_block, bytes(mv[o:o + bs]), p)
+                pool.submit(container.compress_block, bytes(mv[o:o + bs]), p, gil_free=codes_without_gil(p))
                 owner.append(i)
         while owner:
             take()
@@ -503,7 +504,8 @@ def decompress_many(blobs, threads: int = 1, *, backend: Optional[str] = None, d
             for number, rec, payload in container.iter_blocks(fp, header, None):
                 while pool.full():
                     out[owner.popleft()].append(pool.pop())
-                pool.submit(container.decompress_block, number, rec, payload, header.preset)
+                pool.submit(container.decompress_block, number, rec, payload, header.preset,
+                            gil_free=codes_without_gil(header.preset))
                 owner.append(i)
         while owner:
             out[owner.popleft()].append(pool.pop())

@@ -1,12 +1,16 @@
-"""Blocks over processes: run independent jobs in worker processes, in order.
+"""Blocks over workers: run independent jobs in parallel, in order.
 
 Blocks are coded independently, so the output is the same whatever the
 number of workers: results always come back in submission order. At most
 ``2 * workers`` jobs are in flight, which bounds memory by a few blocks, not
 the file size. Workers are started only once a second job shows up, so a
-one-block input never waits for a process to start; the fork server that
-workers come from is started in the background as soon as a pool of several
-workers is made, so that its imports overlap the first block's reading.
+one-block input never waits for one to start.
+
+A job that releases the GIL while it works (the C kernels, which Python calls
+through ctypes a segment or a block at a time) runs on threads of this
+process: nothing to start, import or pickle. Other jobs (numba, the SSM) run in
+worker processes started from a fork server, which is started in the
+background with the first job so that its imports overlap the input's reading.
 """
 from __future__ import annotations
 
@@ -16,7 +20,7 @@ from collections import deque
 from typing import TYPE_CHECKING, Callable, Optional
 
 if TYPE_CHECKING:
-    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures import Executor
 # multiprocessing and concurrent.futures are imported when a pool starts: a
 # one-block run never needs them (30 ms of a level-1 run's start-up).
 
@@ -84,13 +88,29 @@ class _Deferred:
         return self.fn(*self.args, progress=self.progress)
 
 
+class _Cancelled(Exception):
+    """Raised inside a threaded job once its pool is closed with abort."""
+
+
+def _cancellable(cancel, fn, args):
+    """Run fn(*args) on a worker thread; its progress callback (called between
+    segments) stops it soon after the pool is aborted, so that an interrupted
+    run does not wait for whole blocks to finish."""
+    def check(_done):
+        if cancel.is_set():
+            raise _Cancelled
+    return fn(*args, progress=check)
+
+
 class OrderedPool:
     """Submit jobs, pop results in submission order.
 
-    ``submit(fn, *args, progress=cb)`` queues ``fn(*args)``; ``fn`` must be a
-    picklable top-level function accepting a ``progress`` keyword. ``progress``
-    is only passed when the job runs in this process (workers cannot call back),
-    so callers must account for a job's work when they pop its result.
+    ``submit(fn, *args, progress=cb, gil_free=False)`` queues ``fn(*args)``;
+    ``fn`` must be a picklable top-level function accepting a ``progress``
+    keyword. ``progress`` is only passed when the job runs inline (workers do
+    not call back), so callers must account for a job's work when they pop its
+    result. ``gil_free`` says that fn releases the GIL while it works: the pool
+    then runs it on threads (every job of one pool must say the same).
     ``pop()`` waits for the oldest job and returns its result or raises its
     exception. Callers keep ``len(pool) < pool.window`` before submitting
     (``full()``) to bound memory.
@@ -100,11 +120,9 @@ class OrderedPool:
         self.workers = resolve_threads(threads)
         self.window = 2 * self.workers if self.workers > 1 else 1
         self._pending: deque = deque()
-        self._executor: Optional[ProcessPoolExecutor] = None
+        self._executor: Optional[Executor] = None
         self._ctx = None
-        if self.workers > 1:
-            self._ctx = _context()
-            _prestart(self._ctx)
+        self._cancel = None               # threads: set to stop the running jobs
 
     def __len__(self) -> int:
         return len(self._pending)
@@ -112,23 +130,37 @@ class OrderedPool:
     def full(self) -> bool:
         return len(self._pending) >= self.window
 
-    def submit(self, fn: Callable, *args, progress=None) -> None:
+    def submit(self, fn: Callable, *args, progress=None, gil_free: bool = False) -> None:
         job = _Deferred(fn, args, progress)
         if self.workers <= 1 or (self._executor is None and not self._pending):
             self._pending.append(job)
+            if self.workers > 1 and not gil_free and self._ctx is None:
+                self._ctx = _context()
+                _prestart(self._ctx)
             return
         if self._executor is None:
-            self._start()
-        self._pending.append(self._executor.submit(fn, *args))
+            self._start(gil_free)
+        self._pending.append(self._send(fn, args))
 
-    def _start(self) -> None:
-        from concurrent.futures import ProcessPoolExecutor
-        self._executor = ProcessPoolExecutor(
-            max_workers=self.workers, mp_context=self._ctx or _context(), initializer=_worker_init)
+    def _start(self, gil_free: bool) -> None:
+        if gil_free:
+            import threading
+            from concurrent.futures import ThreadPoolExecutor
+            self._cancel = threading.Event()
+            self._executor = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="ssmzip-block")
+        else:
+            from concurrent.futures import ProcessPoolExecutor
+            self._executor = ProcessPoolExecutor(
+                max_workers=self.workers, mp_context=self._ctx or _context(), initializer=_worker_init)
         # The job held back while we did not know whether there would be a
         # second one goes to the pool too.
-        self._pending = deque(self._executor.submit(j.fn, *j.args) if isinstance(j, _Deferred)
-                              else j for j in self._pending)
+        self._pending = deque(self._send(j.fn, j.args) if isinstance(j, _Deferred) else j
+                              for j in self._pending)
+
+    def _send(self, fn, args):
+        if self._cancel is not None:
+            return self._executor.submit(_cancellable, self._cancel, fn, args)
+        return self._executor.submit(fn, *args)
 
     def pop(self):
         job = self._pending.popleft()
@@ -148,6 +180,10 @@ class OrderedPool:
             return
         if not abort:
             ex.shutdown(wait=True)
+            return
+        if self._cancel is not None:      # threads: each stops at its next segment
+            self._cancel.set()
+            ex.shutdown(wait=True, cancel_futures=True)
             return
         ex.shutdown(wait=False, cancel_futures=True)
         # A running job can take minutes (a large block); do not leave it

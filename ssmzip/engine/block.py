@@ -6,7 +6,7 @@ callbacks; the model's state carries over from one segment to the next.
 """
 import numpy as np
 
-from . import bwt_block
+from . import bwt_block, native
 from .cm_layout import DECODE, ENCODE, R_IO, R_X, R_X1, SEGMENT
 from .presets import TRANSFORM_BWT
 from .state import BlockState
@@ -98,6 +98,13 @@ def decode_block(payload, size, preset, progress=None) -> bytes:
         if progress is not None:
             progress(end)
     return dec.buf.tobytes()
+
+
+def codes_without_gil(preset) -> bool:
+    """Whether blocks of this preset are coded by the C library alone (no numba,
+    no SSM): Python then waits in ctypes calls, which release the GIL, so several
+    blocks can be coded on threads of one process."""
+    return native.cm_kernel() is not None and not preset.has_ssm
 
 
 def warm_up() -> None:
