@@ -33,8 +33,9 @@ _WRITE_MODES = {"w": "wb", "wb": "wb", "x": "xb", "xb": "xb"}
 
 
 def _block_pool(threads: int, backend: Optional[str], device, batch: Optional[int]):
-    """Where blocks are coded: worker processes (the default), or batches on torch
-    (backend="torch": ssmzip.batching). The output bytes are the same."""
+    """Where blocks are coded: an OrderedPool (threads, or worker processes; the
+    default), or batches on torch (backend="torch": ssmzip.batching). The output
+    bytes are the same."""
     if backend in (None, "cpu"):
         if batch is not None or device is not None:
             raise ValueError("batch and device are for backend='torch'")
@@ -259,8 +260,9 @@ class SSMZipFile(io.BufferedIOBase):
     ``file`` is a path or a binary file object. Modes: ``"rb"`` (or ``"r"``),
     ``"wb"`` (``"w"``) and ``"xb"`` (``"x"``). When writing, ``level`` (1..9)
     or an explicit engine ``preset`` choose the model, ``block_size`` the
-    block size (default: the preset's), ``threads`` the worker processes
-    (0 = all cores; the output is the same for any value). ``progress``, if
+    block size (default: the preset's), ``threads`` how many blocks are coded
+    at once, on threads or worker processes (0 = all cores; the output is the
+    same for any value). ``progress``, if
     given, is called with the number of uncompressed bytes just processed.
     ``backend="torch"`` codes the SSM of levels 7-9 on torch (GPU mode,
     ``pip install 'ssmzip[gpu]'``), ``batch`` blocks at a time (default 16),
