@@ -5,7 +5,8 @@ bit for bit; at levels 7-9 it calls the SSM (numba) back through
 ssm_callbacks.py, and the SSM's numba code calls native/ssm.c's matrix loops
 (ssm_kernels below). The SSM-only ablation (no context models) runs on numba.
 Python calls it once per segment (64 KiB) through ctypes, so the per-call
-cost does not matter.
+cost does not matter. native/bwt.c codes level 1's blocks (the BWT and its
+model, called by bwt_block.py, one call per block).
 
 SSMZIP_BACKEND=numba forces the numba kernels, SSMZIP_BACKEND=native makes a
 missing library an error instead of a silent fallback; unset (or "auto") uses
@@ -74,7 +75,7 @@ def _load():
             fn.argtypes = [ctypes.POINTER(Segment)]
             fn.restype = _c_i64
             _LIB = lib
-            return fn, "native C (the context models and the SSM's matrix loops; the rest of the SSM on numba)"
+            return fn, "native C (level 1's BWT, the context models and the SSM's matrix loops; the rest of the SSM on numba)"
         except (OSError, AttributeError) as e:
             err = f"cannot be used: {e}"
     if choice == "native":
