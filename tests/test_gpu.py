@@ -159,20 +159,34 @@ def test_decoding_garbage_gives_garbage_of_the_right_size():
 
 @needs_c
 def test_golden_files_from_torch():
-    """Every golden file made with the SSM (-9: several blocks, or one long one) comes
-    out of torch byte for byte, its blocks coded as one batch; the multi-block ones
-    also decode on torch (the 70 KB one would take minutes, one step per byte)."""
-    paths = sorted(GOLDEN.glob("*-9.ssz"))
-    assert len(paths) == 3
+    """The multi-block golden files made with the SSM (-9) come out of torch byte for
+    byte, their blocks coded as one batch; the smaller decodes on torch (a byte per
+    step: slow on a CPU). The 70 KB one-block -9 golden, through torch, took 3 of
+    CI's 15 minutes: the segment boundary it crossed is covered by the next test,
+    the file itself by test_golden.py."""
+    paths = [p for p in sorted(GOLDEN.glob("*-9.ssz")) if not p.name.startswith("long-")]
+    assert len(paths) == 2
     for path in paths:
         blob = path.read_bytes()
         info = ssmzip.info(io.BytesIO(blob))
-        assert info.preset.has_ssm
+        assert info.preset.has_ssm and len(info.blocks) > 1
         data = (GOLDEN / (path.stem.rsplit("-", 1)[0] + ".bin")).read_bytes()
         again = ssmzip.compress(data, preset=info.preset, block_size=info.block_size, backend="torch", batch=3)
         assert again == blob, path.name
-        if len(info.blocks) > 1:
+        if path.name.startswith("binary-"):
             assert ssmzip.decompress(blob, backend="torch", batch=3) == data, path.name
+
+
+@needs_c
+def test_torch_segments_carry_the_model_over(monkeypatch):
+    """encode_blocks runs the SSM a segment ahead of the context models; the state
+    carried from one segment to the next (registers, n-gram rows) must give the
+    bytes of encode_block. Segments of 2 KiB instead of 64 KiB: five boundaries in
+    a 10 KB block of level 9."""
+    from ssmzip.gpu import coder
+    monkeypatch.setattr(coder, "SEGMENT", 2048)
+    data = text_sample(10_000, seed=4)
+    assert encode_blocks([data], LEVELS[9]) == [encode_block(data, LEVELS[9])]
 
 
 @needs_c
