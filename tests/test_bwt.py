@@ -123,3 +123,16 @@ def test_native_gives_the_numba_bytes(name, monkeypatch):
     assert decode_block(by_c, len(data), BWT) == data
     monkeypatch.undo()
     assert decode_block(by_numba, len(data), BWT) == data
+
+
+def test_a_block_that_needs_more_room_is_coded_again(backend, monkeypatch):
+    """The coder gives up when its output room runs short (-1) and the block is coded
+    again with the worst case's room: the payload is the same as with room to spare."""
+    from ssmzip.engine import bwt_block
+    data = INPUTS["random"][:3000] + INPUTS["text"][:3000]
+    roomy = encode_block(data, BWT)
+    monkeypatch.setattr(bwt_block, "_room", lambda n: (40, 12 * n + 64))
+    assert encode_block(data, BWT) == roomy
+    monkeypatch.setattr(bwt_block, "_room", lambda n: (40,))
+    with pytest.raises(AssertionError, match="unreachable"):      # proves the first try did run short
+        encode_block(data, BWT)

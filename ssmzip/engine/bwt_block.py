@@ -41,27 +41,47 @@ def _tables():
     return native.address(C.SQUASH), native.address(C.STRETCH)
 
 
+def _room(n: int) -> tuple:
+    """Output room for a block's coded transform, tried in turn: a little more than
+    the block, which is plenty unless it expands, then the worst case (12 bytes a
+    byte: a coded bit never costs more than 12 bits)."""
+    return n + n // 8 + 64, 12 * n + 64
+
+
+def _numba_coder(data):
+    """out -> (bytes written or -1, primary row), on numba: the transform is made
+    once, however many tries the room takes."""
+    from .bwt import bwt_forward
+    from .bwt_coder import encode_transform
+    last, primary = bwt_forward(data)
+    return lambda out: (encode_transform(last, out), primary)
+
+
+def _c_coder(k, data):
+    """The same on native/bwt.c (one call does the transform and the coding; a
+    second try, only for a block that expands, sorts it again)."""
+    src = np.ascontiguousarray(np.frombuffer(data, np.uint8))
+    primary = _i64(0)
+
+    def code(out):
+        op = k.ssmzip_bwt_encode(native.address(src), src.shape[0], native.address(out), out.shape[0],
+                                 ctypes.byref(primary), *_tables())
+        return op, primary.value
+    return code
+
+
 def encode(data) -> bytes:
     """Payload of one block."""
     n = len(data)
     if n == 0:
         return b""
     k = _native()
-    if k is None:
-        from .bwt import bwt_forward
-        from .bwt_coder import encode_transform
-        last, primary = bwt_forward(data)
-        return _PRIMARY.pack(primary) + encode_transform(last)
-    src = np.frombuffer(data, np.uint8)
-    if not src.flags.c_contiguous:
-        src = np.ascontiguousarray(src)
-    primary = _i64(0)
-    for cap in (n + n // 8 + 64, 12 * n + 64):   # the second only for a block that expands
+    code = _numba_coder(data) if k is None else _c_coder(k, data)
+    for cap in _room(n):
         out = np.empty(cap, np.uint8)
-        op = k.ssmzip_bwt_encode(native.address(src), n, native.address(out), cap, ctypes.byref(primary),
-                                 *_tables())
+        op, primary = code(out)
         if op >= 0:
-            return _PRIMARY.pack(primary.value) + out[:op].tobytes()
+            return _PRIMARY.pack(primary) + out[:op].tobytes()
         if op != -1:
             raise MemoryError("the BWT coder could not allocate its arrays")
     raise AssertionError("unreachable: 12 bytes a byte always suffice")
@@ -74,12 +94,14 @@ def decode(payload, size: int) -> bytes:
         return b""
     head = bytes(payload[:_PRIMARY.size]).ljust(_PRIMARY.size, b"\0")
     primary = min(max(_PRIMARY.unpack(head)[0], 1), size)
-    src = np.frombuffer(payload, np.uint8)[_PRIMARY.size:].copy()
+    src = np.frombuffer(payload, np.uint8)[_PRIMARY.size:]
     k = _native()
     if k is None:
         from .bwt import bwt_inverse
         from .bwt_coder import decode_transform
-        return bwt_inverse(decode_transform(src, size), primary)
+        # writable, as the encoder's output array is: one compiled variant serves both
+        return bwt_inverse(decode_transform(src.copy(), size), primary)
+    src = np.ascontiguousarray(src)
     out = np.empty(size, np.uint8)
     if k.ssmzip_bwt_decode(native.address(src) if src.shape[0] else 0, src.shape[0], primary,
                            native.address(out), size, *_tables()) != 0:

@@ -157,14 +157,10 @@ def _code(mode, last, io, squash, stretch):
     return op
 
 
-def encode_transform(last) -> bytes:
-    """The coded transform (a uint8 array of n >= 1 bytes)."""
-    out = np.empty(len(last) + len(last) // 8 + 64, np.uint8)   # plenty unless the block expands
-    op = _code(ENCODE, last, out, C.SQUASH, C.STRETCH)
-    if op < 0:                                                  # worst case: 12 bytes a byte
-        out = np.empty(12 * len(last) + 64, np.uint8)
-        op = _code(ENCODE, last, out, C.SQUASH, C.STRETCH)
-    return out[:op].tobytes()
+def encode_transform(last, out) -> int:
+    """Code the transform (a uint8 array of n >= 1 bytes) into out: the bytes
+    written, or -1 when out is too small (bwt_block.py then gives it more room)."""
+    return _code(ENCODE, last, out, C.SQUASH, C.STRETCH)
 
 
 def decode_transform(src, size: int) -> np.ndarray:
