@@ -18,6 +18,8 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "learner.h"
+
 #if !defined(__GNUC__) && !defined(__clang__)
 #define __builtin_prefetch(p) ((void)(p))      /* a hint only: nothing is lost without it */
 #endif
@@ -56,9 +58,9 @@ enum {
 
 /* Everything one call needs. Mirrored field for field by native.py's Segment;
  * SSMZIP_ABI changes whenever it does, so that a stale library is refused. */
-#define SSMZIP_ABI 10  /* 3: the library also holds native/ecsq.c; 4: and native/split.c; 5: and native/split_encode.c;
+#define SSMZIP_ABI 11  /* 3: the library also holds native/ecsq.c; 4: and native/split.c; 5: and native/split_encode.c;
                           6: and native/ssm.c; 7: mixers 4-5, APM 4; 8: mixer_skip, apm_first, apm3_bits;
-                          9: mixer_design, APM 5; 10: and native/bwt.c (level 1) */
+                          9: mixer_design, APM 5; 10: and native/bwt.c (level 1); 11: the SSM's learning thread */
 typedef struct {
     int64_t mode, start, end, io_len;
     int64_t n_ctx, table_bits, use_runs, match_min, n_mixers, lr, final_lr, n_apms, apm_rate;
@@ -83,6 +85,13 @@ typedef struct {
     void (*ssm_byte)(int64_t *ctx, int64_t row, int64_t c4, int64_t c8, int64_t word);
     float (*ssm_bit)(int64_t *ctx, int64_t row, int64_t c0, int64_t bitpos);
     int64_t (*ssm_end)(int64_t *ctx, int64_t row, int64_t byte);
+    /* a lagged SSM learning on a second thread (learner.h), with a second set of
+     * buffers; ssm_ctx2 == 0: it learns in series, inside ssm_end */
+    int64_t ssm_chunk;
+    int64_t *ssm_ctx2;
+    int64_t *ssm_side;                                     /* [0]: which set codes now (kept between calls) */
+    void (*ssm_turn)(int64_t *ctx, int64_t *next);
+    void (*ssm_learn)(int64_t *ctx);
 } Segment;
 
 static inline uint64_t hash32(uint64_t x)
@@ -323,6 +332,13 @@ int64_t ssmzip_cm_segment(const Segment *a)
     int64_t tagpos = regs[R_TAGPOS];
     int64_t s_row = regs[R_SSM_ROW];
     int64_t mslot = -1;
+    /* the SSM's buffer set in use; with a learning thread, the sets take turns by chunk */
+    const int threaded = use_ssm && a->ssm_ctx2 != 0;
+    int64_t side = threaded ? a->ssm_side[0] : 0;
+    int64_t *sctx = side ? a->ssm_ctx2 : a->ssm_ctx;
+    Learner learner;
+    if (threaded)
+        learner_start(&learner, a->ssm_learn);
 
     for (int64_t pos = a->start; pos < a->end; pos++) {
         /* byte boundary: hash every context and prefetch, then find the slots */
@@ -378,7 +394,7 @@ int64_t ssmzip_cm_segment(const Segment *a)
         const int64_t h_apm3 = (int64_t)((hash2(c4 & 0xFFFF, 99) & apm3_mask) << 8);
         const int64_t h_apm4 = (int64_t)((hash2(c4 & 0xFFFFFF, 77) & ((APM4_ROWS >> 8) - 1)) << 8);
         if (use_ssm)
-            a->ssm_byte(a->ssm_ctx, s_row, (int64_t)c4, (int64_t)c8, (int64_t)word);
+            a->ssm_byte(sctx, s_row, (int64_t)c4, (int64_t)c8, (int64_t)word);
 
         int64_t c0 = 1, node = 1, c = 0;
         if (a->mode == ENCODE)
@@ -448,7 +464,7 @@ int64_t ssmzip_cm_segment(const Segment *a)
             x[n_ctx + 1] = st[o0[c0] >> 4];
             x[n_ctx + 2] = 256;
             if (use_ssm) {                   /* |logit| < 8: inside the stretch domain */
-                const float lg = a->ssm_bit(a->ssm_ctx, s_row, c0, bitpos);
+                const float lg = a->ssm_bit(sctx, s_row, c0, bitpos);
                 x[n_in - 1] = (int32_t)(int64_t)(lg * 256.0f);
             }
 
@@ -605,8 +621,20 @@ int64_t ssmzip_cm_segment(const Segment *a)
         c = c0 & 0xFF;
         if (a->mode != ENCODE)
             buf[pos] = (uint8_t)c;
-        if (use_ssm)                         /* a full chunk: the SSM learns from it */
-            s_row = a->ssm_end(a->ssm_ctx, s_row, c);
+        if (use_ssm) {                       /* a full chunk: the SSM learns from it */
+            s_row = a->ssm_end(sctx, s_row, c);
+            if (threaded && s_row == a->ssm_chunk) {
+                /* the previous chunk's step done and put in force, the state carried
+                 * to the other set; this chunk learned from beside the next one */
+                int64_t *next = side ? a->ssm_ctx : a->ssm_ctx2;
+                learner_wait(&learner);
+                a->ssm_turn(sctx, next);
+                learner_give(&learner, sctx);
+                side ^= 1;
+                sctx = next;
+                s_row = 0;
+            }
+        }
         if (use_runs) {
             for (int64_t i = RUN_FROM; i < n_ctx; i++) {
                 int64_t cnt = 1;
@@ -648,6 +676,10 @@ int64_t ssmzip_cm_segment(const Segment *a)
         }
         if (a->match_min > 0)
             mslot = match_hash(buf, pos, a->mindex, a->match_mask, a->match_min, &mptr, &mlen);
+    }
+    if (threaded) {                        /* the last step stays pending until the next chunk's end */
+        learner_stop(&learner);
+        a->ssm_side[0] = side;
     }
     if (mslot >= 0)                        /* leave the registers as the numba kernel does */
         match_lookup(buf, a->end - 1, a->mindex, mslot, a->match_min, &mptr, &mlen);

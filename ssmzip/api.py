@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import BinaryIO, Callable, Optional, Union
 
 from . import container
-from .engine import DEFAULT_LEVEL, Preset, codes_without_gil, preset_for_level
+from .engine import DEFAULT_LEVEL, Preset, block_threads, codes_without_gil, preset_for_level
 from .parallel import OrderedPool
 
 Progress = Optional[Callable[[int], None]]
@@ -44,6 +44,11 @@ def _block_pool(threads: int, backend: Optional[str], device, batch: Optional[in
         raise ValueError(f"backend must be 'cpu' or 'torch', got {backend!r}")
     from . import batching
     return batching.batch_pool(batching.DEFAULT_BATCH if batch is None else batch, device)
+
+
+def _how(preset: Preset) -> dict:
+    """How the pool should run blocks of this preset (OrderedPool.submit's keywords)."""
+    return {"gil_free": codes_without_gil(preset), "threads": block_threads(preset)}
 
 
 def _block_size(preset: Preset, block_size: Optional[int]) -> int:
@@ -136,7 +141,7 @@ class _Reader(io.RawIOBase):
                 break
             prog = _progress_for(self._progress)
             pool.submit(container.decompress_block, number, rec, payload,
-                        self._header.preset, progress=prog, gil_free=codes_without_gil(self._header.preset))
+                        self._header.preset, progress=prog, **_how(self._header.preset))
             self._jobs.append((rec.size, prog))
         if not self._jobs:
             return False
@@ -218,8 +223,7 @@ class _Writer:
         while self._pool.full():
             self._write_next()
         prog = _progress_for(self._progress)
-        self._pool.submit(container.compress_block, block, self._preset, progress=prog,
-                          gil_free=codes_without_gil(self._preset))
+        self._pool.submit(container.compress_block, block, self._preset, progress=prog, **_how(self._preset))
         self._jobs.append((len(block), prog))
 
     def _write_next(self) -> None:
@@ -483,7 +487,7 @@ def compress_many(items, level: int = DEFAULT_LEVEL, threads: int = 1,
             for o in range(0, len(mv), bs):
                 while pool.full():
                     take()
-                pool.submit(container.compress_block, bytes(mv[o:o + bs]), p, gil_free=codes_without_gil(p))
+                pool.submit(container.compress_block, bytes(mv[o:o + bs]), p, **_how(p))
                 owner.append(i)
         while owner:
             take()
@@ -506,8 +510,7 @@ def decompress_many(blobs, threads: int = 1, *, backend: Optional[str] = None, d
             for number, rec, payload in container.iter_blocks(fp, header, None):
                 while pool.full():
                     out[owner.popleft()].append(pool.pop())
-                pool.submit(container.decompress_block, number, rec, payload, header.preset,
-                            gil_free=codes_without_gil(header.preset))
+                pool.submit(container.decompress_block, number, rec, payload, header.preset, **_how(header.preset))
                 owner.append(i)
         while owner:
             out[owner.popleft()].append(pool.pop())

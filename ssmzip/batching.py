@@ -57,8 +57,8 @@ class BatchPool:
     def full(self) -> bool:
         return len(self._pending) >= self.window
 
-    def submit(self, fn, *args, progress=None, gil_free=False) -> None:
-        # gil_free (OrderedPool's threads) does not apply: batches run here, on torch
+    def submit(self, fn, *args, progress=None, gil_free=False, threads=1) -> None:
+        # gil_free and threads (OrderedPool's) do not apply: batches run here, on torch
         if fn not in (container.compress_block, container.decompress_block):
             raise ValueError(f"BatchPool cannot batch {fn!r}")
         self._pending.append(_Job(fn, args, progress))

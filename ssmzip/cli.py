@@ -609,7 +609,8 @@ def _level_options(f):
 @click.option("-f", "--force", is_flag=True,
               help="Overwrite output files; write compressed data to a terminal.")
 @click.option("-T", "--threads", type=click.IntRange(min=0), default=1, metavar="N",
-              help="Blocks coded in parallel (0 = all cores). Output is the same for any N.")
+              help="Threads (0 = all cores): blocks in parallel; at -9 a block takes two "
+                   "(its SSM learns beside the coding). Output is the same for any N.")
 @_level_options
 @click.option("-v", "--verbose", count=True, help="Progress bar and summary; -lv lists blocks.")
 @click.option("-q", "--quiet", count=True, help="No warnings; -qq: no errors either.")

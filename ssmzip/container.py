@@ -374,9 +374,10 @@ def iter_blocks(f: BinaryIO, header: Header,
 
 
 def compress_block(data: bytes, preset: Preset,
-                   progress: Optional[Callable[[int], None]] = None) -> tuple:
-    """Code one block; return (record, payload). Stores it raw if coding does not pay."""
-    return block_record(data, encode_block(data, preset, progress))
+                   progress: Optional[Callable[[int], None]] = None, threads: int = 1) -> tuple:
+    """Code one block (on up to `threads` threads: engine.block_threads); return
+    (record, payload). Stores it raw if coding does not pay."""
+    return block_record(data, encode_block(data, preset, progress, threads))
 
 
 def block_record(data: bytes, payload: bytes) -> tuple:
@@ -388,7 +389,7 @@ def block_record(data: bytes, payload: bytes) -> tuple:
 
 
 def decompress_block(number: int, rec: BlockRecord, payload: bytes, preset: Preset,
-                     progress: Optional[Callable[[int], None]] = None) -> bytes:
+                     progress: Optional[Callable[[int], None]] = None, threads: int = 1) -> bytes:
     """Decode one block and verify the checksum of what came out.
 
     The payload's own checksum was verified when it was read, so a mismatch
@@ -398,7 +399,7 @@ def decompress_block(number: int, rec: BlockRecord, payload: bytes, preset: Pres
     if rec.stored:
         data = payload
     else:
-        data = decode_block(payload, rec.size, preset, progress)
+        data = decode_block(payload, rec.size, preset, progress, threads)
     return check_decoded(number, rec, data)
 
 

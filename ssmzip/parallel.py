@@ -11,9 +11,12 @@ through ctypes a segment or a block at a time) runs on threads of this
 process: nothing to start, import or pickle. Other jobs (numba, the SSM) run in
 worker processes started from a fork server, which is started in the
 background with the first job so that its imports overlap the input's reading.
+A job that keeps two threads busy (a block whose SSM learns beside the coding)
+counts for two of the pool's threads.
 """
 from __future__ import annotations
 
+import functools
 import os
 import signal
 from collections import deque
@@ -105,19 +108,24 @@ def _cancellable(cancel, fn, args):
 class OrderedPool:
     """Submit jobs, pop results in submission order.
 
-    ``submit(fn, *args, progress=cb, gil_free=False)`` queues ``fn(*args)``;
+    ``submit(fn, *args, progress=cb, gil_free=False, threads=1)`` queues ``fn(*args)``;
     ``fn`` must be a picklable top-level function accepting a ``progress``
     keyword. ``progress`` is only passed when the job runs inline (workers do
     not call back), so callers must account for a job's work when they pop its
     result. ``gil_free`` says that fn releases the GIL while it works: the pool
-    then runs it on threads (every job of one pool must say the same).
+    then runs it on threads. ``threads`` > 1 says that one job can keep that many
+    threads busy: the pool runs fewer jobs at once (the pool's threads in all)
+    and passes fn a ``threads`` keyword, how many it may use. Every job of one
+    pool must say the same.
     ``pop()`` waits for the oldest job and returns its result or raises its
     exception. Callers keep ``len(pool) < pool.window`` before submitting
     (``full()``) to bound memory.
     """
 
     def __init__(self, threads: int = 1):
-        self.workers = resolve_threads(threads)
+        self.threads = resolve_threads(threads)
+        self.workers = self.threads           # jobs at once; fewer when a job takes several threads
+        self.per_job = 1
         self.window = 2 * self.workers if self.workers > 1 else 1
         self._pending: deque = deque()
         self._executor: Optional[Executor] = None
@@ -130,7 +138,13 @@ class OrderedPool:
     def full(self) -> bool:
         return len(self._pending) >= self.window
 
-    def submit(self, fn: Callable, *args, progress=None, gil_free: bool = False) -> None:
+    def submit(self, fn: Callable, *args, progress=None, gil_free: bool = False, threads: int = 1) -> None:
+        if threads > 1 and self.per_job == 1 and self._executor is None and not self._pending:
+            self.per_job = min(threads, self.threads)
+            self.workers = max(1, self.threads // self.per_job)
+            self.window = 2 * self.workers if self.workers > 1 else 1
+        if self.per_job > 1:
+            fn = functools.partial(fn, threads=self.per_job)
         job = _Deferred(fn, args, progress)
         if self.workers <= 1 or (self._executor is None and not self._pending):
             self._pending.append(job)

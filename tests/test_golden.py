@@ -46,14 +46,18 @@ def test_golden_set_is_complete():
 
 
 def test_golden_covers_the_ssm():
-    """The -9 golden files are made with the SSM on and today's level 9 (five mixers
-    of the wide design, five APMs, preset layout 4), the -9v4 ones by its fourth
+    """The -9 golden files are made with the SSM on and today's level 9 (its SSM
+    learning a chunk late, preset layout 6), the -9v5 ones by its fifth version (five
+    mixers of the wide design, five APMs, layout 4), the -9v4 ones by its fourth
     version (layout 3), the -9v3 ones by its third (layout 2), the -9v2 ones with
     the SSM and three mixers, the -9v1 ones without the SSM."""
     for path in FILES:
         preset = ssmzip.info(io.BytesIO(path.read_bytes())).preset
         if path.stem.endswith("-9"):
-            assert preset.has_ssm and preset.mixers == 5 and preset.apms == 5, path.name
+            assert preset.has_ssm and preset.ssm_lag == 1 and preset.to_bytes()[0] == 6, path.name
+            assert preset.mixers == 5 and preset.apms == 5 and preset.mixer_design == MIXERS_WIDE, path.name
+        if path.stem.endswith("-9v5"):
+            assert preset.has_ssm and preset.mixers == 5 and preset.apms == 5 and not preset.ssm_lag, path.name
             assert preset.to_bytes()[0] == 4 and preset.mixer_design == MIXERS_WIDE, path.name
         if path.stem.endswith("-9v4"):
             assert preset.has_ssm and preset.apms == 4 and preset.mixer_design == MIXERS_CLASSIC, path.name

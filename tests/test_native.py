@@ -77,6 +77,27 @@ def test_same_bytes_as_numba_with_layout_4_fields(fields, monkeypatch):
     _same_bytes_as_numba(preset, f"level 6 with {fields}", monkeypatch)
 
 
+@pytest.mark.parametrize("segment", [1000, cm_layout.SEGMENT])
+def test_an_ssm_learning_on_a_thread_gives_the_same_bytes(segment, monkeypatch):
+    """A lagged SSM learning on the C kernel's second thread (native/learner.c), in
+    series, and on numba: the same bytes. Segments of 1000 bytes end inside chunks
+    (of 8 bytes), with a step pending: it must carry over to the next call."""
+    from ssmzip.engine import block
+    monkeypatch.setattr(block, "SEGMENT", segment)
+    preset = dataclasses.replace(LEVELS[7], table_bits=16, match_bits=14, ssm_dm=8, ssm_di=16, ssm_ds=4,
+                                 ssm_rank=2, ssm_chunk=8, ssm_ngram=3, ssm_ngram_bits=8, ssm_lag=1)
+    assert block.block_threads(preset) == 2 and block.block_threads(LEVELS[9]) == 2
+    assert block.block_threads(dataclasses.replace(preset, ssm_lag=0)) == 1
+    data = INPUTS["segments"][:9000] + INPUTS["random"][:500] + INPUTS["markup"][:3000]
+    two = encode_block(data, preset, threads=2)
+    assert encode_block(data, preset) == two
+    assert decode_block(two, len(data), preset, threads=2) == data
+    assert decode_block(two, len(data), preset) == data
+    _numba(monkeypatch)
+    assert block.block_threads(preset) == 1
+    assert encode_block(data, preset, threads=2) == two
+
+
 def _ssm_loops():
     from numba import njit
     from ssmzip.engine import ssm
@@ -158,7 +179,7 @@ def test_library_matches_this_version():
     lib = ctypes.CDLL(str(native._library_path()))
     lib.ssmzip_native_abi.restype = ctypes.c_int64
     assert lib.ssmzip_native_abi() == native.ABI
-    assert ctypes.sizeof(native.Segment) == 8 * (len(native._SCALARS) + len(native._POINTERS) + 5)
+    assert ctypes.sizeof(native.Segment) == 8 * (len(native._SCALARS) + len(native._POINTERS) + len(native._SSM_FIELDS))
 
 
 @pytest.fixture(params=["cpu", "portable"])
@@ -198,7 +219,7 @@ def test_ssm_chunk_same_bits_with_c_loops(sizes, c_path):
             ssm.ssm_run_chunk(P, sh.lay, A, sh.act_lay, sh.dims, S, ib, NE, rows, tokens, T, kern)
             ssm.ssm_backward(P, G, sh.lay, A, sh.act_lay, sh.dims, S, ib, tokens, T, kern)
             grad = G.copy()
-            ssm.adam_step(P, G, V, np.ones(2, np.float32), np.float32(0.003))
+            ssm.adam_step(P, G, V, np.ones(2, np.float32), np.float32(0.003), P)
         out.append((A.view(np.uint32), grad.view(np.uint32), P.view(np.uint32), NE))
     assert native.ssm_kernels()[ssm.K_SCAN] != 0
     for a, b, what in zip(out[0][:3], out[1][:3], ("activations", "gradient", "parameters")):

@@ -71,6 +71,25 @@ def test_threads_and_processes_give_the_same_bytes(level, backend):
     assert ssmzip.decompress(two, threads=2) == data
 
 
+def _threads_given(x, progress=None, threads=1):
+    return x, threads
+
+
+@pytest.mark.parametrize("total,per_job,workers", [(1, 1, 1), (2, 2, 1), (3, 2, 1), (4, 2, 2)])
+def test_a_job_that_takes_two_threads_counts_for_two(total, per_job, workers):
+    with OrderedPool(total) as pool:
+        out = []
+        for i in range(5):
+            if pool.full():
+                out.append(pool.pop())
+            pool.submit(_threads_given, i, threads=2)
+        assert (pool.per_job, pool.workers) == (per_job, workers)
+        while len(pool):
+            out.append(pool.pop())
+        assert (pool._executor is None) == (workers == 1)
+    assert out == [(i, per_job) for i in range(5)]
+
+
 def test_the_ssm_levels_never_run_on_threads():
     assert not codes_without_gil(preset_for_level(9))
     if native.cm_kernel() is not None:

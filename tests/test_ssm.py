@@ -98,10 +98,12 @@ def test_float32_kernels_do_no_float64_arithmetic():
                          np.zeros(M.N_KERNELS, np.int64))
     fresh["ssm_backward"](P, np.zeros_like(P), sh.lay, A, sh.act_lay, sh.dims, S, ib, tok, 1,
                           np.zeros(M.N_KERNELS, np.int64))
-    fresh["adam_step"](P, np.zeros_like(P), np.zeros_like(P), np.ones(2, np.float32), np.float32(1e-3))
+    fresh["adam_step"](P, np.zeros_like(P), np.zeros_like(P), np.ones(2, np.float32), np.float32(1e-3), P.copy())
+    flag = np.zeros(M.F_ROWS + sh.ngram * sh.chunk, np.int64)
+    flag[M.F_LAG] = 1                         # the staging branch too
     fresh["ngram_step"](np.zeros(sh.n_ngram, np.float32), np.zeros(sh.n_ngram, np.float32),
                         np.zeros(sh.ngram * sh.chunk, np.int64), S, sh.dims, 1, np.float32(1e-3),
-                        np.full(2, 0.5, np.float32))
+                        np.full(2, 0.5, np.float32), flag, np.zeros(sh.ngram * sh.chunk * sh.dm, np.float32))
     pattern = re.compile(r"\b(fadd|fsub|fmul|fdiv|fpext|fcmp|frem)\b[^;]*\bdouble\b|llvm\.fma|llvm\.fmuladd")
     for name, f in fresh.items():
         for ir in f.inspect_llvm().values():
@@ -124,9 +126,11 @@ def test_presets_serialise_the_ssm():
     assert Preset.from_bytes(p.to_bytes()) == p
     q = without_ssm(p)
     assert not q.has_ssm and q.to_bytes()[0] == 1 and Preset.from_bytes(q.to_bytes()) == q
-    # level 9 needs layout 4 (its mixer design and fifth APM), SSM or not
-    for r in (LEVELS[9], without_ssm(LEVELS[9])):
-        assert r.to_bytes()[0] == 4 and Preset.from_bytes(r.to_bytes()) == r
+    # level 9 needs layout 4 (its mixer design and fifth APM) without the SSM, and
+    # layout 6 with it (its SSM learns a chunk late)
+    for r, layout in ((LEVELS[9], 6), (without_ssm(LEVELS[9]), 4), (dataclasses.replace(LEVELS[9], ssm_lag=0), 4)):
+        assert r.to_bytes()[0] == layout and Preset.from_bytes(r.to_bytes()) == r
+    assert LEVELS[9].memory_estimate() > dataclasses.replace(LEVELS[9], ssm_lag=0).memory_estimate()
     assert Preset.serialized_size(p.to_bytes() + b"xx") == len(p.to_bytes())
     assert p.memory_estimate() > q.memory_estimate()
     for lv in range(1, 7):
@@ -134,13 +138,18 @@ def test_presets_serialise_the_ssm():
 
 
 @pytest.mark.parametrize("field,value", [("ssm_dm", 4096), ("ssm_di", 0), ("ssm_layers", 99),
-                                         ("ssm_chunk", 1), ("ssm_lr", 0), ("ssm_ds", 1000)])
+                                         ("ssm_chunk", 1), ("ssm_lr", 0), ("ssm_ds", 1000), ("ssm_lag", 2)])
 def test_hostile_ssm_sizes_are_refused(field, value):
     with pytest.raises(ValueError):
         dataclasses.replace(LEVELS[9], **{field: value})
     raw = bytearray(LEVELS[9].to_bytes())
     with pytest.raises(ValueError):
         Preset.from_bytes(bytes(raw[:-1]))
+
+
+def test_a_lag_needs_an_ssm():
+    with pytest.raises(ValueError, match="SSM lag"):
+        dataclasses.replace(without_ssm(LEVELS[9]), ssm_lag=1)
 
 
 def test_a_preset_in_a_later_layout_than_it_needs_is_refused():
@@ -171,6 +180,12 @@ def test_a_preset_in_a_later_layout_than_it_needs_is_refused():
     # a fifth APM needs layout 4 even with the classic mixers
     s = dataclasses.replace(q, apms=5)
     assert s.to_bytes()[0] == 4 and Preset.from_bytes(s.to_bytes()) == s
+    # layout 6 without a lag says nothing layout 4 cannot
+    layout6 = bytearray(LEVELS[9].to_bytes())
+    assert layout6[0] == 6 and layout6[-2:] == struct.pack("<H", 1)
+    layout6[-2:] = struct.pack("<H", 0)
+    with pytest.raises(ValueError, match="needs layout 4"):
+        Preset.from_bytes(bytes(layout6))
 
 
 def test_corrupt_ssm_stream_is_a_clean_error():

@@ -24,7 +24,7 @@ native/cm.c, rebuild it: ``pip install -e .`` (or ``python setup.py
 build_ext --inplace``).
 """
 from .presets import DEFAULT_LEVEL, LEVELS, Preset, preset_for_level, ssm_only, without_ssm
-from .block import codes_without_gil, decode_block, encode_block, warm_up
+from .block import block_threads, codes_without_gil, decode_block, encode_block, warm_up
 
-__all__ = ["encode_block", "decode_block", "codes_without_gil", "Preset", "LEVELS", "DEFAULT_LEVEL", "preset_for_level",
+__all__ = ["encode_block", "decode_block", "codes_without_gil", "block_threads", "Preset", "LEVELS", "DEFAULT_LEVEL", "preset_for_level",
            "ssm_only", "without_ssm", "warm_up"]

@@ -66,14 +66,15 @@ class BlockDecoder:
         self.model.run(DECODE, self.buf, start, end, self.src)
 
 
-def encode_block(data, preset, progress=None) -> bytes:
-    """Compress one block with `preset`; the result decodes with decode_block."""
+def encode_block(data, preset, progress=None, threads: int = 1) -> bytes:
+    """Compress one block with `preset`; the result decodes with decode_block.
+    threads: how many this block may use (see block_threads); the bytes are the same."""
     if preset.transform == TRANSFORM_BWT:       # one call: the transform needs the whole block
         payload = bwt_block.encode(data)
         if progress is not None:
             progress(len(data))
         return payload
-    enc = BlockEncoder(data, BlockState(preset))
+    enc = BlockEncoder(data, BlockState(preset, threads=threads))
     n = len(enc.buf)
     for start in range(0, n, SEGMENT):
         end = min(start + SEGMENT, n)
@@ -83,7 +84,7 @@ def encode_block(data, preset, progress=None) -> bytes:
     return enc.finish()
 
 
-def decode_block(payload, size, preset, progress=None) -> bytes:
+def decode_block(payload, size, preset, progress=None, threads: int = 1) -> bytes:
     """Decompress `size` bytes from `payload`. Garbage in gives garbage out of the
     right size (never a crash or a hang): the container's checksum catches it."""
     if preset.transform == TRANSFORM_BWT:
@@ -91,7 +92,7 @@ def decode_block(payload, size, preset, progress=None) -> bytes:
         if progress is not None:
             progress(size)
         return out
-    dec = BlockDecoder(payload, size, BlockState(preset))
+    dec = BlockDecoder(payload, size, BlockState(preset, threads=threads))
     for start in range(0, size, SEGMENT):
         end = min(start + SEGMENT, size)
         dec.code(start, end)
@@ -105,6 +106,13 @@ def codes_without_gil(preset) -> bool:
     no SSM): Python then waits in ctypes calls, which release the GIL, so several
     blocks can be coded on threads of one process."""
     return native.cm_kernel() is not None and not preset.has_ssm
+
+
+def block_threads(preset) -> int:
+    """How many threads one block of this preset can keep busy: two when the C
+    library codes it and its SSM learns a chunk late (the learning runs beside the
+    coding, native/learner.h), else one."""
+    return 2 if preset.has_ssm and preset.ssm_lag and preset.contexts and native.cm_kernel() is not None else 1
 
 
 def warm_up() -> None:

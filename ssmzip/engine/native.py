@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 ENV = "SSMZIP_BACKEND"
-ABI = 10                   # native/cm.c's SSMZIP_ABI: the layout of Segment below, ssm.c, ecsq.c, split.c, split_encode.c and bwt.c present
+ABI = 11                   # native/cm.c's SSMZIP_ABI: the layout of Segment below, ssm.c, ecsq.c, split.c, split_encode.c and bwt.c present
 _c_i64 = ctypes.c_int64
 _ptr = ctypes.c_void_p
 
@@ -37,10 +37,13 @@ _POINTERS = ("buf", "io", "regs", "kinds", "slots", "hashes", "run_state", "tabl
 _SHARED = ("buf", "io", "sq", "st", "state_next", "priority", "recip")
 
 
+# the SSM's callbacks and, for one learning on a second thread, its second buffer set
+_SSM_FIELDS = [("use_ssm", _c_i64), ("ssm_ctx", _ptr), ("ssm_byte", _ptr), ("ssm_bit", _ptr), ("ssm_end", _ptr),
+               ("ssm_chunk", _c_i64), ("ssm_ctx2", _ptr), ("ssm_side", _ptr), ("ssm_turn", _ptr), ("ssm_learn", _ptr)]
+
+
 class Segment(ctypes.Structure):
-    _fields_ = ([(n, _c_i64) for n in _SCALARS] + [(n, _ptr) for n in _POINTERS]
-                + [("use_ssm", _c_i64), ("ssm_ctx", _ptr), ("ssm_byte", _ptr), ("ssm_bit", _ptr),
-                   ("ssm_end", _ptr)])
+    _fields_ = [(n, _c_i64) for n in _SCALARS] + [(n, _ptr) for n in _POINTERS] + _SSM_FIELDS
 
 
 class BackendError(RuntimeError):
@@ -162,6 +165,11 @@ def make_segment(model, sq, st, state_next, priority, recip, mode, buf, io) -> S
         seg.use_ssm = 1
         seg.ssm_ctx = address(model.ssm_ctx)
         seg.ssm_byte, seg.ssm_bit, seg.ssm_end = cb.ssm_byte.address, cb.ssm_bit.address, cb.ssm_end.address
+        if getattr(model, "ssm_ctx2", None) is not None:     # a lagged SSM learning on a second thread
+            seg.ssm_end = cb.ssm_record.address
+            seg.ssm_chunk = p.ssm_chunk
+            seg.ssm_ctx2, seg.ssm_side = address(model.ssm_ctx2), address(model.ssm_side)
+            seg.ssm_turn, seg.ssm_learn = cb.ssm_turn.address, cb.ssm_learn_cb.address
     return seg
 
 

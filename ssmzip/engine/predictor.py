@@ -36,8 +36,7 @@ from .contexts import context_value, find_slot, hash2, word_hash, word_letter
 from .match import length_bucket, match_update
 from .mixer import apm_predict, apm_update, mix_dot, mix_update
 from .prefetch import prefetch
-from .ssm import (D_NL, D_T, G_LG, N_LA, adam_step, ngram_rows, ngram_step, ssm_backward, ssm_carry, ssm_forward,
-                  ssm_logit)
+from .ssm import D_NL, D_T, G_LG, N_LA, ngram_rows, params_in_force, ssm_chunk_end, ssm_forward, ssm_logit
 from .presets import MIXERS_WIDE
 from .cm_layout import (APM4_ROWS, APM_POINTS, DECODE, ENCODE, KNOWN_CLASSES, R_C4, R_C8, R_C12, R_IO, R_LINE, R_LINE0, R_MLEN, R_MPTR,
                     R_PREVLINE, R_SSM_ROW, R_TAG, R_TAGPOS, R_WORD, R_WORD1, R_WORD2, R_WORDPRE, R_X, R_X1, R_X2,
@@ -65,8 +64,8 @@ def _code_segment(mode, buf, start, end, io, regs, kinds, table_bits, use_runs, 
                   table, slots, hashes, sm_p, sm_n, runs, rsm_p, rsm_n, run_state,
                   mindex, o0, ind, w1, w2, w3, w4, w5, wf, x, xf, apm1, apm2, apm3, apm4, apm5,
                   sq, st, state_next, priority, recip,
-                  use_ssm, sP, sG, sV, sopt, slay, sA, salay, sdims, sS, sib, stok, slr,
-                  sNE, sNV, srows, skern):
+                  use_ssm, sPa, sPb, sG, sV, sopt, slay, sA, salay, sdims, sS, sib, stok, slr,
+                  sNE, sNV, srows, sflag, sstage, skern):
     n_ctx = kinds.shape[0]
     n_in = n_ctx + 3                 # contexts, match, order 0, bias (+ runs) (+ SSM, last)
     if use_runs:
@@ -150,6 +149,7 @@ def _code_segment(mode, buf, start, end, io, regs, kinds, table_bits, use_runs, 
         if use_ssm:
             stok[s_row] = c4 & 0xFF
             ngram_rows(c4, c8, word, sdims, srows, s_row)
+            sP = params_in_force(sPa, sPb, sflag)    # two arrays: see ssm.py on the lag
             ssm_forward(sP, slay, sA, salay, sdims, s_row, c4 & 0xFF, sS, sib, sNE, srows, skern)
 
         c0 = 1
@@ -221,7 +221,7 @@ def _code_segment(mode, buf, start, end, io, regs, kinds, table_bits, use_runs, 
             x[n_ctx + 1] = st[o0[c0] >> 4]
             x[n_ctx + 2] = 256
             if use_ssm:
-                lg = ssm_logit(sP, slay, sA, salay, sdims, s_row, c0)
+                lg = ssm_logit(params_in_force(sPa, sPb, sflag), slay, sA, salay, sdims, s_row, c0)
                 sA[s_lg + s_row * 8 + bitpos] = lg
                 x[n_in - 1] = np.int64(lg * SSM_SCALE)       # |lg| < 8: inside the stretch domain
             if ssm_alone:
@@ -353,10 +353,8 @@ def _code_segment(mode, buf, start, end, io, regs, kinds, table_bits, use_runs, 
             stok[s_row + 1] = c
             s_row += 1
             if s_row == s_chunk:
-                ssm_backward(sP, sG, slay, sA, salay, sdims, sS, sib, stok, s_chunk, skern)
-                adam_step(sP, sG, sV, sopt, slr)
-                ngram_step(sNE, sNV, srows, sS, sdims, s_chunk, slr, sopt)
-                ssm_carry(sA, salay, sdims, s_chunk)
+                ssm_chunk_end(sPa, sPb, sG, sV, sopt, slr, slay, sA, salay, sdims, sS, sib, stok, sNE, sNV, srows,
+                              sflag, sstage, skern)
                 s_row = 0
         if use_runs:
             for i in range(RUN_FROM, n_ctx):

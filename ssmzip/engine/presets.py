@@ -60,8 +60,9 @@ MIN_BLOCK_BITS, MAX_BLOCK_BITS = 10, 30      # block size, log2
 # written only for presets that need it. Layout 4 adds the mixers' design (how
 # their weight sets are chosen and how fast each learns), and only it may ask
 # for a fifth APM. Layout 5 is a transform preset (level 1's BWT): it holds only the
-# transform and the block size, the coder of a transform having no knobs.
-_LAYOUT_NO_SSM, _LAYOUT_SSM, _LAYOUT_LEARNING, _LAYOUT_MIXERS, _LAYOUT_TRANSFORM = 1, 2, 3, 4, 5
+# transform and the block size, the coder of a transform having no knobs. Layout 6
+# adds the SSM's lag.
+_LAYOUT_NO_SSM, _LAYOUT_SSM, _LAYOUT_LEARNING, _LAYOUT_MIXERS, _LAYOUT_TRANSFORM, _LAYOUT_LAG = 1, 2, 3, 4, 5, 6
 MIXERS_CLASSIC, MIXERS_WIDE = 0, 1           # Preset.mixer_design (predictor.py says what each means)
 # Preset.transform: what codes the block. TRANSFORM_NONE: the context-mixing engine;
 # TRANSFORM_BWT: the Burrows-Wheeler transform and its small model (bwt.py, bwt_coder.py).
@@ -108,6 +109,9 @@ class Preset:
     apm3_bits: int = 8         # the third APM's rows: hashed order 2 (this many bits) x partial byte
     # Layout 4 (level 9's fifth version): which weight sets the mixers choose from.
     mixer_design: int = MIXERS_CLASSIC
+    # Layout 6: the SSM learns a chunk late (ssm.py, "the lagged SSM"), so that its
+    # learning can run beside the coding.
+    ssm_lag: int = 0
     # Layout 5: a transform in place of the context-mixing engine (every field above
     # but the level and the block size then keeps transform_preset's fixed value).
     transform: int = TRANSFORM_NONE
@@ -131,7 +135,7 @@ class Preset:
         per_ctx = (1 << self.table_bits) + ((1 << self.table_bits) >> 2 if self.runs else 0)
         ssm = 0
         if self.has_ssm:
-            ssm = self.ssm_shape().memory()
+            ssm = self.ssm_shape().memory() + (self.ssm_shape().lag_memory() if self.ssm_lag else 0)
         apm5 = 4 * APM5_ROWS * APM_POINTS if self.apms > 4 else 0
         apm4 = 4 * APM4_ROWS * APM_POINTS if self.apms > 3 else 0
         apm3 = 4 * APM_POINTS << (self.apm3_bits + 8) if self.apms > 2 else 0
@@ -161,6 +165,8 @@ class Preset:
         existed before a layout keep their bytes."""
         if self.transform != TRANSFORM_NONE:
             return _LAYOUT_TRANSFORM
+        if self.ssm_lag:
+            return _LAYOUT_LAG
         if self.mixer_design != MIXERS_CLASSIC or self.apms > 4:
             return _LAYOUT_MIXERS
         if tuple(getattr(self, n) for n in _LAYOUT3_FIELDS) != _LAYOUT3_DEFAULTS:
@@ -216,12 +222,13 @@ _N_LAYOUT3_FIELDS = len(_LAYOUT3_FIELDS)
 # what layouts 1 and 2 mean: the dataclass's defaults, written once
 _LAYOUT3_DEFAULTS = tuple(f.default for f in fields(Preset) if f.name in _LAYOUT3_FIELDS)
 _N_LAYOUT4_FIELDS = 1                         # mixer_design
-_N_ENGINE_FIELDS = len(fields(Preset)) - 3     # the scalars of layouts 1-4: all but level, contexts, transform
-_N_SCALARS = {_LAYOUT_NO_SSM: _N_ENGINE_FIELDS - _N_SSM_FIELDS - _N_LAYOUT3_FIELDS - _N_LAYOUT4_FIELDS,
-              _LAYOUT_SSM: _N_ENGINE_FIELDS - _N_LAYOUT3_FIELDS - _N_LAYOUT4_FIELDS,
-              _LAYOUT_LEARNING: _N_ENGINE_FIELDS - _N_LAYOUT4_FIELDS,
-              _LAYOUT_MIXERS: _N_ENGINE_FIELDS,
-              _LAYOUT_TRANSFORM: 2}           # transform, block_bits
+_N_ENGINE_FIELDS = len(fields(Preset)) - 3     # the scalars of layout 6: all but level, contexts, transform
+_N_SCALARS = {_LAYOUT_NO_SSM: _N_ENGINE_FIELDS - 1 - _N_SSM_FIELDS - _N_LAYOUT3_FIELDS - _N_LAYOUT4_FIELDS,
+              _LAYOUT_SSM: _N_ENGINE_FIELDS - 1 - _N_LAYOUT3_FIELDS - _N_LAYOUT4_FIELDS,
+              _LAYOUT_LEARNING: _N_ENGINE_FIELDS - 1 - _N_LAYOUT4_FIELDS,
+              _LAYOUT_MIXERS: _N_ENGINE_FIELDS - 1,
+              _LAYOUT_TRANSFORM: 2,           # transform, block_bits
+              _LAYOUT_LAG: _N_ENGINE_FIELDS}
 
 
 def _validate(p: Preset) -> None:
@@ -265,6 +272,8 @@ def _validate(p: Preset) -> None:
         bad("mixer design")
     if not MIN_BLOCK_BITS <= p.block_bits <= MAX_BLOCK_BITS:
         bad("block size")
+    if p.ssm_lag not in (0, 1) or (p.ssm_lag and not p.ssm_layers):
+        bad("SSM lag")
     if p.ssm_layers == 0:
         if any((p.ssm_dm, p.ssm_di, p.ssm_ds, p.ssm_rank, p.ssm_chunk, p.ssm_lr, p.ssm_seed,
                 p.ssm_ngram, p.ssm_ngram_bits)):
@@ -349,7 +358,7 @@ LEVELS = {
                  CTX_LINESTART, CTX_WORD1, CTX_WORD02, CTX_TAGWORD, CTX_WORDSTART, CTX_LINEWORD,
                  CTX_TAGORDER2, CTX_TAGORDER3),
               24, 1, 7, 22, 5, 5, 25, _SSM_LARGE, mixer_lr=14, final_lr=6, mixer_skip=32, apm_first=1,
-              apm3_bits=12, mixer_design=MIXERS_WIDE),
+              apm3_bits=12, mixer_design=MIXERS_WIDE, ssm_lag=1),
 }
 DEFAULT_LEVEL = 6
 
@@ -357,7 +366,7 @@ DEFAULT_LEVEL = 6
 def without_ssm(preset: Preset) -> Preset:
     """The same level with the SSM off (context models alone): an ablation."""
     return replace(preset, ssm_layers=0, ssm_dm=0, ssm_di=0, ssm_ds=0, ssm_rank=0,
-                   ssm_chunk=0, ssm_lr=0, ssm_seed=0, ssm_ngram=0, ssm_ngram_bits=0)
+                   ssm_chunk=0, ssm_lr=0, ssm_seed=0, ssm_ngram=0, ssm_ngram_bits=0, ssm_lag=0)
 
 
 def ssm_only(preset: Preset) -> Preset:

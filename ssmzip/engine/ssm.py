@@ -35,6 +35,9 @@ Training: after every chunk of T bytes, back-propagation through the chunk
 (the activations of the coding pass are kept, nothing is recomputed), the
 state at the chunk start taken as constant, then one optimizer step. The
 decoder runs the same forward passes and the same updates at the same bytes.
+With a lag (Preset.ssm_lag, level 9) a step is put in force one chunk later
+(see "the lagged SSM" below): the C kernel then learns from a chunk on a second
+thread while it codes the next, with the same result as in series.
 
 Arithmetic strategy (DESIGN.md, determinism): float32 in one fixed order.
 - only +, -, *, /, sqrt on float32; every constant is a float32 (a Python
@@ -174,7 +177,7 @@ from .ssm_layout import (CONV, D_DM, D_DI, D_DS, D_R, D_NL, D_T, D_NG, D_NGB, N_
                          L_DTB, L_ALOG, L_D, L_WOUT, N_LP, A_XIN, A_R, A_U, A_XB, A_Z, A_XC, A_XS, A_PJ, A_DT,
                          A_DEC, A_H, A_Y, A_O, N_LA, G_EMB, G_GF, G_WH, G_HB, G_XF, G_RF, G_F, G_LG, Shape,
                          init_params, S_DX, S_DO, S_DY, S_DZ, S_DXS, S_DPJ, S_DA, S_DXB, S_DXZ, S_DU, S_TA,
-                         S_TB, N_SBUF, N_SVEC)  # noqa: F401 (re-exported)
+                         S_TB, N_SBUF, N_SVEC, F_LAG, F_PARITY, F_PENDING, F_STAGED, F_ROWS)  # noqa: F401
 
 
 # --- forward ------------------------------------------------------------------
@@ -633,9 +636,10 @@ def ssm_backward(P, G, lay, A, alay, dims, S, ib, tokens, T, kern):
 
 
 @njit(cache=True, error_model="numpy")
-def adam_step(P, G, V, opt, lr):
+def adam_step(P, G, V, opt, lr, out):
     """One Adam step without momentum (beta1 = 0: measured better for online
-    learning, and no first-moment array) over all parameters; clears G.
+    learning, and no first-moment array) over all parameters; clears G. The new
+    parameters go to `out`: P itself, or the pending copy of a lagged SSM.
     opt[1] = beta2^k (float32), the bias correction. Each normalised update
     g / sqrt(v) is capped at UPDATE_CLIP: without the cap, a burst of large
     gradients after a quiet stretch (v small) once threw the model off for the
@@ -647,19 +651,20 @@ def adam_step(P, G, V, opt, lr):
         g = G[k]
         v = ADAM_B2 * V[k] + c2 * g * g
         V[k] = v
-        P[k] -= step * min(max(g / (sqrt32(v) + ADAM_EPS), -UPDATE_CLIP), UPDATE_CLIP)
+        out[k] = P[k] - step * min(max(g / (sqrt32(v) + ADAM_EPS), -UPDATE_CLIP), UPDATE_CLIP)
     G[:] = ZERO
 
 
 @njit(cache=True, error_model="numpy")
-def ssm_carry(A, alay, dims, T):
-    """After a chunk of T rows: the last state and conv history become row 0's."""
+def ssm_carry(A, alay, dims, T, out):
+    """After a chunk of T rows: the last state and conv history become row 0's of
+    `out` (A itself, or the other activation buffer of an SSM learning on a thread)."""
     di, ds, nl = dims[D_DI], dims[D_DS], dims[D_NL]
     for l in range(nl):
         h0 = alay[l * N_LA + A_H]
-        A[h0:h0 + ds * di] = A[h0 + T * ds * di:h0 + (T + 1) * ds * di]
+        out[h0:h0 + ds * di] = A[h0 + T * ds * di:h0 + (T + 1) * ds * di]
         xb0 = alay[l * N_LA + A_XB]
-        A[xb0:xb0 + (CONV - 1) * di] = A[xb0 + T * di:xb0 + (T + CONV - 1) * di]
+        out[xb0:xb0 + (CONV - 1) * di] = A[xb0 + T * di:xb0 + (T + CONV - 1) * di]
 
 
 @njit(cache=True, error_model="numpy")
@@ -704,13 +709,17 @@ def ngram_rows(c4, c8, word, dims, rows, t):
 
 
 @njit(cache=True, error_model="numpy")
-def ngram_step(NE, NV, rows, S, dims, T, lr, opt):
+def ngram_step(NE, NV, rows, S, dims, T, lr, opt, flag, stage):
     """Sparse Adam (as adam_step) on the n-gram rows the chunk used,
     from the input gradients ssm_backward left in its S_DX buffer. A row used
-    several times gets the sum of its gradients, once. Call after adam_step."""
+    several times gets the sum of its gradients, once. Call after adam_step.
+    With flag[F_LAG] the new rows are staged (flag, stage: see F_LAG), not
+    written: ssm_apply writes them a chunk later."""
     ng = dims[D_NG]
+    flag[F_STAGED] = 0
     if ng == 0:
         return
+    lag = flag[F_LAG] != 0
     dm = dims[D_DM]
     bits = dims[D_NGB]
     dX = S[S_DX * _sbuf_len(dims):]
@@ -737,7 +746,64 @@ def ngram_step(NE, NV, rows, S, dims, T, lr, opt):
         e = ((k << bits) + r) * dm
         ne = NE[e:e + dm]
         nv = NV[e:e + dm]
+        out = ne
+        if lag:
+            u = flag[F_STAGED]
+            flag[F_STAGED] = u + 1
+            flag[F_ROWS + u] = e
+            out = stage[u * dm:(u + 1) * dm]
         for j in range(dm):
             v = ADAM_B2 * nv[j] + c2 * g[j] * g[j]
             nv[j] = v
-            ne[j] -= step * min(max(g[j] / (sqrt32(v) + ADAM_EPS), -UPDATE_CLIP), UPDATE_CLIP)
+            out[j] = ne[j] - step * min(max(g[j] / (sqrt32(v) + ADAM_EPS), -UPDATE_CLIP), UPDATE_CLIP)
+
+
+# --- the lagged SSM (Preset.ssm_lag) ---------------------------------------------
+# With a lag, what a chunk teaches takes effect one chunk later: at the end of
+# chunk k the step learned from chunk k-1 is applied (ssm_apply), then chunk k is
+# learned from -- back-propagation with the parameters now in force, Adam into
+# the second parameter array, the n-gram rows staged -- and the forward passes of
+# chunk k+1 still use the parameters of chunk k-1's step. That leaves the
+# learning of a chunk free to run beside the coding of the next one (the C
+# kernel does it on a second thread) with the same result as in series.
+# The flag array (F_* in ssm_layout.py) says which parameter array is in force
+# and what is pending.
+
+
+@njit(cache=True, inline="always")
+def params_in_force(Pa, Pb, flag):
+    return Pa if flag[F_PARITY] == 0 else Pb
+
+
+@njit(cache=True, error_model="numpy")
+def ssm_apply(NE, flag, stage, dm):
+    """Put the pending step in force: the other parameter array, the staged n-gram rows."""
+    if flag[F_PENDING] == 0:
+        return
+    for u in range(flag[F_STAGED]):
+        e = flag[F_ROWS + u]
+        NE[e:e + dm] = stage[u * dm:(u + 1) * dm]
+    flag[F_STAGED] = 0
+    flag[F_PARITY] ^= 1
+    flag[F_PENDING] = 0
+
+
+@njit(cache=True, error_model="numpy")
+def ssm_learn(Pa, Pb, G, V, opt, lr, lay, A, alay, dims, S, ib, tokens, NE, NV, rows, flag, stage, kern):
+    """Learn from the chunk just coded (rows 0..T-1 of A): backward, Adam, the n-gram
+    step. Without a lag the parameters change in place; with one, the step is pending."""
+    T = dims[D_T]
+    P = params_in_force(Pa, Pb, flag)
+    ssm_backward(P, G, lay, A, alay, dims, S, ib, tokens, T, kern)
+    lag = flag[F_LAG] != 0
+    adam_step(P, G, V, opt, lr, (Pb if flag[F_PARITY] == 0 else Pa) if lag else P)
+    ngram_step(NE, NV, rows, S, dims, T, lr, opt, flag, stage)
+    flag[F_PENDING] = 1 if lag else 0
+
+
+@njit(cache=True, error_model="numpy")
+def ssm_chunk_end(Pa, Pb, G, V, opt, lr, lay, A, alay, dims, S, ib, tokens, NE, NV, rows, flag, stage, kern):
+    """After a full chunk, in series: the pending step (if any) in force, learn, carry."""
+    ssm_apply(NE, flag, stage, dims[D_DM])
+    ssm_learn(Pa, Pb, G, V, opt, lr, lay, A, alay, dims, S, ib, tokens, NE, NV, rows, flag, stage, kern)
+    ssm_carry(A, alay, dims, dims[D_T], A)

@@ -1,4 +1,4 @@
-"""The SSM as three C-callable functions, so that the C kernel (native/cm.c) can
+"""The SSM as C-callable functions, so that the C kernel (native/cm.c) can
 run the context models of levels 7-9 while the SSM itself stays numba.
 
 Each callback does, in the same order, exactly what predictor._code_segment
@@ -7,7 +7,15 @@ bytes:
 
     ssm_byte(ctx, row, c4, c8, word)   byte boundary: n-gram rows, forward pass
     ssm_bit(ctx, row, c0, bitpos)      the logit of the next bit (float32), kept for training
-    ssm_end(ctx, row, byte) -> row     byte known; after a full chunk: backward, Adam, carry
+    ssm_end(ctx, row, byte) -> row     byte known; after a full chunk: learn from it, carry
+
+A lagged SSM (ssm.py) can learn from a chunk on a second thread while the C
+kernel codes the next one in a second set of buffers (activations, inputs,
+scratch: `make_context(state, second=True)`). The kernel then calls instead
+
+    ssm_record(ctx, row, byte) -> row  byte known (no learning: the kernel sees the chunk end)
+    ssm_turn(ctx, ctx_next)            the pending step in force, the state carried over
+    ssm_learn_cb(ctx)                  on the other thread: learn from ctx's chunk
 
 `ctx` points to an int64 array of the addresses of the SSM's arrays (the order
 is CTX_ARRAYS), built by `make_context`; the arrays must outlive the calls.
@@ -16,14 +24,15 @@ import numpy as np
 from numba import carray, cfunc, float32, int32, int64, njit, types, void
 from numba.extending import intrinsic
 
-from .ssm import (D_NL, D_T, G_LG, N_LA, adam_step, ngram_rows, ngram_step, ssm_backward, ssm_carry,
-                  ssm_forward, ssm_logit)
+from .ssm import (D_DM, D_NL, D_T, G_LG, N_LA, ngram_rows, params_in_force, ssm_apply, ssm_carry, ssm_chunk_end,
+                  ssm_forward, ssm_learn, ssm_logit)
 
 # name, dtype: the arrays a BlockState holds for its SSM (state.py), in ctx order
 CTX_ARRAYS = (("sP", np.float32), ("sG", np.float32), ("sV", np.float32), ("sopt", np.float32),
               ("slay", np.int64), ("sA", np.float32), ("salay", np.int64), ("sdims", np.int64),
               ("sS", np.float32), ("sib", np.int32), ("stok", np.int64), ("sNE", np.float32),
-              ("sNV", np.float32), ("srows", np.int64), ("slr", np.float32), ("skern", np.int64))
+              ("sNV", np.float32), ("srows", np.int64), ("slr", np.float32), ("skern", np.int64),
+              ("sPn", np.float32), ("sflag", np.int64), ("sstage", np.float32))
 
 
 @intrinsic
@@ -36,11 +45,16 @@ def _pointer(typingctx, addr, kind):
     return ptrty(addr, kind), codegen
 
 
-def make_context(state) -> np.ndarray:
-    """[address, length] of each array of CTX_ARRAYS, from a BlockState."""
+# what a second buffer set replaces: the chunk's activations, inputs and targets, scratch
+SECOND_SET = ("sA", "stok", "srows", "sS", "sib")
+
+
+def make_context(state, second: bool = False) -> np.ndarray:
+    """[address, length] of each array of CTX_ARRAYS, from a BlockState; with
+    `second`, its second buffer set (state.sA2, ...) in place of SECOND_SET."""
     ctx = np.zeros(2 * len(CTX_ARRAYS), dtype=np.int64)
     for i, (name, dtype) in enumerate(CTX_ARRAYS):
-        a = getattr(state, name)
+        a = getattr(state, name + "2" if second and name in SECOND_SET else name)
         assert a.dtype == dtype and a.flags.c_contiguous, name
         ctx[2 * i], ctx[2 * i + 1] = a.ctypes.data, a.shape[0]
     return ctx
@@ -49,7 +63,7 @@ def make_context(state) -> np.ndarray:
 _ctx_t = types.CPointer(int64)
 # offsets of each array's [address, length] in ctx (numba folds them as constants)
 (O_P, O_G, O_V, O_OPT, O_LAY, O_A, O_ALAY, O_DIMS, O_S, O_IB, O_TOK, O_NE, O_NV, O_ROWS,
- O_LR, O_KERN) = range(0, 2 * len(CTX_ARRAYS), 2)
+ O_LR, O_KERN, O_PN, O_FLAG, O_STAGE) = range(0, 2 * len(CTX_ARRAYS), 2)
 
 
 @njit(inline="always")
@@ -62,12 +76,18 @@ def _i64(ctx, o):
     return carray(_pointer(ctx[o], int64), ctx[o + 1])
 
 
+@njit(inline="always")
+def _params(ctx):
+    """The parameter array in force (a lagged SSM has two: ssm.py)."""
+    return params_in_force(_f32(ctx, O_P), _f32(ctx, O_PN), _i64(ctx, O_FLAG))
+
+
 @cfunc(void(_ctx_t, int64, int64, int64, int64), cache=True, error_model="numpy")
 def ssm_byte(ctx, row, c4, c8, word):
     dims, rows = _i64(ctx, O_DIMS), _i64(ctx, O_ROWS)
     _i64(ctx, O_TOK)[row] = c4 & 0xFF
     ngram_rows(c4, c8, word, dims, rows, row)
-    ssm_forward(_f32(ctx, O_P), _i64(ctx, O_LAY), _f32(ctx, O_A), _i64(ctx, O_ALAY), dims, row, c4 & 0xFF,
+    ssm_forward(_params(ctx), _i64(ctx, O_LAY), _f32(ctx, O_A), _i64(ctx, O_ALAY), dims, row, c4 & 0xFF,
                 _f32(ctx, O_S), carray(_pointer(ctx[O_IB], int32), ctx[O_IB + 1]), _f32(ctx, O_NE), rows,
                 _i64(ctx, O_KERN))
 
@@ -75,9 +95,30 @@ def ssm_byte(ctx, row, c4, c8, word):
 @cfunc(float32(_ctx_t, int64, int64, int64), cache=True, error_model="numpy")
 def ssm_bit(ctx, row, c0, bitpos):
     A, alay, dims = _f32(ctx, O_A), _i64(ctx, O_ALAY), _i64(ctx, O_DIMS)
-    lg = ssm_logit(_f32(ctx, O_P), _i64(ctx, O_LAY), A, alay, dims, row, c0)
+    lg = ssm_logit(_params(ctx), _i64(ctx, O_LAY), A, alay, dims, row, c0)
     A[alay[dims[D_NL] * N_LA + G_LG] + row * 8 + bitpos] = lg
     return lg
+
+
+@cfunc(int64(_ctx_t, int64, int64), cache=True, error_model="numpy")
+def ssm_record(ctx, row, byte):
+    _i64(ctx, O_TOK)[row + 1] = byte
+    return row + 1
+
+
+@cfunc(void(_ctx_t, _ctx_t), cache=True, error_model="numpy")
+def ssm_turn(ctx, nxt):
+    dims = _i64(ctx, O_DIMS)
+    ssm_apply(_f32(ctx, O_NE), _i64(ctx, O_FLAG), _f32(ctx, O_STAGE), dims[D_DM])
+    ssm_carry(_f32(ctx, O_A), _i64(ctx, O_ALAY), dims, dims[D_T], _f32(nxt, O_A))
+
+
+@cfunc(void(_ctx_t), cache=True, error_model="numpy")
+def ssm_learn_cb(ctx):
+    ssm_learn(_f32(ctx, O_P), _f32(ctx, O_PN), _f32(ctx, O_G), _f32(ctx, O_V), _f32(ctx, O_OPT),
+              _f32(ctx, O_LR)[0], _i64(ctx, O_LAY), _f32(ctx, O_A), _i64(ctx, O_ALAY), _i64(ctx, O_DIMS),
+              _f32(ctx, O_S), carray(_pointer(ctx[O_IB], int32), ctx[O_IB + 1]), _i64(ctx, O_TOK), _f32(ctx, O_NE),
+              _f32(ctx, O_NV), _i64(ctx, O_ROWS), _i64(ctx, O_FLAG), _f32(ctx, O_STAGE), _i64(ctx, O_KERN))
 
 
 @cfunc(int64(_ctx_t, int64, int64), cache=True, error_model="numpy")
@@ -87,13 +128,9 @@ def ssm_end(ctx, row, byte):
     row += 1
     chunk = dims[D_T]
     if row == chunk:
-        P, G, opt, A, alay, S = (_f32(ctx, O_P), _f32(ctx, O_G), _f32(ctx, O_OPT), _f32(ctx, O_A),
-                                 _i64(ctx, O_ALAY), _f32(ctx, O_S))
-        lr = _f32(ctx, O_LR)[0]
-        ssm_backward(P, G, _i64(ctx, O_LAY), A, alay, dims, S, carray(_pointer(ctx[O_IB], int32), ctx[O_IB + 1]),
-                     stok, chunk, _i64(ctx, O_KERN))
-        adam_step(P, G, _f32(ctx, O_V), opt, lr)
-        ngram_step(_f32(ctx, O_NE), _f32(ctx, O_NV), _i64(ctx, O_ROWS), S, dims, chunk, lr, opt)
-        ssm_carry(A, alay, dims, chunk)
+        ssm_chunk_end(_f32(ctx, O_P), _f32(ctx, O_PN), _f32(ctx, O_G), _f32(ctx, O_V), _f32(ctx, O_OPT),
+                      _f32(ctx, O_LR)[0], _i64(ctx, O_LAY), _f32(ctx, O_A), _i64(ctx, O_ALAY), dims,
+                      _f32(ctx, O_S), carray(_pointer(ctx[O_IB], int32), ctx[O_IB + 1]), stok, _f32(ctx, O_NE),
+                      _f32(ctx, O_NV), _i64(ctx, O_ROWS), _i64(ctx, O_FLAG), _f32(ctx, O_STAGE), _i64(ctx, O_KERN))
         row = 0
     return row

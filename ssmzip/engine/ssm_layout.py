@@ -26,6 +26,10 @@ N_LA = 13
 # globals after the layers: parameters at lay[NL * N_LP + k], activations at act_lay[NL * N_LA + k]
 G_EMB, G_GF, G_WH, G_HB = range(4)
 G_XF, G_RF, G_F, G_LG = range(4)
+# the flag array of a block's SSM (int64; ssm.py, "the lagged SSM"): the preset's
+# lag, which of the two parameter arrays is in force, whether a step is pending,
+# how many n-gram rows it staged, then the staged rows' offsets
+F_LAG, F_PARITY, F_PENDING, F_STAGED, F_ROWS = range(5)
 
 
 class Shape:
@@ -52,6 +56,10 @@ class Shape:
 
     def memory(self) -> int:
         return 4 * (3 * self.n_params + self.n_act + self.n_scratch + 2 * self.n_ngram)
+
+    def lag_memory(self) -> int:
+        """What a lagged SSM adds: the second parameter array, the staged n-gram rows."""
+        return 4 * (self.n_params + self.chunk * self.ngram * (self.dm + 2))
 
 
 def _offsets(per_layer, layers, glob):

@@ -13,7 +13,7 @@ from .cm_layout import (APM4_ROWS, APM5_ROWS, APM_POINTS, LEN_BUCKETS, MIXER1_SE
                         MIXER3_SETS, MIXER3_WIDE_SETS, MIXER4_SETS, MIXER5_SETS, N_REGS, R_X2, RUN_COUNT_CLASSES,
                         WEIGHT_ONE)
 from .presets import MIXERS_WIDE
-from .ssm_layout import G_LG, N_DIMS, N_LA, init_params
+from .ssm_layout import F_LAG, F_ROWS, G_LG, N_DIMS, N_LA, init_params
 
 
 def aligned_zeros(n: int, dtype, align: int = 64) -> np.ndarray:
@@ -41,9 +41,11 @@ def new_apm(n_contexts: int, squash: np.ndarray) -> np.ndarray:
 class BlockState:
     """All state of one block coder: preallocated arrays, sized by the preset only."""
 
-    def __init__(self, preset, ssm_feed=None):
+    def __init__(self, preset, ssm_feed=None, threads: int = 1):
         """ssm_feed: the SSM's logits come from outside (ssmzip.gpu.feed.Feed: an
-        SSM run on torch) and the C kernel reads them; the numba SSM is not built."""
+        SSM run on torch) and the C kernel reads them; the numba SSM is not built.
+        threads: how many threads this block may use; with two, the C kernel and a
+        lagged SSM (Preset.ssm_lag), the SSM learns on a second thread."""
         n = len(preset.contexts)
         n_in = preset.mixer_inputs()
         wide = preset.mixer_design == MIXERS_WIDE
@@ -92,6 +94,10 @@ class BlockState:
             from . import ssm_callbacks                    # numba: the SSM itself
             self.ssm_callbacks = ssm_callbacks
             self.ssm_ctx = ssm_callbacks.make_context(self)
+            if threads >= 2 and preset.ssm_lag:
+                self._second_set()
+                self.ssm_ctx2 = ssm_callbacks.make_context(self, second=True)
+                self.ssm_side = np.zeros(1, dtype=np.int64)    # which set codes now (native/cm.c)
 
     def _init_ssm(self, preset):
         """The SSM's arrays (parameters, gradients, Adam's second moments,
@@ -109,6 +115,12 @@ class BlockState:
             self.sNE = np.zeros(sh.n_ngram, dtype=np.float32)      # n-gram embeddings start at zero
             self.sNV = np.zeros(sh.n_ngram, dtype=np.float32)
             lr = np.float32(preset.ssm_lr) / np.float32(100000.0)     # exact IEEE division
+            staged = sh.chunk * sh.ngram if preset.ssm_lag else 0
+            # a lagged SSM's second parameter array and its staged n-gram rows (ssm.py)
+            self.sPn = self.sP.copy() if preset.ssm_lag else np.zeros(1, dtype=np.float32)
+            self.sstage = np.zeros(max(1, staged * sh.dm), dtype=np.float32)
+            self.sflag = np.zeros(F_ROWS + staged, dtype=np.int64)
+            self.sflag[F_LAG] = preset.ssm_lag
         else:
             self.sP = np.zeros(1, dtype=np.float32)
             self.slay = self.salay = np.zeros(N_LA + G_LG + 1, dtype=np.int64)   # s_lg reads one
@@ -120,6 +132,9 @@ class BlockState:
             self.sS = np.zeros(1, dtype=np.float32)
             self.sib = np.zeros(1, dtype=np.int32)
             self.stok = np.zeros(1, dtype=np.int64)
+            self.sPn = np.zeros(1, dtype=np.float32)
+            self.sstage = np.zeros(1, dtype=np.float32)
+            self.sflag = np.zeros(F_ROWS, dtype=np.int64)
             lr = np.float32(0.0)
         self.slr = np.array([lr], dtype=np.float32)    # an array: the C kernel's callbacks read it
         self.sG = np.zeros_like(self.sP)
@@ -127,6 +142,15 @@ class BlockState:
         self.sopt = np.ones(2, dtype=np.float32)
         # native/ssm.c's matrix loops for the SSM (zeros: numba's own), with the C kernel only
         self.skern = native.ssm_kernels()
+
+    def _second_set(self):
+        """A second set of the SSM's per-chunk buffers (ssm_callbacks.SECOND_SET): the
+        learning thread reads one chunk's while the kernel writes the next one's."""
+        self.sA2 = np.zeros_like(self.sA)
+        self.stok2 = np.zeros_like(self.stok)
+        self.srows2 = np.zeros_like(self.srows)
+        self.sS2 = np.zeros_like(self.sS)
+        self.sib2 = np.zeros_like(self.sib)
 
     def run(self, mode, buf, start, end, io):
         """Code buf[start:end] (ENCODE: into io; DECODE: from io), continuing from
@@ -152,8 +176,8 @@ class BlockState:
                       self.mindex, self.o0, self.ind, self.w1, self.w2, self.w3, self.w4, self.w5, self.wf,
                       self.x, self.xf, self.apm1, self.apm2, self.apm3, self.apm4, self.apm5,
                       C.SQUASH, C.STRETCH, C.STATE_NEXT, C.STATE_PRIORITY, C.RECIPROCAL,
-                      p.has_ssm, self.sP, self.sG, self.sV, self.sopt, self.slay,
+                      p.has_ssm, self.sP, self.sPn, self.sG, self.sV, self.sopt, self.slay,
                       self.sA, self.salay, self.sdims, self.sS, self.sib, self.stok, self.slr[0],
-                      self.sNE, self.sNV, self.srows, self.skern)
+                      self.sNE, self.sNV, self.srows, self.sflag, self.sstage, self.skern)
 
 

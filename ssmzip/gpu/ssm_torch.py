@@ -165,6 +165,11 @@ class BatchSSM:
         self.NV = torch.zeros_like(self.NE)
         self.lr = np.float32(preset.ssm_lr) / np.float32(100000.0)
         self.opt1 = np.float32(1.0)                    # beta2^k, as adam_step's opt[1]
+        # a lagged SSM (ssm.py): a chunk's step waits here until the next chunk's end
+        self.lag = bool(preset.ssm_lag)
+        self.Pn = torch.zeros_like(self.P) if self.lag else None
+        self._pending = False
+        self._staged = None                            # (targets, new rows) of the pending n-gram step
         self._lay = sh.lay
         self._views()
         e = vexp(torch.tensor([_DT_MIN, _DT_MAX], dtype=F32)).tolist()
@@ -296,6 +301,7 @@ class BatchSSM:
         """After a full chunk: back-propagation, Adam, the n-gram step, carry.
         last_byte (B,): the chunk's last target; groups: ngram_groups of the chunk."""
         self.tokens[:, self.T] = last_byte
+        self._apply()
         dX = self._backward()
         step = self._adam()
         if self.ng:
@@ -406,9 +412,24 @@ class BatchSSM:
         G = self.G
         v = _B2 * self.V + c2 * G * G
         self.V.copy_(v)
-        self.P -= step * torch.clamp(G / (sqrt_rn(v) + _ADAM_EPS), -_CLIP, _CLIP)
+        upd = step * torch.clamp(G / (sqrt_rn(v) + _ADAM_EPS), -_CLIP, _CLIP)
+        if self.lag:
+            torch.sub(self.P, upd, out=self.Pn)
+            self._pending = True
+        else:
+            self.P -= upd
         G.zero_()
         return step
+
+    def _apply(self) -> None:
+        """ssm.ssm_apply: the pending step of a lagged SSM in force."""
+        if not self._pending:
+            return
+        self.P.copy_(self.Pn)                          # a copy: self.p's views stay valid
+        if self._staged is not None:
+            target, ne = self._staged
+            self.NE[self._bidx[:, None], target] = ne
+        self._pending, self._staged = False, None
 
     def _ngram_step(self, dX: torch.Tensor, groups, step: float) -> None:
         """ssm.ngram_step: each n-gram row the chunk used, once, with the sum of
@@ -426,7 +447,10 @@ class BatchSSM:
         v = _B2 * nv + c2 * g * g
         ne = ne - step * torch.clamp(g / (sqrt_rn(v) + _ADAM_EPS), -_CLIP, _CLIP)
         self.NV[bi, target] = v
-        self.NE[bi, target] = ne
+        if self.lag:
+            self._staged = (target, ne)
+        else:
+            self.NE[bi, target] = ne
 
     def _carry(self) -> None:
         T = self.T

@@ -18,7 +18,8 @@ level 9 with the SSM but before its fourth and fifth mixers, fourth APM and
 six text contexts, NAME-9v3.ssz by level 9 before its preset layout 3 (mixer
 update threshold 32, first APM share 1/4, a larger third APM, two markup
 contexts), NAME-9v4.ssz by level 9 before its preset layout 4 (wider mixer
-weight sets, a fifth APM); they must still decode and re-encode (with the
+weight sets, a fifth APM), NAME-9v5.ssz by level 9 before its SSM learned a
+chunk late (preset layout 6); they must still decode and re-encode (with the
 preset stored in them) to the same bytes.
 
 The inputs come from a self-contained xorshift generator (no library RNG
@@ -29,7 +30,7 @@ import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 LEVELS = (1, 6, 9)
-LEGACY = ("1v1", "1v2", "6v1", "9v1", "9v2", "9v3", "9v4")  # suffixes of kept files of earlier presets (see above)
+LEGACY = ("1v1", "1v2", "6v1", "9v1", "9v2", "9v3", "9v4", "9v5")  # suffixes of kept files of earlier presets (see above)
 BLOCK_SIZE = 4096        # so that the inputs span several blocks, the last one short
 
 
