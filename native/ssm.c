@@ -17,7 +17,9 @@
  * The AVX2 path is chosen at run time; the portable path is plain loops in the
  * same order (the compiler may vectorise them: element-wise, so the same sums).
  */
+#include <math.h>
 #include <stdint.h>
+#include <string.h>
 
 #if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__)) && !defined(SSMZIP_NO_CLONES)
 #define SSM_AVX 1
@@ -306,4 +308,139 @@ void ssmzip_back_mat(const float *W, int64_t J, int64_t I, const float *Y, int64
 #endif
     (void)ta;
     back_mat_portable(W, J, I, Y, ys, T, X, xs, 0, 0);
+}
+
+/* ---- the forward pass of one byte: ssm.py's ssm_forward, operation for operation ----
+ * Every loop below is element-wise or a sum in the order numba runs it, with the
+ * same float32 constants, so the bits are the same (tests/test_native.py). The
+ * layout indices are ssmzip/engine/ssm_layout.py's; native.py checks them. */
+enum { D_DM, D_DI, D_DS, D_R, D_NL, D_T, D_NG, D_NGB };
+enum { L_G, L_WIN, L_CW, L_CB, L_WX, L_WDT, L_DTB, L_ALOG, L_D, L_WOUT, N_LP };
+enum { A_XIN, A_R, A_U, A_XB, A_Z, A_XC, A_XS, A_PJ, A_DT, A_DEC, A_H, A_Y, A_O, N_LA };
+enum { G_EMB, G_GF };                  /* parameters after the layers */
+enum { G_XF, G_RF, G_F };              /* activations after the layers */
+#define CONV 4
+
+/* as numba's f32(...) of a Python float: decimal -> double -> float */
+static const float EXP_MIN = -87.0f, EXP_MAX = 88.0f, LOG2E = (float)1.4426950408889634;
+static const float LN2_HI = (float)0.693145751953125, LN2_LO = (float)1.4286067653302226e-06;
+static const float P2 = (float)(1.0 / 2), P3 = (float)(1.0 / 6), P4 = (float)(1.0 / 24), P5 = (float)(1.0 / 120),
+                   P6 = (float)(1.0 / 720);
+static const float DT_MIN_A = -12.0f, DT_MAX_A = 2.0f, RMS_EPS = (float)1e-5;
+
+/* numba's max(a, b) and min(a, b) on floats: b if b > a (b < a) else a */
+static inline float nb_max(float a, float b) { return b > a ? b : a; }
+static inline float nb_min(float a, float b) { return b < a ? b : a; }
+
+/* ssm.vexp: out[i] = e^x[i]; out may be x */
+static void vexp_c(const float *x, float *out, int32_t *ib, int64_t n)
+{
+    for (int64_t i = 0; i < n; i++) {
+        const float v = nb_min(nb_max(x[i], EXP_MIN), EXP_MAX);
+        const float k = floorf(v * LOG2E + 0.5f);
+        const float r = (v - k * LN2_HI) - k * LN2_LO;
+        out[i] = 1.0f + r * (1.0f + r * (P2 + r * (P3 + r * (P4 + r * (P5 + r * P6)))));
+        ib[i] = ((int32_t)k + 127) << 23;
+    }
+    for (int64_t i = 0; i < n; i++) {
+        float s;
+        memcpy(&s, ib + i, 4);
+        out[i] *= s;
+    }
+}
+
+/* ssm._silu_into: dst = src * sigmoid(src) */
+static void silu_c(const float *src, float *dst, int32_t *ib, int64_t n)
+{
+    for (int64_t i = 0; i < n; i++)
+        dst[i] = -src[i];
+    vexp_c(dst, dst, ib, n);
+    for (int64_t i = 0; i < n; i++)
+        dst[i] = 1.0f / (1.0f + dst[i]);
+    for (int64_t i = 0; i < n; i++)
+        dst[i] *= src[i];
+}
+
+/* ssm._rmsnorm_fwd: y = x * r * g, r = 1 / sqrt(mean(x^2) + eps); returns r */
+static float rmsnorm_c(const float *x, const float *g, float *y, int64_t n)
+{
+    float acc = 0.0f;
+    for (int64_t j = 0; j < n; j++)
+        acc += x[j] * x[j];
+    const float r = 1.0f / sqrtf(acc / (float)n + RMS_EPS);
+    for (int64_t j = 0; j < n; j++)
+        y[j] = x[j] * r * g[j];
+    return r;
+}
+
+/* ssm.ssm_forward (see it for the arguments); t1, t2: two scratch rows of di */
+void ssmzip_ssm_forward(const float *P, const int64_t *lay, float *A, const int64_t *alay, const int64_t *dims,
+                        int64_t t, int64_t byte, float *t1, float *t2, int32_t *ib, const float *NE,
+                        const int64_t *rows)
+{
+    const int64_t dm = dims[D_DM], di = dims[D_DI], ds = dims[D_DS], rk = dims[D_R], nl = dims[D_NL];
+    const int64_t K = rk + 2 * ds, gl = nl * N_LP, ga = nl * N_LA, ng = dims[D_NG];
+    float *x0 = A + (nl > 0 ? alay[A_XIN] : alay[ga + G_XF]) + t * dm;
+    memcpy(x0, P + lay[gl + G_EMB] + byte * dm, (size_t)dm * 4);
+    for (int64_t k = 0; k < ng; k++) {
+        const float *ne = NE + ((k << dims[D_NGB]) + rows[t * ng + k]) * dm;
+        for (int64_t j = 0; j < dm; j++)
+            x0[j] += ne[j];
+    }
+    for (int64_t l = 0; l < nl; l++) {
+        const int64_t *pl = lay + l * N_LP, *al = alay + l * N_LA;
+        const float *xin = A + al[A_XIN] + t * dm;
+        float *xout = A + (l + 1 < nl ? alay[(l + 1) * N_LA + A_XIN] : alay[ga + G_XF]) + t * dm;
+        float *u = A + al[A_U] + t * dm;
+        A[al[A_R] + t] = rmsnorm_c(xin, P + pl[L_G], u, dm);
+        float *xb = A + al[A_XB] + (t + CONV - 1) * di, *z = A + al[A_Z] + t * di;
+        for (int64_t i = 0; i < di; i++)
+            xb[i] = z[i] = 0.0f;
+        ssmzip_matvec(u, dm, P + pl[L_WIN], 2 * di, di, xb);
+        ssmzip_matvec(u, dm, P + pl[L_WIN] + di, 2 * di, di, z);
+        float *xc = A + al[A_XC] + t * di, *xs = A + al[A_XS] + t * di;
+        memcpy(xc, P + pl[L_CB], (size_t)di * 4);
+        for (int64_t k = 0; k < CONV; k++) {
+            const float *src = A + al[A_XB] + (t + CONV - 1 - k) * di, *w = P + pl[L_CW] + k * di;
+            for (int64_t i = 0; i < di; i++)
+                xc[i] += w[i] * src[i];
+        }
+        silu_c(xc, xs, ib, di);
+        float *pj = A + al[A_PJ] + t * K;
+        for (int64_t i = 0; i < K; i++)
+            pj[i] = 0.0f;
+        ssmzip_matvec(xs, di, P + pl[L_WX], K, K, pj);
+        float *dt = A + al[A_DT] + t * di, *dec = A + al[A_DEC] + t * di;
+        memcpy(dt, P + pl[L_DTB], (size_t)di * 4);
+        ssmzip_matvec(pj, rk, P + pl[L_WDT], di, di, dt);
+        for (int64_t i = 0; i < di; i++)
+            dt[i] = nb_min(nb_max(dt[i], DT_MIN_A), DT_MAX_A);
+        vexp_c(dt, dt, ib, di);
+        vexp_c(P + pl[L_ALOG], t2, ib, di);
+        for (int64_t i = 0; i < di; i++)
+            t1[i] = -dt[i] * t2[i];
+        vexp_c(t1, dec, ib, di);
+        const float *hp = A + al[A_H] + t * ds * di, *dd = P + pl[L_D];
+        float *hn = A + al[A_H] + (t + 1) * ds * di, *y = A + al[A_Y] + t * di;
+        for (int64_t i = 0; i < di; i++)
+            y[i] = dd[i] * xs[i];
+        for (int64_t s = 0; s < ds; s++) {
+            const float bs = pj[rk + s], cs = pj[rk + ds + s];
+            const float *h1 = hp + s * di;
+            float *h2 = hn + s * di;
+            for (int64_t i = 0; i < di; i++) {
+                const float hv = dec[i] * h1[i] + dt[i] * xs[i] * bs;
+                h2[i] = hv;
+                y[i] += cs * hv;
+            }
+        }
+        float *og = A + al[A_O] + t * di;
+        silu_c(z, t1, ib, di);
+        for (int64_t i = 0; i < di; i++)
+            og[i] = y[i] * t1[i];
+        memcpy(xout, xin, (size_t)dm * 4);
+        ssmzip_matvec(og, di, P + pl[L_WOUT], dm, dm, xout);
+    }
+    A[alay[ga + G_RF] + t] = rmsnorm_c(A + alay[ga + G_XF] + t * dm, P + lay[gl + G_GF],
+                                       A + alay[ga + G_F] + t * dm, dm);
 }

@@ -2,7 +2,7 @@
 
 It codes a segment of a block with the same model as predictor._code_segment,
 bit for bit; at levels 7-9 it calls the SSM (numba) back through
-ssm_callbacks.py, and the SSM's numba code calls native/ssm.c's matrix loops
+ssm_callbacks.py, and the SSM's numba code calls native/ssm.c's forward pass and matrix loops
 (ssm_kernels below). The SSM-only ablation (no context models) runs on numba.
 Python calls it once per segment (64 KiB) through ctypes, so the per-call
 cost does not matter. native/bwt.c codes level 1's blocks (the BWT and its
@@ -78,7 +78,7 @@ def _load():
             fn.argtypes = [ctypes.POINTER(Segment)]
             fn.restype = _c_i64
             _LIB = lib
-            return fn, "native C (level 1's BWT, the context models and the SSM's matrix loops; the rest of the SSM on numba)"
+            return fn, "native C (level 1's BWT, the context models, the SSM's forward pass and its backward's matrix loops; the rest of the SSM on numba)"
         except (OSError, AttributeError) as e:
             err = f"cannot be used: {e}"
     if choice == "native":
@@ -121,12 +121,12 @@ def bind(signatures: dict):
     return ns
 
 
-SSM_KERNELS = ("acc_outer", "back_mat", "matvec", "scan_back")   # in ssm.K_OUTER .. K_SCAN order
+SSM_KERNELS = ("acc_outer", "back_mat", "matvec", "scan_back", "ssm_forward")   # in ssm.K_OUTER .. K_FORWARD order
 
 
 def ssm_kernels() -> np.ndarray:
-    """The addresses of native/ssm.c's matrix loops for the SSM
-    (ssm.K_OUTER, ssm.K_BACK, ssm.K_MATVEC, ssm.K_SCAN), or zeros when numba is to be used."""
+    """The addresses of native/ssm.c's kernels for the SSM (ssm.K_OUTER .. ssm.K_FORWARD:
+    SSM_KERNELS), or zeros when numba is to be used."""
     kern = np.zeros(len(SSM_KERNELS), dtype=np.int64)
     if cm_kernel() is not None:
         kern[:] = [ctypes.cast(getattr(_LIB, f"ssmzip_{n}"), _ptr).value for n in SSM_KERNELS]

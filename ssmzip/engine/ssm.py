@@ -55,8 +55,8 @@ Arithmetic strategy (DESIGN.md, determinism): float32 in one fixed order.
 The SSM's output enters the mixer as an integer, so all that follows is
 integer again.
 
-With the C backend the matrix loops (forward matrix-vector products, the
-backward's outer and transposed products, the recurrence's backward) run in
+With the C backend the forward pass of a byte, the backward's matrix loops
+(outer and transposed products) and the recurrence's backward run in
 native/ssm.c, which computes every element as the same float32 sum in the same
 order, only several elements at once: the same bits (tests/test_native.py).
 """
@@ -230,6 +230,10 @@ def ssm_forward(P, lay, A, alay, dims, t, byte, S, ib, NE, rows, kern):
     o = N_SBUF * _sbuf_len(dims) + ds * di + 3 * di
     t1 = S[o:o + di]
     t2 = S[o + di:o + 2 * di]
+    if kern[K_FORWARD] != 0:             # native/ssm.c: all of it, the same bits
+        call_c(kern[K_FORWARD], (_addr(P), _addr(lay), _addr(A), _addr(alay), _addr(dims), np.int64(t),
+                                 np.int64(byte), _addr(t1), _addr(t2), _addr(ib), _addr(NE), _addr(rows)))
+        return
     K = rk + 2 * ds
     gl = nl * N_LP
     ga = nl * N_LA
@@ -359,10 +363,11 @@ def _sbuf_len(dims):
     return (dims[D_T] + CONV) * w
 
 
-# kern: the addresses of the C versions of the two matrix loops below
-# (native/ssm.c: the same sums in the same order, faster), or zeros: numba's own.
-K_OUTER, K_BACK, K_MATVEC, K_SCAN = 0, 1, 2, 3
-N_KERNELS = 4
+# kern: the addresses of the C versions of the matrix loops, of the recurrence's
+# backward and of the whole forward pass of a byte (native/ssm.c: the same sums in
+# the same order, faster), or zeros: numba's own.
+K_OUTER, K_BACK, K_MATVEC, K_SCAN, K_FORWARD = 0, 1, 2, 3, 4
+N_KERNELS = 5
 
 
 @njit(cache=True, inline="always")
