@@ -1,10 +1,16 @@
 /* The SSM's learning thread: see learner.h. */
 #include "learner.h"
 
+#include <sched.h>
+
 #define SPINS 20000      /* pause instructions before sleeping: tens of microseconds */
 
-static inline void relax(void)
+/* one turn of a spin; every 256th gives the core away, so that two threads on one
+ * core (-T 2 on a one-core machine) do not spin out each other's time slices */
+static inline void relax(int i)
 {
+    if ((i & 255) == 255)
+        sched_yield();
 #if defined(__x86_64__) || defined(__i386__)
     __builtin_ia32_pause();
 #endif
@@ -15,7 +21,7 @@ static void *learner_main(void *arg)
     Learner *L = arg;
     for (;;) {
         for (int i = 0; i < SPINS && !__atomic_load_n(&L->busy, __ATOMIC_ACQUIRE); i++)
-            relax();
+            relax(i);
         pthread_mutex_lock(&L->mu);
         while (!L->job && !L->quit)
             pthread_cond_wait(&L->cv, &L->mu);
@@ -61,7 +67,7 @@ void learner_wait(Learner *L)
     if (!L->started)
         return;
     for (int i = 0; i < SPINS && __atomic_load_n(&L->busy, __ATOMIC_ACQUIRE); i++)
-        relax();
+        relax(i);
     pthread_mutex_lock(&L->mu);
     while (L->job)
         pthread_cond_wait(&L->cv, &L->mu);
