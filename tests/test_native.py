@@ -93,6 +93,10 @@ def test_an_ssm_learning_on_a_thread_gives_the_same_bytes(segment, monkeypatch):
     assert encode_block(data, preset) == two
     assert decode_block(two, len(data), preset, threads=2) == data
     assert decode_block(two, len(data), preset) == data
+    # a damaged stream through the learning thread: the right size out, no crash or hang
+    rng = np.random.default_rng(11)
+    for bad in (rng.integers(0, 256, len(two), dtype=np.uint8).tobytes(), two[:len(two) // 3]):
+        assert len(decode_block(bad, len(data), preset, threads=2)) == len(data)
     _numba(monkeypatch)
     assert block.block_threads(preset) == 1
     assert encode_block(data, preset, threads=2) == two

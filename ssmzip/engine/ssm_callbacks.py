@@ -24,8 +24,8 @@ import numpy as np
 from numba import carray, cfunc, float32, int32, int64, njit, types, void
 from numba.extending import intrinsic
 
-from .ssm import (D_DM, D_NL, D_T, G_LG, N_LA, ngram_rows, params_in_force, ssm_apply, ssm_carry, ssm_chunk_end,
-                  ssm_forward, ssm_learn, ssm_logit)
+from .ssm import (D_DM, D_NL, D_T, G_LG, N_LA, ngram_rows, params_in_force, ssm_apply, ssm_carry, ssm_forward,
+                  ssm_learn, ssm_logit)
 
 # name, dtype: the arrays a BlockState holds for its SSM (state.py), in ctx order
 CTX_ARRAYS = (("sP", np.float32), ("sG", np.float32), ("sV", np.float32), ("sopt", np.float32),
@@ -113,24 +113,29 @@ def ssm_turn(ctx, nxt):
     ssm_carry(_f32(ctx, O_A), _i64(ctx, O_ALAY), dims, dims[D_T], _f32(nxt, O_A))
 
 
-@cfunc(void(_ctx_t), cache=True, error_model="numpy")
-def ssm_learn_cb(ctx):
+@njit(inline="always")
+def _learn(ctx):
     ssm_learn(_f32(ctx, O_P), _f32(ctx, O_PN), _f32(ctx, O_G), _f32(ctx, O_V), _f32(ctx, O_OPT),
               _f32(ctx, O_LR)[0], _i64(ctx, O_LAY), _f32(ctx, O_A), _i64(ctx, O_ALAY), _i64(ctx, O_DIMS),
               _f32(ctx, O_S), carray(_pointer(ctx[O_IB], int32), ctx[O_IB + 1]), _i64(ctx, O_TOK), _f32(ctx, O_NE),
               _f32(ctx, O_NV), _i64(ctx, O_ROWS), _i64(ctx, O_FLAG), _f32(ctx, O_STAGE), _i64(ctx, O_KERN))
 
 
+@cfunc(void(_ctx_t), cache=True, error_model="numpy")
+def ssm_learn_cb(ctx):
+    _learn(ctx)
+
+
 @cfunc(int64(_ctx_t, int64, int64), cache=True, error_model="numpy")
 def ssm_end(ctx, row, byte):
-    stok, dims = _i64(ctx, O_TOK), _i64(ctx, O_DIMS)
-    stok[row + 1] = byte
+    """In series, as ssm.ssm_chunk_end: the pending step in force, learn, carry."""
+    dims = _i64(ctx, O_DIMS)
+    _i64(ctx, O_TOK)[row + 1] = byte
     row += 1
-    chunk = dims[D_T]
-    if row == chunk:
-        ssm_chunk_end(_f32(ctx, O_P), _f32(ctx, O_PN), _f32(ctx, O_G), _f32(ctx, O_V), _f32(ctx, O_OPT),
-                      _f32(ctx, O_LR)[0], _i64(ctx, O_LAY), _f32(ctx, O_A), _i64(ctx, O_ALAY), dims,
-                      _f32(ctx, O_S), carray(_pointer(ctx[O_IB], int32), ctx[O_IB + 1]), stok, _f32(ctx, O_NE),
-                      _f32(ctx, O_NV), _i64(ctx, O_ROWS), _i64(ctx, O_FLAG), _f32(ctx, O_STAGE), _i64(ctx, O_KERN))
+    if row == dims[D_T]:
+        ssm_apply(_f32(ctx, O_NE), _i64(ctx, O_FLAG), _f32(ctx, O_STAGE), dims[D_DM])
+        _learn(ctx)
+        A = _f32(ctx, O_A)
+        ssm_carry(A, _i64(ctx, O_ALAY), dims, dims[D_T], A)
         row = 0
     return row
