@@ -228,3 +228,24 @@ def test_ssm_chunk_same_bits_with_c_loops(sizes, c_path):
     assert native.ssm_kernels()[ssm.K_SCAN] != 0
     for a, b, what in zip(out[0][:3], out[1][:3], ("activations", "gradient", "parameters")):
         assert np.array_equal(a, b), what
+
+
+def test_c_exp_same_bits_as_numba_on_edge_values(c_path):
+    """native/ssm.c's e^x (8 lanes at a time on AVX2, the rest one by one) against
+    ssm.vexp on values that hit its clamps and its rounding: NaN, infinities,
+    signed zeros, denormals, the range's ends and a random spread."""
+    import ctypes
+    from ssmzip.engine import ssm
+    edge = [np.nan, np.inf, -np.inf, 0.0, -0.0, 1e-45, -1e-45, 1e-38, -87.0, -87.5, 88.0, 88.5, -1e30, 1e30,
+            0.5, -0.5, 0.34657359, 1.0, -1.0, 20.0, -20.0]
+    rng = np.random.default_rng(7)
+    x = np.concatenate([np.array(edge, np.float32), rng.uniform(-100, 100, 1000).astype(np.float32),
+                        rng.normal(0, 3, 1003).astype(np.float32)])
+    want, ib = np.empty_like(x), np.zeros(x.size, np.int32)
+    ssm.vexp(x, want, ib)
+    fn = native.library().ssmzip_vexp
+    fn.restype, fn.argtypes = None, [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64]
+    for n in (x.size, 13, 8, 7, 1):             # lengths that end inside and outside a group of 8
+        got, scratch = np.full(n, -1.0, np.float32), np.zeros(n, np.int32)
+        fn(x.ctypes.data, got.ctypes.data, scratch.ctypes.data, n)
+        assert np.array_equal(got.view(np.uint32), want[:n].view(np.uint32)), n
