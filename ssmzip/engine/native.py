@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 ENV = "SSMZIP_BACKEND"
-ABI = 11                   # native/cm.c's SSMZIP_ABI: the layout of Segment below, ssm.c, ecsq.c, split.c, split_encode.c and bwt.c present
+ABI = 12                   # native/cm.c's SSMZIP_ABI: the layout of Segment below, ssm.c, ecsq.c, split.c, split_encode.c and bwt.c present
 _c_i64 = ctypes.c_int64
 _ptr = ctypes.c_void_p
 
