@@ -146,29 +146,44 @@ static void back_mat_avx2(const float *W, int64_t J, int64_t I, const float *Y, 
     back_mat_portable(W, J, I, Y, ys, T, X, xs, J4, T16);
 }
 
+/* y[0 .. 8R) += sum_j x[j] * W[j, 0 .. 8R): R registers of outputs kept for all J
+ * rows, so that R independent sums advance side by side (R is a constant at
+ * each call, so the loops over it unroll) */
+__attribute__((target("avx2"), always_inline))
+static inline void matvec_regs(const float *x, int64_t J, const float *W, int64_t ldw, float *y, const int R)
+{
+    __m256 a[8];
+    _Pragma("GCC unroll 8") for (int r = 0; r < R; r++)
+        a[r] = _mm256_loadu_ps(y + 8 * r);
+    for (int64_t j = 0; j < J; j++) {
+        const __m256 xv = _mm256_broadcast_ss(x + j);
+        const float *w = W + j * ldw;
+        _Pragma("GCC unroll 8") for (int r = 0; r < R; r++)
+            a[r] = _mm256_add_ps(a[r], _mm256_mul_ps(xv, _mm256_loadu_ps(w + 8 * r)));
+    }
+    _Pragma("GCC unroll 8") for (int r = 0; r < R; r++)
+        _mm256_storeu_ps(y + 8 * r, a[r]);
+}
+
 __attribute__((target("avx2")))
 static void matvec_avx2(const float *x, int64_t J, const float *W, int64_t ldw, int64_t n, float *y)
 {
     int64_t i = 0;
-    for (; i + 64 <= n; i += 64) {          /* 64 outputs in 8 registers for all J rows */
-        __m256 a[8];
-        _Pragma("GCC unroll 8") for (int r = 0; r < 8; r++)
-            a[r] = _mm256_loadu_ps(y + i + 8 * r);
-        for (int64_t j = 0; j < J; j++) {
-            const __m256 xv = _mm256_broadcast_ss(x + j);
-            const float *w = W + j * ldw + i;
-            _Pragma("GCC unroll 8") for (int r = 0; r < 8; r++)
-                a[r] = _mm256_add_ps(a[r], _mm256_mul_ps(xv, _mm256_loadu_ps(w + 8 * r)));
-        }
-        _Pragma("GCC unroll 8") for (int r = 0; r < 8; r++)
-            _mm256_storeu_ps(y + i + 8 * r, a[r]);
+    for (; i + 64 <= n; i += 64)            /* 64 outputs in 8 registers for all J rows */
+        matvec_regs(x, J, W + i, ldw, y + i, 8);
+    /* the rest of the groups of 8 in one pass too: one at a time, each would be a
+     * single chain of J dependent additions (the SSM's x-projection has 24 outputs) */
+    switch ((n - i) / 8) {
+    case 7: matvec_regs(x, J, W + i, ldw, y + i, 7); break;
+    case 6: matvec_regs(x, J, W + i, ldw, y + i, 6); break;
+    case 5: matvec_regs(x, J, W + i, ldw, y + i, 5); break;
+    case 4: matvec_regs(x, J, W + i, ldw, y + i, 4); break;
+    case 3: matvec_regs(x, J, W + i, ldw, y + i, 3); break;
+    case 2: matvec_regs(x, J, W + i, ldw, y + i, 2); break;
+    case 1: matvec_regs(x, J, W + i, ldw, y + i, 1); break;
+    default: break;
     }
-    for (; i + 8 <= n; i += 8) {
-        __m256 a = _mm256_loadu_ps(y + i);
-        for (int64_t j = 0; j < J; j++)
-            a = _mm256_add_ps(a, _mm256_mul_ps(_mm256_broadcast_ss(x + j), _mm256_loadu_ps(W + j * ldw + i)));
-        _mm256_storeu_ps(y + i, a);
-    }
+    i += (n - i) / 8 * 8;
     matvec_portable(x, J, W, ldw, n, y, i);
 }
 
