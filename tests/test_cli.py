@@ -16,8 +16,6 @@ from ssmzip.cli import command
 
 from conftest import BS, FAST, text_sample
 
-ROOT = Path(__file__).resolve().parent.parent
-
 
 def run(*args, input=None):
     """Invoke the command in-process; returns the click Result (stdout/stderr split)."""
@@ -262,17 +260,29 @@ def test_verbose_shows_progress_and_summary(sample):
 # ---------------------------------------------------------------- as a real process
 
 
-def _env():
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
+# The processes run the package this one imported: in CI the installed one, with
+# its C library, not the checkout (`python -m` looks in its working directory
+# first, so that is where they start).
+PACKAGE_HOME = Path(ssmzip.__file__).resolve().parent.parent
+
+
+def _env(**extra):
+    env = dict(os.environ, **extra)
+    env["PYTHONPATH"] = os.pathsep.join([str(PACKAGE_HOME), env.get("PYTHONPATH", "")])
     return env
+
+
+def _default_sigint():
+    # A shell that starts the tests in the background hands SIGINT on ignored,
+    # and the command then rightly keeps ignoring it (as xz does).
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def ssmzip_proc(*args, **kw):
     kw.setdefault("stdout", subprocess.PIPE)
     kw.setdefault("stderr", subprocess.PIPE)
     return subprocess.run([sys.executable, "-m", "ssmzip", *map(str, args)],
-                          env=_env(), timeout=300, **kw)
+                          env=_env(), cwd=PACKAGE_HOME, timeout=300, **kw)
 
 
 def test_subprocess_pipe_round_trip():
@@ -316,7 +326,7 @@ def test_broken_pipe_is_quiet(tmp_path):
     # more than any pipe buffer, so that the writer sees the reader go away
     p = tmp_path / "z.ssz"
     p.write_bytes(_stored_stream(b"z" * (16 << 20), 1 << 20))
-    proc = subprocess.Popen([sys.executable, "-m", "ssmzip", "-dc", str(p)], env=_env(),
+    proc = subprocess.Popen([sys.executable, "-m", "ssmzip", "-dc", str(p)], env=_env(), cwd=PACKAGE_HOME,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     assert proc.stdout.read(10) == b"z" * 10
     proc.stdout.close()
@@ -329,8 +339,8 @@ def test_broken_pipe_is_quiet(tmp_path):
 def test_interrupt_cleans_up(tmp_path):
     p = tmp_path / "big"
     p.write_bytes(text_sample(3 << 20, seed=4))
-    proc = subprocess.Popen([sys.executable, "-m", "ssmzip", "-6", str(p)], env=_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen([sys.executable, "-m", "ssmzip", "-6", str(p)], env=_env(), cwd=PACKAGE_HOME,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=_default_sigint)
     deadline = time.time() + 60
     while not any(q.name.endswith(".tmp") for q in tmp_path.iterdir()):
         assert proc.poll() is None and time.time() < deadline
@@ -355,8 +365,8 @@ def test_demo_round_trips():
 
 
 def test_bad_backend_setting_is_one_line():
-    env = dict(os.environ, SSMZIP_BACKEND="bogus")
+    env = _env(SSMZIP_BACKEND="bogus")
     for cmd in ([sys.executable, "-m", "ssmzip", "-c"], [sys.executable, "-m", "ssmzip.demo", "--size", "100"]):
-        r = subprocess.run(cmd, input=b"abc", capture_output=True, timeout=300, env=env)
+        r = subprocess.run(cmd, input=b"abc", capture_output=True, timeout=300, env=env, cwd=PACKAGE_HOME)
         assert r.returncode == 1 and b"Traceback" not in r.stderr
         assert b"SSMZIP_BACKEND" in r.stderr and len(r.stderr.strip().splitlines()) == 1
