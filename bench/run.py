@@ -14,6 +14,7 @@ import json
 import os
 import shlex
 import statistics
+import subprocess
 import sys
 import tempfile
 
@@ -25,6 +26,7 @@ from corpora.generate import GENERATORS, generate, size_label  # noqa: E402
 
 ENWIK = ("enwik8_1M", "enwik8_3M")
 DEFAULT_OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+PRETOUCH_MB = 1536                 # above the largest peak RSS in the tables (about 1.3 GB)
 
 
 def parse_args(argv=None):
@@ -55,6 +57,11 @@ def parse_args(argv=None):
                     help="runs per measurement, in rounds (every system once per round); "
                          "the median is reported")
     ap.add_argument("--timeout", type=float, default=7200, help="seconds allowed per process")
+    ap.add_argument("--pretouch", type=int, default=PRETOUCH_MB, metavar="MB",
+                    help="before every timed process, have a helper process write this many MB "
+                         f"(untimed; 0: off; default {PRETOUCH_MB}): on a VM, memory the guest has "
+                         "handed back to its host costs 1-3 s a GB to touch again, and without this "
+                         "whether a run pays it depends on what ran just before it")
     ap.add_argument("--out", default=DEFAULT_OUT, help="where reports go (default bench/results/)")
     ap.add_argument("--tmpdir", help="where inputs are generated and outputs written (default: system temp)")
     ap.add_argument("--ssmzip-mode", choices=("auto", "cli", "api"), default="auto",
@@ -160,9 +167,18 @@ def _new_result(system, name, size):
             "_times": ([], [], [], []), "_digests": set()}
 
 
+def pretouch(mb: int) -> None:
+    """Write `mb` MB in a short-lived process, so that the next process finds that much
+    memory backed by the VM's host (measured on the 2-core VM: an ssmzip -9 run on
+    300 KB took 11.5 s after 8 s idle, 8.3-10.1 s right after such a helper)."""
+    if mb > 0:
+        subprocess.run([sys.executable, "-c", f"b = b'\\1' * ({mb} << 20)"], check=False)
+
+
 def _step(step, template, inp, outp, work, env, args, res, times, cpus):
     """Run one compress or decompress command, timed; False (and res["error"]) on failure."""
     argv, stdout = systems.expand(template, inp, outp)
+    pretouch(getattr(args, "pretouch", 0))
     r = measure.run(argv, stdout_path=stdout, cwd=work, env=env, timeout=args.timeout)
     if not r.ok:
         res["error"] = _why(step, r)
@@ -293,6 +309,9 @@ def main(argv=None) -> int:
     sys_notes = [(s.name, f"{s.version} ({s.notes})" if s.version else s.notes) for s in chosen]
     notes.append(f"times are the median of {args.repeat} run(s) of the whole process; peak RSS is the "
                  "largest single process (os.wait4); MB = 10^6 bytes for speeds, 2^20 for RSS")
+    if args.pretouch:
+        notes.append(f"before every timed process a helper process wrote {args.pretouch} MB (untimed), "
+                     "so that every run starts with memory the VM's host has backed (--pretouch)")
     if any(s.family == "ssmzip" for s in chosen):
         notes.append("ssmzip was run once untimed on 64 KB before measuring, to fill the numba cache")
     failures = [r for r in results if not r["ok"]]
