@@ -736,8 +736,8 @@ def ngram_step(NE, NV, rows, S, dims, T, lr, opt, flag, stage):
         k = a % ng
         r = rows[a]
         dup = False
-        for b in range(a):
-            if b % ng == k and rows[b] == r:
+        for b in range(k, a, ng):           # the earlier uses of slot k
+            if rows[b] == r:
                 dup = True
                 break
         if dup:
