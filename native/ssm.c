@@ -220,7 +220,7 @@ int64_t ssmzip_ssm_isa(int64_t want)
  * 0.0, for `rows` rows, eight at a time: eight independent chains, where numba
  * runs one row's chain after another and waits out the adder's latency at every
  * term. has_c is a constant at each (inlined) call, so the branches fold away. */
-static inline void dots(const float *a, int64_t lda, const float *b, const float *c, int has_c, int64_t n,
+static inline __attribute__((always_inline)) void dots(const float *a, int64_t lda, const float *b, const float *c, int has_c, int64_t n,
                         int64_t rows, float *sums)
 {
     int64_t r = 0;
@@ -243,11 +243,18 @@ static inline void dots(const float *a, int64_t lda, const float *b, const float
 }
 
 /* ssm.py _scan_back: the recurrence's backward pass over a chunk, t descending.
- * Arrays as there; lim = [lo_dt, hi_dt] (the clamp of the step sizes). */
-void ssmzip_scan_back(int64_t T, int64_t di, int64_t ds, int64_t rk, const float *H, const float *PJ,
-                      const float *DT, const float *DEC, const float *XS, const float *dY, float *dPJ,
-                      float *dXS, float *dA, float *dH, float *vq, float *vdd, const float *vae, float *gal,
-                      const float *lim)
+ * Arrays as there; lim = [lo_dt, hi_dt] (the clamp of the step sizes).
+ * Written once and compiled twice (scan_back_avx2, scan_back_portable), like
+ * the forward. numba's first two loops over the states (dh += C dy, then
+ * vdd and vq from dh) run here as one pass per state: each dh row is final
+ * before it is used, and vdd, vq add the states in the same order. */
+#define SCAN_ARGS int64_t T, int64_t di, int64_t ds, int64_t rk, const float *H, const float *PJ, \
+                  const float *DT, const float *DEC, const float *XS, const float *dY, float *dPJ, \
+                  float *dXS, float *dA, float *dH, float *vq, float *vdd, const float *vae, float *gal, \
+                  const float *lim
+#define SCAN_CALL T, di, ds, rk, H, PJ, DT, DEC, XS, dY, dPJ, dXS, dA, dH, vq, vdd, vae, gal, lim
+
+static inline __attribute__((always_inline)) void scan_back(SCAN_ARGS)
 {
     const int64_t K = rk + 2 * ds;
     const float lo_dt = lim[0], hi_dt = lim[1];
@@ -255,22 +262,19 @@ void ssmzip_scan_back(int64_t T, int64_t di, int64_t ds, int64_t rk, const float
         const float *hn = H + (t + 1) * ds * di, *hp = H + t * ds * di, *dy = dY + t * di, *pj = PJ + t * K;
         const float *dtv = DT + t * di, *dec = DEC + t * di, *xs = XS + t * di;
         float *dpj = dPJ + t * K, *dxs = dXS + t * di, *da = dA + t * di;
-        /* dC from y = C . h_t+1; dh gets C * dy */
+        /* dC from y = C . h_t+1 */
         dots(hn, di, dy, 0, 0, di, ds, dpj + rk + ds);
-        for (int64_t s = 0; s < ds; s++) {
-            const float cs = pj[rk + ds + s];
-            float *dh = dH + s * di;
-            for (int64_t i = 0; i < di; i++)
-                dh[i] += cs * dy[i];
-        }
         for (int64_t i = 0; i < di; i++)
             vq[i] = vdd[i] = 0.0f;
         for (int64_t s = 0; s < ds; s++) {
-            const float *h1 = hp + s * di, *dh = dH + s * di;
-            const float bs = pj[rk + s];
+            const float cs = pj[rk + ds + s], bs = pj[rk + s];
+            const float *h1 = hp + s * di;
+            float *dh = dH + s * di;
             for (int64_t i = 0; i < di; i++) {
-                vdd[i] += dh[i] * h1[i];
-                vq[i] += dh[i] * bs;
+                const float d = dh[i] + cs * dy[i];           /* dh gets C * dy */
+                dh[i] = d;
+                vdd[i] += d * h1[i];
+                vq[i] += d * bs;
             }
         }
         dots(dH, di, dtv, xs, 1, di, ds, dpj + rk);       /* dB */
@@ -287,6 +291,30 @@ void ssmzip_scan_back(int64_t T, int64_t di, int64_t ds, int64_t rk, const float
                 dh[i] *= dec[i];
         }
     }
+}
+
+static void scan_back_portable(SCAN_ARGS)
+{
+    scan_back(SCAN_CALL);
+}
+
+#ifdef SSM_AVX
+__attribute__((target("avx2")))
+static void scan_back_avx2(SCAN_ARGS)
+{
+    scan_back(SCAN_CALL);
+}
+#endif
+
+void ssmzip_scan_back(SCAN_ARGS)
+{
+#ifdef SSM_AVX
+    if (have_avx2()) {
+        scan_back_avx2(SCAN_CALL);
+        return;
+    }
+#endif
+    scan_back_portable(SCAN_CALL);
 }
 
 void ssmzip_matvec(const float *x, int64_t J, const float *W, int64_t ldw, int64_t n, float *y)
