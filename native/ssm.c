@@ -21,6 +21,8 @@
 #include <stdint.h>
 #include <string.h>
 
+#define INLINE static inline __attribute__((always_inline))
+
 #if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__)) && !defined(SSMZIP_NO_CLONES)
 #define SSM_AVX 1
 #include <immintrin.h>
@@ -220,8 +222,8 @@ int64_t ssmzip_ssm_isa(int64_t want)
  * 0.0, for `rows` rows, eight at a time: eight independent chains, where numba
  * runs one row's chain after another and waits out the adder's latency at every
  * term. has_c is a constant at each (inlined) call, so the branches fold away. */
-static inline __attribute__((always_inline)) void dots(const float *a, int64_t lda, const float *b, const float *c, int has_c, int64_t n,
-                        int64_t rows, float *sums)
+INLINE void dots(const float *a, int64_t lda, const float *b, const float *c, int has_c, int64_t n,
+            int64_t rows, float *sums)
 {
     int64_t r = 0;
     for (; r + 8 <= rows; r += 8) {
@@ -254,7 +256,7 @@ static inline __attribute__((always_inline)) void dots(const float *a, int64_t l
                   const float *lim
 #define SCAN_CALL T, di, ds, rk, H, PJ, DT, DEC, XS, dY, dPJ, dXS, dA, dH, vq, vdd, vae, gal, lim
 
-static inline __attribute__((always_inline)) void scan_back(SCAN_ARGS)
+INLINE void scan_back(SCAN_ARGS)
 {
     const int64_t K = rk + 2 * ds;
     const float lo_dt = lim[0], hi_dt = lim[1];
@@ -409,7 +411,6 @@ static int64_t vexp_avx2(const float *x, float *out, int64_t n)
 #endif
 
 /* ssm.vexp: out[i] = e^x[i]; out may be x */
-#define INLINE static inline __attribute__((always_inline))
 
 INLINE void vexp_c(const float *x, float *out, int32_t *ib, int64_t n)
 {

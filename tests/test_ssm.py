@@ -253,3 +253,47 @@ def test_ssm_level_across_blocks_and_threads():
     assert len(ssmzip.info(io.BytesIO(one)).blocks) == 4
     assert ssmzip.decompress(one) == data
     assert ssmzip.compress(data, level=SSM_LEVELS[0], block_size=1024, threads=2) == one
+
+
+def test_ngram_step_sums_a_rows_gradients_once():
+    """ngram_step against a plain reference: a row used several times in a chunk
+    (same slot) gets one Adam update with its gradients summed in row order; the
+    same row number in another slot is another row. Both with and without the lag."""
+    sh = _small_shape()                          # dm 8, chunk 6, 2 n-gram slots, 8 bits
+    T, ng, dm = sh.chunk, sh.ngram, sh.dm
+    rows = np.array([5, 5, 7, 5, 5, 9, 7, 5, 1, 2, 5, 5], np.int64)    # row a: chunk row a // ng, slot a % ng
+    rng = np.random.default_rng(11)
+    S = np.zeros(sh.n_scratch, np.float32)
+    sl = M._sbuf_len(sh.dims)
+    S[M.S_DX * sl:M.S_DX * sl + T * dm] = rng.normal(0, 1, T * dm).astype(np.float32)
+    NE0 = rng.normal(0, 0.1, sh.n_ngram).astype(np.float32)
+    NV0 = np.abs(rng.normal(0, 0.01, sh.n_ngram)).astype(np.float32)
+    lr, opt = np.float32(0.003), np.full(2, 0.5, np.float32)
+
+    dX = S[M.S_DX * sl:M.S_DX * sl + T * dm].reshape(T, dm)
+    want_e, want_v = NE0.copy(), NV0.copy()
+    step = lr * np.sqrt(np.float32(1) - opt[1])
+    c2 = np.float32(1) - M.ADAM_B2
+    for k in range(ng):
+        for r in dict.fromkeys(rows[k::ng]):               # each row once, in order of first use
+            g = np.zeros(dm, np.float32)
+            for a in range(k, T * ng, ng):
+                if rows[a] == r:
+                    g = g + dX[a // ng]
+            e = ((k << sh.ngram_bits) + r) * dm
+            v = M.ADAM_B2 * want_v[e:e + dm] + c2 * g * g
+            want_v[e:e + dm] = v
+            q = np.minimum(np.maximum(g / (np.sqrt(v) + M.ADAM_EPS), -M.UPDATE_CLIP), M.UPDATE_CLIP)
+            want_e[e:e + dm] = want_e[e:e + dm] - step * q
+    for lag in (0, 1):
+        NE, NV = NE0.copy(), NV0.copy()
+        flag = np.zeros(M.F_ROWS + ng * T, np.int64)
+        flag[M.F_LAG] = lag
+        stage = np.zeros(ng * T * dm, np.float32)
+        M.ngram_step(NE, NV, rows, S.copy(), sh.dims, T, lr, opt.copy(), flag, stage)
+        if lag:                                            # staged: written by ssm_apply a chunk later
+            assert np.array_equal(NE, NE0) and flag[M.F_STAGED] == 6
+            flag[M.F_PENDING] = 1
+            M.ssm_apply(NE, flag, stage, dm)
+        assert np.array_equal(NE.view(np.uint32), want_e.view(np.uint32)), lag
+        assert np.array_equal(NV.view(np.uint32), want_v.view(np.uint32)), lag
