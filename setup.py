@@ -32,7 +32,7 @@ class BuildNative(build_ext):
 setup(
     ext_modules=[Extension("ssmzip._native",
                            sources=["native/cm.c", "native/ssm.c", "native/ecsq.c", "native/split.c", "native/split_encode.c",
-                                    "native/bwt.c", "native/learner.c"],
-                           depends=["native/ecsq_kernels.h", "native/split.h", "native/learner.h"], optional=True)],
+                                    "native/bwt.c", "native/learner.c", "native/ssm_backward.c"],
+                           depends=["native/ecsq_kernels.h", "native/split.h", "native/learner.h", "native/ssm.h"], optional=True)],
     cmdclass={"build_ext": BuildNative},
 )

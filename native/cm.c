@@ -58,10 +58,10 @@ enum {
 
 /* Everything one call needs. Mirrored field for field by native.py's Segment;
  * SSMZIP_ABI changes whenever it does, so that a stale library is refused. */
-#define SSMZIP_ABI 12  /* 3: the library also holds native/ecsq.c; 4: and native/split.c; 5: and native/split_encode.c;
+#define SSMZIP_ABI 13  /* 3: the library also holds native/ecsq.c; 4: and native/split.c; 5: and native/split_encode.c;
                           6: and native/ssm.c; 7: mixers 4-5, APM 4; 8: mixer_skip, apm_first, apm3_bits;
                           9: mixer_design, APM 5; 10: and native/bwt.c (level 1); 11: the SSM's learning thread;
-                          12: ssmzip_vexp (tests) */
+                          12: ssmzip_vexp (tests); 13: and native/ssm_backward.c */
 typedef struct {
     int64_t mode, start, end, io_len;
     int64_t n_ctx, table_bits, use_runs, match_min, n_mixers, lr, final_lr, n_apms, apm_rate;

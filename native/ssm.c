@@ -21,12 +21,7 @@
 #include <stdint.h>
 #include <string.h>
 
-#define INLINE static inline __attribute__((always_inline))
-
-#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__)) && !defined(SSMZIP_NO_CLONES)
-#define SSM_AVX 1
-#include <immintrin.h>
-#endif
+#include "ssm.h"
 
 /* y[i] += sum_j x[j] * W[j, i]   (j ascending; W rows ldw apart) */
 static void matvec_portable(const float *x, int64_t J, const float *W, int64_t ldw, int64_t n, float *y,
@@ -358,24 +353,7 @@ void ssmzip_back_mat(const float *W, int64_t J, int64_t I, const float *Y, int64
 /* ---- the forward pass of one byte: ssm.py's ssm_forward, operation for operation ----
  * Every loop below is element-wise or a sum in the order numba runs it, with the
  * same float32 constants, so the bits are the same (tests/test_native.py). The
- * layout indices are ssmzip/engine/ssm_layout.py's; native.py checks them. */
-enum { D_DM, D_DI, D_DS, D_R, D_NL, D_T, D_NG, D_NGB };
-enum { L_G, L_WIN, L_CW, L_CB, L_WX, L_WDT, L_DTB, L_ALOG, L_D, L_WOUT, N_LP };
-enum { A_XIN, A_R, A_U, A_XB, A_Z, A_XC, A_XS, A_PJ, A_DT, A_DEC, A_H, A_Y, A_O, N_LA };
-enum { G_EMB, G_GF };                  /* parameters after the layers */
-enum { G_XF, G_RF, G_F };              /* activations after the layers */
-#define CONV 4
-
-/* as numba's f32(...) of a Python float: decimal -> double -> float */
-static const float EXP_MIN = -87.0f, EXP_MAX = 88.0f, LOG2E = (float)1.4426950408889634;
-static const float LN2_HI = (float)0.693145751953125, LN2_LO = (float)1.4286067653302226e-06;
-static const float P2 = (float)(1.0 / 2), P3 = (float)(1.0 / 6), P4 = (float)(1.0 / 24), P5 = (float)(1.0 / 120),
-                   P6 = (float)(1.0 / 720);
-static const float DT_MIN_A = -12.0f, DT_MAX_A = 2.0f, RMS_EPS = (float)1e-5;
-
-/* numba's max(a, b) and min(a, b) on floats: b if b > a (b < a) else a */
-static inline float nb_max(float a, float b) { return b > a ? b : a; }
-static inline float nb_min(float a, float b) { return b < a ? b : a; }
+ * layout indices and constants are in ssm.h. */
 
 #ifdef SSM_AVX
 /* vexp_c's arithmetic on 8 lanes, operation for operation: max/min with numba's

@@ -15,9 +15,12 @@ it calls the SSM back in numba (ssm_callbacks.py) -- else the numba kernel
 ssm.py at levels 7-9). block.py drives a block through it segment by segment.
 Nothing imports numba until a numba kernel is needed.
 
-Developers: numba caches the coding kernel keyed on predictor.py alone, so
-after editing a helper that it inlines (coder, contexts, match, mixer) remove
-``ssmzip/engine/__pycache__/*.nb[ic]`` or the old kernel keeps running. (An
+Developers: numba caches each compiled function keyed on its own file alone,
+with the code it calls compiled in: the coding kernel on predictor.py (it
+inlines coder, contexts, match, mixer and ssm.py), the SSM's callbacks on
+ssm_callbacks.py (they hold ssm.py's code). After editing a file that others
+compile in, remove ``ssmzip/engine/__pycache__/*.nb[ic]`` or the old code keeps
+running. (An
 installed package rewrites every file, and CI checks the golden files with an
 empty cache, so this only bites a checkout being edited.) After editing
 native/cm.c, rebuild it: ``pip install -e .`` (or ``python setup.py

@@ -2,8 +2,8 @@
 
 It codes a segment of a block with the same model as predictor._code_segment,
 bit for bit; at levels 7-9 it calls the SSM (numba) back through
-ssm_callbacks.py, and the SSM's numba code calls native/ssm.c's forward pass and matrix loops
-(ssm_kernels below). The SSM-only ablation (no context models) runs on numba.
+ssm_callbacks.py, and the SSM's numba code calls native/ssm.c's forward pass
+and native/ssm_backward.c's backward pass (ssm_kernels below). The SSM-only ablation (no context models) runs on numba.
 Python calls it once per segment (64 KiB) through ctypes, so the per-call
 cost does not matter. native/bwt.c codes level 1's blocks (the BWT and its
 model, called by bwt_block.py, one call per block).
@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 ENV = "SSMZIP_BACKEND"
-ABI = 12                   # native/cm.c's SSMZIP_ABI: the layout of Segment below, ssm.c, ecsq.c, split.c, split_encode.c and bwt.c present
+ABI = 13                   # native/cm.c's SSMZIP_ABI: the layout of Segment below, ssm.c, ecsq.c, split.c, split_encode.c and bwt.c present
 _c_i64 = ctypes.c_int64
 _ptr = ctypes.c_void_p
 
@@ -78,7 +78,7 @@ def _load():
             fn.argtypes = [ctypes.POINTER(Segment)]
             fn.restype = _c_i64
             _LIB = lib
-            return fn, "native C (level 1's BWT, the context models, the SSM's forward pass and its backward's matrix loops; the rest of the SSM on numba)"
+            return fn, "native C (level 1's BWT, the context models, the SSM's forward and backward passes; its Adam steps on numba)"
         except (OSError, AttributeError) as e:
             err = f"cannot be used: {e}"
     if choice == "native":
@@ -121,11 +121,11 @@ def bind(signatures: dict):
     return ns
 
 
-SSM_KERNELS = ("acc_outer", "back_mat", "matvec", "scan_back", "ssm_forward")   # in ssm.K_OUTER .. K_FORWARD order
+SSM_KERNELS = ("acc_outer", "back_mat", "matvec", "scan_back", "ssm_forward", "ssm_backward")   # ssm.K_OUTER .. K_BACKWARD
 
 
 def ssm_kernels() -> np.ndarray:
-    """The addresses of native/ssm.c's kernels for the SSM (ssm.K_OUTER .. ssm.K_FORWARD:
+    """The addresses of native/ssm.c's kernels for the SSM (ssm.K_OUTER .. ssm.K_BACKWARD:
     SSM_KERNELS), or zeros when numba is to be used."""
     kern = np.zeros(len(SSM_KERNELS), dtype=np.int64)
     if cm_kernel() is not None:

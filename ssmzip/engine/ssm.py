@@ -55,10 +55,11 @@ Arithmetic strategy (DESIGN.md, determinism): float32 in one fixed order.
 The SSM's output enters the mixer as an integer, so all that follows is
 integer again.
 
-With the C backend the forward pass of a byte, the backward's matrix loops
-(outer and transposed products) and the recurrence's backward run in
-native/ssm.c, which computes every element as the same float32 sum in the same
-order, only several elements at once: the same bits (tests/test_native.py).
+With the C backend the forward pass of a byte (native/ssm.c) and the backward
+pass of a chunk (native/ssm_backward.c, with ssm.c's matrix loops and the
+recurrence's backward) run in C, which computes every element as the same
+float32 sum in the same order, only several elements at once: the same bits
+(tests/test_native.py). Adam and the n-gram step stay here.
 """
 from __future__ import annotations
 
@@ -364,10 +365,11 @@ def _sbuf_len(dims):
 
 
 # kern: the addresses of the C versions of the matrix loops, of the recurrence's
-# backward and of the whole forward pass of a byte (native/ssm.c: the same sums in
-# the same order, faster), or zeros: numba's own.
-K_OUTER, K_BACK, K_MATVEC, K_SCAN, K_FORWARD = 0, 1, 2, 3, 4
-N_KERNELS = 5
+# backward, of the whole forward pass of a byte (native/ssm.c) and of the whole
+# backward pass of a chunk (native/ssm_backward.c): the same sums in the same
+# order, faster; or zeros: numba's own.
+K_OUTER, K_BACK, K_MATVEC, K_SCAN, K_FORWARD, K_BACKWARD = 0, 1, 2, 3, 4, 5
+N_KERNELS = 6
 
 
 @njit(cache=True, inline="always")
@@ -498,6 +500,10 @@ def ssm_backward(P, G, lay, A, alay, dims, S, ib, tokens, T, kern):
     """Accumulate into G the gradient of the chunk's coding cost (in nats) over
     rows 0..T-1. tokens[t] is the input byte of row t, tokens[t + 1] its target.
     kern: addresses of C matrix loops, or zeros (see K_OUTER)."""
+    if kern[K_BACKWARD] != 0:            # native/ssm_backward.c: all of it, the same bits
+        call_c(kern[K_BACKWARD], (_addr(P), _addr(G), _addr(lay), _addr(A), _addr(alay), _addr(dims), _addr(S),
+                                  _addr(ib), _addr(tokens), np.int64(T)))
+        return
     dm, di, ds, rk, nl = dims[D_DM], dims[D_DI], dims[D_DS], dims[D_R], dims[D_NL]
     K = rk + 2 * ds
     gl = nl * N_LP
