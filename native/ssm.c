@@ -421,14 +421,25 @@ void ssmzip_vexp(const float *x, float *out, int32_t *ib, int64_t n)
     vexp_c(x, out, ib, n);
 }
 
+/* ssm.vsigmoid: out = 1 / (1 + e^-x), through the clamped e^x; out may be x */
+INLINE void vsigmoid_c(const float *x, float *out, int32_t *ib, int64_t n)
+{
+    for (int64_t i = 0; i < n; i++)
+        out[i] = -x[i];
+    vexp_c(out, out, ib, n);
+    for (int64_t i = 0; i < n; i++)
+        out[i] = 1.0f / (1.0f + out[i]);
+}
+
+void ssmzip_vsigmoid(const float *x, float *out, int32_t *ib, int64_t n)
+{
+    vsigmoid_c(x, out, ib, n);
+}
+
 /* ssm._silu_into: dst = src * sigmoid(src) */
 INLINE void silu_c(const float *src, float *dst, int32_t *ib, int64_t n)
 {
-    for (int64_t i = 0; i < n; i++)
-        dst[i] = -src[i];
-    vexp_c(dst, dst, ib, n);
-    for (int64_t i = 0; i < n; i++)
-        dst[i] = 1.0f / (1.0f + dst[i]);
+    vsigmoid_c(src, dst, ib, n);
     for (int64_t i = 0; i < n; i++)
         dst[i] *= src[i];
 }

@@ -37,6 +37,7 @@ static inline float nb_min(float a, float b) { return b < a ? b : a; }
 /* native/ssm.c */
 int64_t ssmzip_ssm_isa(int64_t want);
 void ssmzip_vexp(const float *x, float *out, int32_t *ib, int64_t n);
+void ssmzip_vsigmoid(const float *x, float *out, int32_t *ib, int64_t n);
 void ssmzip_acc_outer(const float *X, int64_t xs, int64_t J, const float *Y, int64_t ys, int64_t I,
                       int64_t T, float *G);
 void ssmzip_back_mat(const float *W, int64_t J, int64_t I, const float *Y, int64_t ys, int64_t T,

@@ -34,16 +34,6 @@ static inline float fexp_c(float x)
     return p * scale;
 }
 
-/* ssm.vsigmoid: out = 1 / (1 + e^-x) through the clamped e^x */
-INLINE void vsigmoid_c(const float *x, float *out, int32_t *ib, int64_t n)
-{
-    for (int64_t i = 0; i < n; i++)
-        out[i] = -x[i];
-    ssmzip_vexp(out, out, ib, n);
-    for (int64_t i = 0; i < n; i++)
-        out[i] = 1.0f / (1.0f + out[i]);
-}
-
 /* ssm._rmsnorm_back: y = x * r * g; accumulate dg, and dx += d(loss)/dx, for one row */
 INLINE void rmsnorm_back(const float *x, float r, const float *g, const float *dy, float *dg, float *dx,
                          int64_t n)
@@ -120,7 +110,7 @@ INLINE void backward(BACKWARD_ARGS)
         for (int64_t t = 0; t < T; t++) {
             const float *z = Z + t * di, *y = Y + t * di, *xs = XS + t * di, *dor = dO + t * di;
             float *dy = dY + t * di, *dz = dZ + t * di, *dxs = dXS + t * di;
-            vsigmoid_c(z, vq, ib, di);
+            ssmzip_vsigmoid(z, vq, ib, di);
             for (int64_t i = 0; i < di; i++) {
                 const float zv = z[i], sg = vq[i];
                 dy[i] = dor[i] * (zv * sg);
@@ -158,7 +148,7 @@ INLINE void backward(BACKWARD_ARGS)
         for (int64_t t = 0; t < T; t++) {
             const float *xc = XC + t * di;
             float *dxs = dXS + t * di;
-            vsigmoid_c(xc, vq, ib, di);
+            ssmzip_vsigmoid(xc, vq, ib, di);
             for (int64_t i = 0; i < di; i++) {
                 const float sg = vq[i];
                 dxs[i] = dxs[i] * (sg * (1.0f + xc[i] * (1.0f - sg)));      /* now d(cost)/d(xc) */
