@@ -389,7 +389,6 @@ static int64_t vexp_avx2(const float *x, float *out, int64_t n)
 #endif
 
 /* ssm.vexp: out[i] = e^x[i]; out may be x */
-
 INLINE void vexp_c(const float *x, float *out, int32_t *ib, int64_t n)
 {
 #ifdef SSM_AVX

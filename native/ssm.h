@@ -1,7 +1,7 @@
 /* What native/ssm.c (the SSM's forward pass and matrix loops) and
  * native/ssm_backward.c (its backward pass) share: the layout indices of
- * ssmzip/engine/ssm_layout.py (native.py checks them), numba's float32
- * constants, and the kernels one calls from the other. */
+ * ssmzip/engine/ssm_layout.py (tests/test_ssm.py compares them), numba's
+ * float32 constants, and the kernels one calls from the other. */
 #ifndef SSMZIP_SSM_H
 #define SSMZIP_SSM_H
 

@@ -297,3 +297,17 @@ def test_ngram_step_sums_a_rows_gradients_once():
             M.ssm_apply(NE, flag, stage, dm)
         assert np.array_equal(NE.view(np.uint32), want_e.view(np.uint32)), lag
         assert np.array_equal(NV.view(np.uint32), want_v.view(np.uint32)), lag
+
+
+def test_c_header_layout_matches_ssm_layout():
+    """native/ssm.h spells out ssm_layout.py's indices for the C kernels; a name
+    whose value drifted on either side would make C read the wrong arrays."""
+    from pathlib import Path
+    header = (Path(__file__).resolve().parent.parent / "native" / "ssm.h").read_text()
+    checked = 0
+    for body in re.findall(r"enum\s*\{([^}]*)\}", header):
+        for value, name in enumerate(n.strip() for n in body.split(",")):
+            assert getattr(ssm_layout, name) == value, name
+            checked += 1
+    assert int(re.search(r"#define CONV (\d+)", header).group(1)) == ssm_layout.CONV
+    assert checked >= 50

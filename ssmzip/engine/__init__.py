@@ -20,9 +20,8 @@ with the code it calls compiled in: the coding kernel on predictor.py (it
 inlines coder, contexts, match, mixer and ssm.py), the SSM's callbacks on
 ssm_callbacks.py (they hold ssm.py's code). After editing a file that others
 compile in, remove ``ssmzip/engine/__pycache__/*.nb[ic]`` or the old code keeps
-running. (An
-installed package rewrites every file, and CI checks the golden files with an
-empty cache, so this only bites a checkout being edited.) After editing
+running. (An installed package rewrites every file, and CI checks the golden
+files with an empty cache, so this only bites a checkout being edited.) After editing
 native/cm.c, rebuild it: ``pip install -e .`` (or ``python setup.py
 build_ext --inplace``).
 """

@@ -3,7 +3,8 @@
 It codes a segment of a block with the same model as predictor._code_segment,
 bit for bit; at levels 7-9 it calls the SSM (numba) back through
 ssm_callbacks.py, and the SSM's numba code calls native/ssm.c's forward pass
-and native/ssm_backward.c's backward pass (ssm_kernels below). The SSM-only ablation (no context models) runs on numba.
+and native/ssm_backward.c's backward pass (ssm_kernels below). The SSM-only
+ablation (no context models) runs on numba.
 Python calls it once per segment (64 KiB) through ctypes, so the per-call
 cost does not matter. native/bwt.c codes level 1's blocks (the BWT and its
 model, called by bwt_block.py, one call per block).
@@ -22,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 ENV = "SSMZIP_BACKEND"
-ABI = 13                   # native/cm.c's SSMZIP_ABI: the layout of Segment below, ssm.c, ecsq.c, split.c, split_encode.c and bwt.c present
+ABI = 13                   # native/cm.c's SSMZIP_ABI: the layout of Segment below, ssm.c, ssm_backward.c, ecsq.c, split.c, split_encode.c and bwt.c present
 _c_i64 = ctypes.c_int64
 _ptr = ctypes.c_void_p
 

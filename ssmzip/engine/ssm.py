@@ -499,7 +499,7 @@ def _scan_back(T, di, ds, rk, H, PJ, DT, DEC, XS, dY, dPJ, dXS, dA, dH, vq, vdd,
 def ssm_backward(P, G, lay, A, alay, dims, S, ib, tokens, T, kern):
     """Accumulate into G the gradient of the chunk's coding cost (in nats) over
     rows 0..T-1. tokens[t] is the input byte of row t, tokens[t + 1] its target.
-    kern: addresses of C matrix loops, or zeros (see K_OUTER)."""
+    kern: addresses of the C kernels, or zeros (see K_OUTER)."""
     if kern[K_BACKWARD] != 0:            # native/ssm_backward.c: all of it, the same bits
         call_c(kern[K_BACKWARD], (_addr(P), _addr(G), _addr(lay), _addr(A), _addr(alay), _addr(dims), _addr(S),
                                   _addr(ib), _addr(tokens), np.int64(T)))
