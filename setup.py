@@ -3,7 +3,7 @@
 The extension is optional: without a C compiler, or if the build fails, the
 install still succeeds and ssmzip runs on its numba kernels (same bytes).
 Flags: -O2, no fused multiply-add, never -ffast-math (see native/cm.c).
-native/ssm.c holds the SSM's matrix loops (called from numba, ssmzip/engine/ssm.py),
+native/ssm.c, ssm_backward.c and ssm_step.c hold the SSM (ssmzip/engine/ssm.py in C),
 native/ecsq.c holds the lossy KV codec's loops (ssmzip/kv/ecsq.py), native/split.c
 the lossless float codec's (ssmzip/kv/floatsplit.py) and native/split_encode.c its
 whole-chunk encoder.
@@ -32,7 +32,8 @@ class BuildNative(build_ext):
 setup(
     ext_modules=[Extension("ssmzip._native",
                            sources=["native/cm.c", "native/ssm.c", "native/ecsq.c", "native/split.c", "native/split_encode.c",
-                                    "native/bwt.c", "native/learner.c", "native/ssm_backward.c"],
+                                    "native/bwt.c", "native/learner.c", "native/ssm_backward.c",
+                                    "native/ssm_step.c"],
                            depends=["native/ecsq_kernels.h", "native/split.h", "native/learner.h", "native/ssm.h"], optional=True)],
     cmdclass={"build_ext": BuildNative},
 )

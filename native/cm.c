@@ -1,6 +1,7 @@
 /* The context-mixing coding kernel in C: the same model, bit for bit, as
  * ssmzip/engine/predictor.py's _code_segment. At levels 7-9 the SSM's part
- * (forward pass, per-bit logit, training) is called back into numba.
+ * (forward pass, per-bit logit, training) is called through function pointers:
+ * native/ssm_step.c's, or numba's (ssm_callbacks.py) when tests compare them.
  *
  * predictor.py is the reference: every model, table and rounding here follows
  * it line by line (read its docstrings for the why). All arithmetic is on
@@ -58,10 +59,10 @@ enum {
 
 /* Everything one call needs. Mirrored field for field by native.py's Segment;
  * SSMZIP_ABI changes whenever it does, so that a stale library is refused. */
-#define SSMZIP_ABI 13  /* 3: the library also holds native/ecsq.c; 4: and native/split.c; 5: and native/split_encode.c;
+#define SSMZIP_ABI 14  /* 3: the library also holds native/ecsq.c; 4: and native/split.c; 5: and native/split_encode.c;
                           6: and native/ssm.c; 7: mixers 4-5, APM 4; 8: mixer_skip, apm_first, apm3_bits;
                           9: mixer_design, APM 5; 10: and native/bwt.c (level 1); 11: the SSM's learning thread;
-                          12: ssmzip_vexp (tests); 13: and native/ssm_backward.c */
+                          12: ssmzip_vexp (tests); 13: and native/ssm_backward.c; 14: and native/ssm_step.c */
 typedef struct {
     int64_t mode, start, end, io_len;
     int64_t n_ctx, table_bits, use_runs, match_min, n_mixers, lr, final_lr, n_apms, apm_rate;

@@ -1,5 +1,6 @@
-/* What native/ssm.c (the SSM's forward pass and matrix loops) and
- * native/ssm_backward.c (its backward pass) share: the layout indices of
+/* What native/ssm.c (the SSM's forward pass and matrix loops),
+ * native/ssm_backward.c (its backward pass) and native/ssm_step.c (the per-byte
+ * steps that call both) share: the layout indices of
  * ssmzip/engine/ssm_layout.py (tests/test_ssm.py compares them), numba's
  * float32 constants, and the kernels one calls from the other. */
 #ifndef SSMZIP_SSM_H
@@ -46,5 +47,11 @@ void ssmzip_scan_back(int64_t T, int64_t di, int64_t ds, int64_t rk, const float
                       const float *DT, const float *DEC, const float *XS, const float *dY, float *dPJ,
                       float *dXS, float *dA, float *dH, float *vq, float *vdd, const float *vae, float *gal,
                       const float *lim);
+void ssmzip_ssm_forward(const float *P, const int64_t *lay, float *A, const int64_t *alay, const int64_t *dims,
+                        int64_t t, int64_t byte, float *t1, float *t2, int32_t *ib, const float *NE,
+                        const int64_t *rows);
+/* native/ssm_backward.c */
+void ssmzip_ssm_backward(const float *P, float *G, const int64_t *lay, const float *A, const int64_t *alay,
+                         const int64_t *dims, float *S, int32_t *ib, const int64_t *tokens, int64_t T);
 
 #endif

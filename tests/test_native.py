@@ -102,6 +102,47 @@ def test_an_ssm_learning_on_a_thread_gives_the_same_bytes(segment, monkeypatch):
     assert encode_block(data, preset, threads=2) == two
 
 
+@pytest.mark.parametrize("lag,threads", [(0, 1), (1, 1), (1, 2)])
+def test_c_ssm_steps_leave_numbas_state(lag, threads):
+    """native/ssm_step.c against ssm_callbacks.py under the same C kernel: the same
+    bytes, and every array the SSM learns (both parameter sets, Adam's moments, the
+    n-gram tables and their staged rows, the flags) the same bits afterwards; in
+    series (ssm_end), lagged in series, and lagged on the learning thread."""
+    from ssmzip.engine.block import BlockEncoder
+    from ssmzip.engine.state import BlockState
+    preset = dataclasses.replace(LEVELS[7], table_bits=16, match_bits=14, ssm_dm=8, ssm_di=16, ssm_ds=4,
+                                 ssm_rank=2, ssm_chunk=8, ssm_ngram=3, ssm_ngram_bits=8, ssm_lag=lag)
+    data = INPUTS["segments"][:6000] + INPUTS["random"][:300] + INPUTS["markup"][:2000] + b"x" * 5
+    out = {}
+    for steps in ("native", "numba"):
+        enc = BlockEncoder(data, BlockState(preset, threads=threads, ssm_steps=steps))
+        assert (type(enc.model.ssm_callbacks).__name__ == "SSMSteps") == (steps == "native")
+        enc.code(0, 4321)                 # two calls: state carried between them, a step pending
+        enc.code(4321, len(data))
+        out[steps] = enc
+    c, n = out["native"], out["numba"]
+    assert c.finish() == n.finish()
+    for name in ("sP", "sPn", "sV", "sopt", "sNE", "sNV", "sstage", "sflag", "stok", "srows"):
+        assert np.array_equal(getattr(c.model, name), getattr(n.model, name)), name
+    assert not np.array_equal(c.model.sP, BlockState(preset).sP)      # it did learn
+
+
+def test_c_levels_with_an_ssm_never_import_numba():
+    """At levels 7-9 the C backend runs the SSM in C: numba's import and cached
+    callbacks (most of a second) are not paid."""
+    import subprocess
+    import sys
+    code = ("import sys; from ssmzip.engine import LEVELS, encode_block, decode_block\n"
+            "d = bytes(range(256)) * 40\n"
+            "for lv in (7, 9):\n"
+            "    assert decode_block(encode_block(d, LEVELS[lv], threads=2), len(d), LEVELS[lv]) == d\n"
+            "print('numba' in sys.modules)")
+    env = {k: v for k, v in os.environ.items() if k != native.ENV}
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "False"
+
+
 def _ssm_loops():
     from numba import njit
     from ssmzip.engine import ssm

@@ -311,3 +311,17 @@ def test_c_header_layout_matches_ssm_layout():
             checked += 1
     assert int(re.search(r"#define CONV (\d+)", header).group(1)) == ssm_layout.CONV
     assert checked >= 50
+
+
+def test_c_steps_read_the_ssm_context_in_its_order():
+    """native/ssm_step.c names each slot of the SSM's ctx (X_P for sP, ...) and the
+    lagged SSM's flags (F_*): the same order as ssm_layout.CTX_ARRAYS and F_*."""
+    from pathlib import Path
+    src = (Path(__file__).resolve().parent.parent / "native" / "ssm_step.c").read_text()
+    slots, flags = re.findall(r"enum\s*\{([^}]*)\}", src)[:2]
+    names = [n.strip() for n in slots.split(",") if n.strip()]
+    assert names[-1] == "N_CTX_ARRAYS" and len(names) - 1 == len(ssm_layout.CTX_ARRAYS)
+    for name, (array, _) in zip(names, ssm_layout.CTX_ARRAYS):
+        assert name[2:].lower() == array[1:].lower(), (name, array)
+    for value, name in enumerate(n.strip() for n in flags.split(",")):
+        assert getattr(ssm_layout, name) == value, name

@@ -10,15 +10,16 @@ a few times per block (never per byte).
 
 Layout: state.py holds a block coder's arrays and picks the kernel that runs
 them: the C library (native.py, native/cm.c) when it is built -- at levels 7-9
-it calls the SSM back in numba (ssm_callbacks.py) -- else the numba kernel
+it runs the SSM in C too (native/ssm_step.c) -- else the numba kernel
 (predictor.py with the models it inlines: coder, contexts, match, mixer, and
 ssm.py at levels 7-9). block.py drives a block through it segment by segment.
 Nothing imports numba until a numba kernel is needed.
 
 Developers: numba caches each compiled function keyed on its own file alone,
 with the code it calls compiled in: the coding kernel on predictor.py (it
-inlines coder, contexts, match, mixer and ssm.py), the SSM's callbacks on
-ssm_callbacks.py (they hold ssm.py's code). After editing a file that others
+inlines coder, contexts, match, mixer and ssm.py), the SSM's numba callbacks
+(the tests' reference for native/ssm_step.c) on ssm_callbacks.py (they hold
+ssm.py's code). After editing a file that others
 compile in, remove ``ssmzip/engine/__pycache__/*.nb[ic]`` or the old code keeps
 running. (An installed package rewrites every file, and CI checks the golden
 files with an empty cache, so this only bites a checkout being edited.) After editing

@@ -1,10 +1,11 @@
 """The optional C backend: native/cm.c, built by `pip install` as ssmzip/_native*.so.
 
 It codes a segment of a block with the same model as predictor._code_segment,
-bit for bit; at levels 7-9 it calls the SSM (numba) back through
-ssm_callbacks.py, and the SSM's numba code calls native/ssm.c's forward pass
-and native/ssm_backward.c's backward pass (ssm_kernels below). The SSM-only
-ablation (no context models) runs on numba.
+bit for bit; at levels 7-9 it runs the SSM through native/ssm_step.c (ssm_steps
+below: the per-byte steps, Adam, the n-gram step), which calls native/ssm.c's
+forward pass and native/ssm_backward.c's backward pass, so that numba is never
+imported. The numba backend's SSM calls the same forward and backward passes
+(ssm_kernels below). The SSM-only ablation (no context models) runs on numba.
 Python calls it once per segment (64 KiB) through ctypes, so the per-call
 cost does not matter. native/bwt.c codes level 1's blocks (the BWT and its
 model, called by bwt_block.py, one call per block).
@@ -23,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 ENV = "SSMZIP_BACKEND"
-ABI = 13                   # native/cm.c's SSMZIP_ABI: the layout of Segment below, ssm.c, ssm_backward.c, ecsq.c, split.c, split_encode.c and bwt.c present
+ABI = 14                   # native/cm.c's SSMZIP_ABI: the layout of Segment below, ssm.c, ssm_backward.c, ssm_step.c, ecsq.c, split.c, split_encode.c and bwt.c present
 _c_i64 = ctypes.c_int64
 _ptr = ctypes.c_void_p
 
@@ -79,7 +80,7 @@ def _load():
             fn.argtypes = [ctypes.POINTER(Segment)]
             fn.restype = _c_i64
             _LIB = lib
-            return fn, "native C (level 1's BWT, the context models, the SSM's forward and backward passes; its Adam steps on numba)"
+            return fn, "native C (level 1's BWT, the context models, the SSM)"
         except (OSError, AttributeError) as e:
             err = f"cannot be used: {e}"
     if choice == "native":
@@ -132,6 +133,28 @@ def ssm_kernels() -> np.ndarray:
     if cm_kernel() is not None:
         kern[:] = [ctypes.cast(getattr(_LIB, f"ssmzip_{n}"), _ptr).value for n in SSM_KERNELS]
     return kern
+
+
+class _Address:
+    """A C function's address, as numba's cfuncs give theirs (`.address`)."""
+
+    def __init__(self, address: int):
+        self.address = address
+
+
+SSM_STEPS = ("ssm_byte", "ssm_bit", "ssm_end", "ssm_record", "ssm_turn", "ssm_learn")   # native/ssm_step.c
+
+
+def ssm_steps():
+    """native/ssm_step.c's per-byte steps of the SSM under the names of
+    ssm_callbacks.py's (ssm_learn as ssm_learn_cb), or None when numba is to be used."""
+    if cm_kernel() is None:
+        return None
+    ns = type("SSMSteps", (), {})()
+    for n in SSM_STEPS:
+        setattr(ns, "ssm_learn_cb" if n == "ssm_learn" else n,
+                _Address(ctypes.cast(getattr(_LIB, f"ssmzip_{n}"), _ptr).value))
+    return ns
 
 
 def describe() -> str:

@@ -1,5 +1,6 @@
-"""The SSM as C-callable functions, so that the C kernel (native/cm.c) can
-run the context models of levels 7-9 while the SSM itself stays numba.
+"""The SSM as C-callable numba functions: the reference for native/ssm_step.c,
+which the C kernel (native/cm.c) calls in their place; tests run the kernel
+with these to check that the two give the same bits.
 
 Each callback does, in the same order, exactly what predictor._code_segment
 does with the SSM at that point of the byte, so both backends give the same
@@ -11,28 +12,22 @@ bytes:
 
 A lagged SSM (ssm.py) can learn from a chunk on a second thread while the C
 kernel codes the next one in a second set of buffers (activations, inputs,
-scratch: `make_context(state, second=True)`). The kernel then calls instead
+scratch: `ssm_layout.make_context(state, second=True)`). The kernel then calls instead
 
     ssm_record(ctx, row, byte) -> row  byte known (no learning: the kernel sees the chunk end)
     ssm_turn(ctx, ctx_next)            the pending step in force, the state carried over
     ssm_learn_cb(ctx)                  on the other thread: learn from ctx's chunk
 
 `ctx` points to an int64 array of the addresses of the SSM's arrays (the order
-is CTX_ARRAYS), built by `make_context`; the arrays must outlive the calls.
+is ssm_layout.CTX_ARRAYS), built by ssm_layout.make_context; the arrays must
+outlive the calls.
 """
-import numpy as np
 from numba import carray, cfunc, float32, int32, int64, njit, types, void
 from numba.extending import intrinsic
 
 from .ssm import (D_DM, D_NL, D_T, G_LG, N_LA, ngram_rows, params_in_force, ssm_apply, ssm_carry, ssm_forward,
                   ssm_learn, ssm_logit)
-
-# name, dtype: the arrays a BlockState holds for its SSM (state.py), in ctx order
-CTX_ARRAYS = (("sP", np.float32), ("sG", np.float32), ("sV", np.float32), ("sopt", np.float32),
-              ("slay", np.int64), ("sA", np.float32), ("salay", np.int64), ("sdims", np.int64),
-              ("sS", np.float32), ("sib", np.int32), ("stok", np.int64), ("sNE", np.float32),
-              ("sNV", np.float32), ("srows", np.int64), ("slr", np.float32), ("skern", np.int64),
-              ("sPn", np.float32), ("sflag", np.int64), ("sstage", np.float32))
+from .ssm_layout import CTX_ARRAYS
 
 
 @intrinsic
@@ -43,21 +38,6 @@ def _pointer(typingctx, addr, kind):
     def codegen(context, builder, signature, args):
         return builder.inttoptr(args[0], context.get_value_type(ptrty))
     return ptrty(addr, kind), codegen
-
-
-# what a second buffer set replaces: the chunk's activations, inputs and targets, scratch
-SECOND_SET = ("sA", "stok", "srows", "sS", "sib")
-
-
-def make_context(state, second: bool = False) -> np.ndarray:
-    """[address, length] of each array of CTX_ARRAYS, from a BlockState; with
-    `second`, its second buffer set (state.sA2, ...) in place of SECOND_SET."""
-    ctx = np.zeros(2 * len(CTX_ARRAYS), dtype=np.int64)
-    for i, (name, dtype) in enumerate(CTX_ARRAYS):
-        a = getattr(state, name + "2" if second and name in SECOND_SET else name)
-        assert a.dtype == dtype and a.flags.c_contiguous, name
-        ctx[2 * i], ctx[2 * i + 1] = a.ctypes.data, a.shape[0]
-    return ctx
 
 
 _ctx_t = types.CPointer(int64)

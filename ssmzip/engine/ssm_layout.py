@@ -32,6 +32,29 @@ G_XF, G_RF, G_F, G_LG = range(4)
 F_LAG, F_PARITY, F_PENDING, F_STAGED, F_ROWS = range(5)
 
 
+# The SSM's arrays as a block's state holds them (state.py), in the order of the
+# `ctx` that the per-byte steps take (native/ssm_step.c, ssm_callbacks.py): name, dtype
+CTX_ARRAYS = (("sP", np.float32), ("sG", np.float32), ("sV", np.float32), ("sopt", np.float32),
+              ("slay", np.int64), ("sA", np.float32), ("salay", np.int64), ("sdims", np.int64),
+              ("sS", np.float32), ("sib", np.int32), ("stok", np.int64), ("sNE", np.float32),
+              ("sNV", np.float32), ("srows", np.int64), ("slr", np.float32), ("skern", np.int64),
+              ("sPn", np.float32), ("sflag", np.int64), ("sstage", np.float32))
+# what a second buffer set replaces: the chunk's activations, inputs and targets, scratch
+SECOND_SET = ("sA", "stok", "srows", "sS", "sib")
+
+
+def make_context(state, second: bool = False) -> np.ndarray:
+    """[address, length] of each array of CTX_ARRAYS, from a BlockState; with
+    `second`, its second buffer set (state.sA2, ...) in place of SECOND_SET.
+    The arrays must outlive every call that is given it."""
+    ctx = np.zeros(2 * len(CTX_ARRAYS), dtype=np.int64)
+    for i, (name, dtype) in enumerate(CTX_ARRAYS):
+        a = getattr(state, name + "2" if second and name in SECOND_SET else name)
+        assert a.dtype == dtype and a.flags.c_contiguous, name
+        ctx[2 * i], ctx[2 * i + 1] = a.ctypes.data, a.shape[0]
+    return ctx
+
+
 class Shape:
     """Sizes and flat-array layouts of one SSM. Parameters, gradients, Adam's
     second moments and activations each live in one preallocated float32 array."""

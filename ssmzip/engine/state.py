@@ -13,7 +13,7 @@ from .cm_layout import (APM4_ROWS, APM5_ROWS, APM_POINTS, LEN_BUCKETS, MIXER1_SE
                         MIXER3_SETS, MIXER3_WIDE_SETS, MIXER4_SETS, MIXER5_SETS, N_REGS, R_X2, RUN_COUNT_CLASSES,
                         WEIGHT_ONE)
 from .presets import MIXERS_WIDE
-from .ssm_layout import F_LAG, F_ROWS, G_LG, N_DIMS, N_LA, init_params
+from .ssm_layout import F_LAG, F_ROWS, G_LG, N_DIMS, N_LA, init_params, make_context
 
 
 def aligned_zeros(n: int, dtype, align: int = 64) -> np.ndarray:
@@ -41,11 +41,13 @@ def new_apm(n_contexts: int, squash: np.ndarray) -> np.ndarray:
 class BlockState:
     """All state of one block coder: preallocated arrays, sized by the preset only."""
 
-    def __init__(self, preset, ssm_feed=None, threads: int = 1):
+    def __init__(self, preset, ssm_feed=None, threads: int = 1, ssm_steps: str = "native"):
         """ssm_feed: the SSM's logits come from outside (ssmzip.gpu.feed.Feed: an
         SSM run on torch) and the C kernel reads them; the numba SSM is not built.
         threads: how many threads this block may use; with two, the C kernel and a
-        lagged SSM (Preset.ssm_lag), the SSM learns on a second thread."""
+        lagged SSM (Preset.ssm_lag), the SSM learns on a second thread.
+        ssm_steps: under the C kernel, "native" runs the SSM in C (native/ssm_step.c),
+        "numba" in numba (ssm_callbacks.py: the reference, for tests); same bits."""
         n = len(preset.contexts)
         n_in = preset.mixer_inputs()
         wide = preset.mixer_design == MIXERS_WIDE
@@ -91,12 +93,15 @@ class BlockState:
                                           "context models (a level with an SSM)")
             self.ssm_callbacks, self.ssm_ctx = ssm_feed, ssm_feed.ctx
         elif self._native is not None and preset.has_ssm:
-            from . import ssm_callbacks                    # numba: the SSM itself
-            self.ssm_callbacks = ssm_callbacks
-            self.ssm_ctx = ssm_callbacks.make_context(self)
+            if ssm_steps == "numba":                      # tests: numba's SSM under the C kernel
+                from . import ssm_callbacks
+                self.ssm_callbacks = ssm_callbacks
+            else:
+                self.ssm_callbacks = native.ssm_steps()    # native/ssm_step.c: no numba at all
+            self.ssm_ctx = make_context(self)
             if threads >= 2 and preset.ssm_lag:
                 self._second_set()
-                self.ssm_ctx2 = ssm_callbacks.make_context(self, second=True)
+                self.ssm_ctx2 = make_context(self, second=True)
                 self.ssm_side = np.zeros(1, dtype=np.int64)    # which set codes now (native/cm.c)
 
     def _init_ssm(self, preset):
@@ -144,7 +149,7 @@ class BlockState:
         self.skern = native.ssm_kernels()
 
     def _second_set(self):
-        """A second set of the SSM's per-chunk buffers (ssm_callbacks.SECOND_SET): the
+        """A second set of the SSM's per-chunk buffers (ssm_layout.SECOND_SET): the
         learning thread reads one chunk's while the kernel writes the next one's."""
         self.sA2 = np.zeros_like(self.sA)
         self.stok2 = np.zeros_like(self.stok)
