@@ -14,7 +14,6 @@
  * float operation is numba's float32 operation in numba's order (ssm.py says
  * why each is written as it is); tests/test_native.py compares the two after
  * chunks of real text, lag included. */
-#include <math.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -139,17 +138,42 @@ static void carry(const int64_t *ctx, float *out)
     }
 }
 
-/* ssm.adam_step: Adam without momentum, each normalised update capped; clears G */
-static void adam_step(const float *P, float *G, float *V, float *opt, float lr, float *out, int64_t n)
+/* The Adam update of n values (ssm.adam_step's loop, and ngram_step's per row):
+ * element-wise, so 8 lanes give the same bits as one; compiled twice like the
+ * forward pass (numba's own loop runs 8 lanes wide on AVX2). */
+#define ADAM_ARGS const float *P, const float *G, float *V, float *out, int64_t n, float step
+INLINE void adam_loop(ADAM_ARGS)
 {
-    opt[1] *= ADAM_B2;
-    const float step = lr * sqrtf(1.0f - opt[1]), c2 = 1.0f - ADAM_B2;
+    const float c2 = 1.0f - ADAM_B2;
     for (int64_t k = 0; k < n; k++) {
         const float g = G[k];
         const float v = ADAM_B2 * V[k] + c2 * g * g;
         V[k] = v;
-        out[k] = P[k] - step * nb_min(nb_max(g / (sqrtf(v) + ADAM_EPS), -UPDATE_CLIP), UPDATE_CLIP);
+        out[k] = P[k] - step * nb_min(nb_max(g / (__builtin_sqrtf(v) + ADAM_EPS), -UPDATE_CLIP), UPDATE_CLIP);
     }
+}
+
+static void adam_portable(ADAM_ARGS) { adam_loop(P, G, V, out, n, step); }
+#ifdef SSM_AVX
+__attribute__((target("avx2"))) static void adam_avx2(ADAM_ARGS) { adam_loop(P, G, V, out, n, step); }
+#endif
+
+static void adam(ADAM_ARGS)
+{
+#ifdef SSM_AVX
+    if (ssmzip_ssm_isa(-1)) {
+        adam_avx2(P, G, V, out, n, step);
+        return;
+    }
+#endif
+    adam_portable(P, G, V, out, n, step);
+}
+
+/* ssm.adam_step: Adam without momentum, each normalised update capped; clears G */
+static void adam_step(const float *P, float *G, float *V, float *opt, float lr, float *out, int64_t n)
+{
+    opt[1] *= ADAM_B2;
+    adam(P, G, V, out, n, lr * __builtin_sqrtf(1.0f - opt[1]));
     memset(G, 0, (size_t)n * 4);
 }
 
@@ -169,7 +193,7 @@ static void ngram_step(int64_t *ctx, float lr)
     float *stage = ARR(ctx, X_STAGE, float);
     const float *dX = S + S_DX * sl;
     float *g = S + S_TA * sl;                  /* transpose scratch, free now */
-    const float step = lr * sqrtf(1.0f - ARR(ctx, X_OPT, float)[1]), c2 = 1.0f - ADAM_B2;
+    const float step = lr * __builtin_sqrtf(1.0f - ARR(ctx, X_OPT, float)[1]);
     for (int64_t a = 0; a < n; a++) {
         const int64_t k = a % ng, r = rows[a];
         int dup = 0;
@@ -195,11 +219,7 @@ static void ngram_step(int64_t *ctx, float lr)
             flag[F_ROWS + u] = e;
             out = stage + u * dm;
         }
-        for (int64_t j = 0; j < dm; j++) {
-            const float v = ADAM_B2 * nv[j] + c2 * g[j] * g[j];
-            nv[j] = v;
-            out[j] = ne[j] - step * nb_min(nb_max(g[j] / (sqrtf(v) + ADAM_EPS), -UPDATE_CLIP), UPDATE_CLIP);
-        }
+        adam(ne, g, nv, out, dm, step);
     }
 }
 

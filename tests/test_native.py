@@ -102,12 +102,26 @@ def test_an_ssm_learning_on_a_thread_gives_the_same_bytes(segment, monkeypatch):
     assert encode_block(data, preset, threads=2) == two
 
 
+@pytest.fixture(params=["cpu", "portable"])
+def c_path(request):
+    """native/ssm.c's loops on the CPU's own path (AVX2 here) and on the portable one."""
+    import ctypes
+    isa = native.library().ssmzip_ssm_isa
+    isa.argtypes, isa.restype = [ctypes.c_int64], ctypes.c_int64
+    if request.param == "portable":
+        isa(0)
+        assert isa(-1) == 0
+    yield request.param
+    isa(1)
+
+
 @pytest.mark.parametrize("lag,threads", [(0, 1), (1, 1), (1, 2)])
-def test_c_ssm_steps_leave_numbas_state(lag, threads):
+def test_c_ssm_steps_leave_numbas_state(lag, threads, c_path):
     """native/ssm_step.c against ssm_callbacks.py under the same C kernel: the same
     bytes, and every array the SSM learns (both parameter sets, Adam's moments, the
     n-gram tables and their staged rows, the flags) the same bits afterwards; in
-    series (ssm_end), lagged in series, and lagged on the learning thread."""
+    series (ssm_end), lagged in series, and lagged on the learning thread; with
+    the C loops on the CPU's path and the portable one."""
     from ssmzip.engine.block import BlockEncoder
     from ssmzip.engine.state import BlockState
     preset = dataclasses.replace(LEVELS[7], table_bits=16, match_bits=14, ssm_dm=8, ssm_di=16, ssm_ds=4,
@@ -225,19 +239,6 @@ def test_library_matches_this_version():
     lib.ssmzip_native_abi.restype = ctypes.c_int64
     assert lib.ssmzip_native_abi() == native.ABI
     assert ctypes.sizeof(native.Segment) == 8 * (len(native._SCALARS) + len(native._POINTERS) + len(native._SSM_FIELDS))
-
-
-@pytest.fixture(params=["cpu", "portable"])
-def c_path(request):
-    """native/ssm.c's loops on the CPU's own path (AVX2 here) and on the portable one."""
-    import ctypes
-    isa = native.library().ssmzip_ssm_isa
-    isa.argtypes, isa.restype = [ctypes.c_int64], ctypes.c_int64
-    if request.param == "portable":
-        isa(0)
-        assert isa(-1) == 0
-    yield request.param
-    isa(1)
 
 
 @pytest.mark.parametrize("sizes", [(64, 128, 8, 8, 2, 32), (8, 24, 11, 3, 2, 7), (16, 40, 5, 2, 1, 33)])
