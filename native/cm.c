@@ -203,23 +203,25 @@ static inline void mix_update(int32_t *w, const int32_t *x, int64_t n, int64_t e
     }
 }
 
-static inline int64_t apm_predict(const int32_t *t, int64_t ctx, int64_t st, int64_t *idx)
+/* mixer.py apm_predict / apm_update: tables hold each point's difference from
+ * `ramp` (counters.APM_RAMP), so that a new table is zeros */
+static inline int64_t apm_predict(const int32_t *t, const int32_t *ramp, int64_t ctx, int64_t st, int64_t *idx)
 {
     int64_t s = st + 2048;
     if (s < 0) s = 0;
     if (s > 4095) s = 4095;
     int64_t lo = s >> 7, w = s & 127;
     int64_t base = ctx * APM_POINTS + lo;
-    int64_t p = ((int64_t)t[base] * (128 - w) + (int64_t)t[base + 1] * w) >> 11;
+    int64_t p = ((int64_t)(t[base] + ramp[lo]) * (128 - w) + (int64_t)(t[base + 1] + ramp[lo + 1]) * w) >> 11;
     if (p < 1) p = 1;
     if (p > 4095) p = 4095;
     *idx = base + (w >> 6);
     return p;
 }
 
-static inline void apm_update(int32_t *t, int64_t idx, int64_t bit, int64_t rate)
+static inline void apm_update(int32_t *t, const int32_t *ramp, int64_t idx, int64_t bit, int64_t rate)
 {
-    t[idx] += (int32_t)((((int64_t)bit << 16) - t[idx]) >> rate);
+    t[idx] += (int32_t)((((int64_t)bit << 16) - (t[idx] + ramp[idx % APM_POINTS])) >> rate);
 }
 
 static inline void sm_update(int32_t *sm_p, int32_t *sm_n, int64_t k, int64_t bit, int64_t limit,
@@ -319,6 +321,11 @@ int64_t ssmzip_cm_segment(const Segment *a)
     int32_t *apm1 = a->apm1, *apm2 = a->apm2, *apm3 = a->apm3, *apm4 = a->apm4, *apm5 = a->apm5;
     const int32_t *sq = a->sq, *st = a->st, *priority = a->priority, *recip = a->recip;
     const uint8_t *state_next = a->state_next;
+    int32_t ramp[APM_POINTS];                /* counters.APM_RAMP: where every APM point starts */
+    for (int64_t j = 0; j < APM_POINTS; j++) {
+        const int64_t d = (j - 16) * 128 + 2047;
+        ramp[j] = sq[d < 0 ? 0 : d > 4094 ? 4094 : d] * 16;
+    }
     int64_t sm_idx[MAX_CTX + 1];
     uint64_t nib[2][MAX_CTX];                /* second-nibble keys for either last bit */
     int64_t live[MAX_CTX];                   /* contexts whose run still agrees, this byte */
@@ -507,20 +514,20 @@ int64_t ssmzip_cm_segment(const Segment *a)
 
             /* refine: APM chain */
             int64_t ia1, ia2, ia3 = 0, ia4 = 0, ia5 = 0;
-            int64_t pa = apm_predict(apm1, c0, d, &ia1);
+            int64_t pa = apm_predict(apm1, ramp, c0, d, &ia1);
             int64_t p = (pm * (4 - apm_first) + pa * apm_first) >> 2;
-            pa = apm_predict(apm2, c0 | (c1 << 8), st[p], &ia2);
+            pa = apm_predict(apm2, ramp, c0 | (c1 << 8), st[p], &ia2);
             p = (p + 3 * pa) >> 2;
             if (n_apms > 2) {
-                pa = apm_predict(apm3, h_apm3 | c0, st[p], &ia3);
+                pa = apm_predict(apm3, ramp, h_apm3 | c0, st[p], &ia3);
                 p = (p + 3 * pa) >> 2;
             }
             if (n_apms > 3) {
-                pa = apm_predict(apm4, h_apm4 | c0, st[p], &ia4);
+                pa = apm_predict(apm4, ramp, h_apm4 | c0, st[p], &ia4);
                 p = (p + 3 * pa) >> 2;
             }
             if (n_apms > 4) {
-                pa = apm_predict(apm5, r5 * 256 + c0, st[p], &ia5);
+                pa = apm_predict(apm5, ramp, r5 * 256 + c0, st[p], &ia5);
                 p = (p + pa) >> 1;
             }
             if (p < 1)
@@ -588,14 +595,14 @@ int64_t ssmzip_cm_segment(const Segment *a)
                     mix_update(w5 + b5, x, n_in, (bit << 12) - sq[xf[4] + 2047], lre, skip);
                 mix_update(wf + c0 * nf, xf, nf, (bit << 12) - pm, final_lr, skip);
             }
-            apm_update(apm1, ia1, bit, apm_rate);
-            apm_update(apm2, ia2, bit, apm_rate);
+            apm_update(apm1, ramp, ia1, bit, apm_rate);
+            apm_update(apm2, ramp, ia2, bit, apm_rate);
             if (n_apms > 2)
-                apm_update(apm3, ia3, bit, apm_rate);
+                apm_update(apm3, ramp, ia3, bit, apm_rate);
             if (n_apms > 3)
-                apm_update(apm4, ia4, bit, apm_rate);
+                apm_update(apm4, ramp, ia4, bit, apm_rate);
             if (n_apms > 4)
-                apm_update(apm5, ia5, bit, apm_rate - 1);
+                apm_update(apm5, ramp, ia5, bit, apm_rate - 1);
 
             c0 = c0 * 2 + bit;
             node = node * 2 + bit;

@@ -45,6 +45,9 @@ def _build_stretch(squash: np.ndarray) -> np.ndarray:
 
 SQUASH = _build_squash()            # index d + 2047
 STRETCH = _build_stretch(SQUASH)    # index p (0..4095)
+# An APM's 33 points start on the squash curve, 128 stretch units apart, in
+# 16.16 fixed point; tables hold each point's difference from this (mixer.py)
+APM_RAMP = np.array([SQUASH[min(4094, max(0, (j - 16) * 128 + 2047))] * 16 for j in range(33)], dtype=np.int32)
 
 
 # ---------------------------------------------------------------------------

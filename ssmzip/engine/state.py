@@ -32,10 +32,9 @@ def new_weights(n_sets: int, n_inputs: int, init: int) -> np.ndarray:
     return np.full(n_sets * n_inputs, init, dtype=np.int32)
 
 
-def new_apm(n_contexts: int, squash: np.ndarray) -> np.ndarray:
-    row = np.array([squash[min(4094, max(0, (j - 16) * 128 + 2047))] * 16 for j in range(APM_POINTS)],
-                   dtype=np.int32)
-    return np.tile(row, n_contexts)
+def new_apm(n_contexts: int) -> np.ndarray:
+    """An APM's points as differences from where they start (mixer.py): zeros."""
+    return np.zeros(n_contexts * APM_POINTS, dtype=np.int32)
 
 
 class BlockState:
@@ -79,11 +78,11 @@ class BlockState:
         self.wf = new_weights(256, preset.mixers + 1, WEIGHT_ONE // preset.mixers)
         self.x = np.zeros(n_in, dtype=np.int32)
         self.xf = np.zeros(6, dtype=np.int32)
-        self.apm1 = new_apm(256, C.SQUASH)
-        self.apm2 = new_apm(1 << 16, C.SQUASH)
-        self.apm3 = new_apm(1 << (preset.apm3_bits + 8) if preset.apms > 2 else 1, C.SQUASH)
-        self.apm4 = new_apm(APM4_ROWS if preset.apms > 3 else 1, C.SQUASH)
-        self.apm5 = new_apm(APM5_ROWS if preset.apms > 4 else 1, C.SQUASH)
+        self.apm1 = new_apm(256)
+        self.apm2 = new_apm(1 << 16)
+        self.apm3 = new_apm(1 << (preset.apm3_bits + 8) if preset.apms > 2 else 1)
+        self.apm4 = new_apm(APM4_ROWS if preset.apms > 3 else 1)
+        self.apm5 = new_apm(APM5_ROWS if preset.apms > 4 else 1)
         self._init_ssm(preset if ssm_feed is None else None)
         self._native = native.cm_kernel() if preset.contexts else None   # the SSM alone: numba
         self._segment = None
